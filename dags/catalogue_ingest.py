@@ -1,0 +1,156 @@
+"""Catalogue ingestion: ABO listings and images -> a searchable OpenSearch k-NN index."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, Param, chain, dag, task
+from catalogue_transform import CatalogueTransformOperator
+
+from catalogue_search.settings import Settings
+
+SETTINGS = Settings.from_env()
+INDEX_ASSET = Asset(
+    name=f"catalogue-search-{SETTINGS.index_alias}",
+    uri=f"opensearch://{SETTINGS.opensearch_url.split('://')[-1]}/{SETTINGS.index_alias}",
+)
+
+DOC = """
+### Catalogue ingestion
+
+Turns Amazon Berkeley Objects listings and images into a k-NN index searchable
+by text and by image, then points the read alias at it.
+
+1. **filter_shard** (one per listings shard): products with a title in the
+   chosen language and a known main image; drops are counted by reason.
+2. **copy_images**: server-side copy into the project bucket, skipping what is
+   already there; products whose image is missing are dropped.
+3. **prepare_encoding** / **encode_images**: a SageMaker batch transform over a
+   manifest of the images that have no embedding yet for this model.
+4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
+5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
+6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
+
+Trigger with Params to backfill chosen shards (`shards: ["0", "3"]`), another
+language, a product limit or a forced re-encode.
+"""
+
+default_args = {
+    "owner": "catalogue-search",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@dag(
+    dag_id="catalogue_ingest",
+    schedule=SETTINGS.schedule or None,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
+    doc_md=DOC,
+    params={
+        "shards": Param([], type="array", items={"type": "string", "pattern": "^[0-9a-fA-F]$"},
+                        description="Listing shards to index (0..f); empty = every shard found."),
+        "language_tag": Param(SETTINGS.language_tag, type="string", pattern="^[a-z]{2,3}(_[A-Z]{2})?$",
+                              description="ABO language tag of the titles to index."),
+        "max_products": Param(0, type="integer", minimum=0, description="Index at most this many products (0 = all)."),
+        "alias": Param(SETTINGS.index_alias, type="string", pattern="^[a-z0-9][a-z0-9_-]*$",
+                       description="The read alias to point at the new index."),
+        "force_reencode": Param(False, type="boolean",
+                                description="Encode every image again, even those that have an embedding."),
+    },
+)
+def catalogue_ingest():
+    @task
+    def plan(params=None, run_id=None) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.plan_run(settings, airflow_clients.s3(settings), run_id=run_id, params=params).as_dict()
+
+    @task
+    def shards_of(run_plan: dict) -> list[str]:
+        return run_plan["shards"]
+
+    @task(map_index_template="{{ task.op_kwargs['shard'] }}")
+    def filter_shard(run_plan: dict, shard: str) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.filter_shard(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan), shard)
+
+    @task
+    def copy_images(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.copy_run_images(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def prepare_encoding(run_plan: dict) -> dict | None:
+        from catalogue_search import airflow_clients, ingest
+        from catalogue_search.model_artifact import inference_image_uri
+
+        settings = Settings.from_env()
+        return ingest.prepare_encoding(
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.sagemaker(settings),
+            ingest.RunPlan.from_dict(run_plan),
+            inference_image_uri(settings),
+        )
+
+    @task(trigger_rule="none_failed")
+    def load_index(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.load_index(
+            settings, airflow_clients.s3(settings), airflow_clients.opensearch(settings), ingest.RunPlan.from_dict(run_plan)
+        )
+
+    @task
+    def validate_index(run_plan: dict, loaded: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.validate_index(
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.opensearch(settings),
+            ingest.RunPlan.from_dict(run_plan),
+            loaded,
+        )
+
+    @task(outlets=[INDEX_ASSET])
+    def swap_alias(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.publish(settings, airflow_clients.opensearch(settings), ingest.RunPlan.from_dict(run_plan))
+
+    run_plan = plan()
+    filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
+    copied = copy_images(run_plan)
+    config = prepare_encoding(run_plan)
+    encode = CatalogueTransformOperator(
+        task_id="encode_images",
+        config=config,
+        aws_conn_id=SETTINGS.aws_conn_id,
+        wait_for_completion=True,
+        check_interval=30,
+        max_ingestion_time=6 * 3600,
+        # One job per run; a retry after a half-done job starts a new, timestamped one.
+        check_if_job_exists=True,
+        action_if_job_exists="timestamp",
+    )
+    loaded = load_index(run_plan)
+    validated = validate_index(run_plan, loaded)
+    chain(filtered, copied, config, encode, loaded, validated, swap_alias(run_plan))
+
+
+catalogue_ingest()

@@ -1,0 +1,268 @@
+"""The OpenSearch side: versioned k-NN index, bulk load, validation, alias swap.
+
+Each run writes a new index named for the run; documents are keyed by
+`item_id`, so a retry overwrites instead of duplicating. Readers only ever
+see the alias, which moves to a new index in one atomic `_aliases` call after
+the index passed validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+from catalogue_search.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VECTOR_FIELD = "embedding"
+SELF_MATCH_SCORE = 0.9999  # OpenSearch cosine score is (1 + cos) / 2: 1.0 for the same vector.
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class IndexValidationError(RuntimeError):
+    """The new index is not fit to serve: the alias stays where it was."""
+
+
+def make_client(
+    url: str,
+    *,
+    auth: str = "none",
+    user: str = "",
+    password: str = "",
+    region: str = "us-east-1",
+    timeout: int = 60,
+):
+    """An opensearch-py client; `auth` is "none", "basic" or "sigv4" (AWS credentials)."""
+    from urllib.parse import urlsplit
+
+    from opensearchpy import OpenSearch, RequestsHttpConnection
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    use_ssl = parts.scheme == "https"
+    kwargs: dict[str, Any] = {
+        "hosts": [{"host": parts.hostname, "port": parts.port or (443 if use_ssl else 9200)}],
+        "use_ssl": use_ssl,
+        "verify_certs": use_ssl,
+        "timeout": timeout,
+        "max_retries": 5,
+        "retry_on_timeout": True,
+        "retry_on_status": RETRY_STATUSES,
+        "connection_class": RequestsHttpConnection,
+    }
+    if auth == "basic":
+        if not user:
+            raise ValueError("OpenSearch basic auth needs a user name")
+        kwargs["http_auth"] = (user, password)
+    elif auth == "sigv4":
+        import boto3
+        from opensearchpy import AWSV4SignerAuth
+
+        credentials = boto3.Session().get_credentials()
+        if credentials is None:
+            raise ValueError("OpenSearch SigV4 auth needs AWS credentials, and none were found")
+        kwargs["http_auth"] = AWSV4SignerAuth(credentials, region, "es")
+    elif auth != "none":
+        raise ValueError(f"unknown OpenSearch auth {auth!r}: use none, basic or sigv4")
+    return OpenSearch(**kwargs)
+
+
+def client_from_settings(settings: Settings):
+    return make_client(
+        settings.opensearch_url,
+        auth=settings.opensearch_auth,
+        user=settings.opensearch_user,
+        password=settings.opensearch_password,
+        region=settings.region,
+    )
+
+
+def index_name(alias: str, model_slug: str, run_key: str) -> str:
+    """A versioned index name, the same for every attempt of one run."""
+    digest = hashlib.sha1(run_key.encode()).hexdigest()[:12]
+    return f"{alias}-{model_slug}-{digest}"
+
+
+def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) -> dict[str, Any]:
+    """Settings and mapping of a new index, in its loading state (no refresh, no replicas)."""
+    return {
+        "settings": {
+            "index": {
+                "knn": True,
+                "number_of_shards": settings.index_shards,
+                "number_of_replicas": 0,
+                "refresh_interval": "-1",
+            }
+        },
+        "mappings": {
+            "_meta": {"alias": alias, "model": settings.model_name, "run": run_key},
+            "dynamic": "strict",
+            "properties": {
+                "item_id": {"type": "keyword"},
+                "item_name": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 512}}},
+                "image_id": {"type": "keyword"},
+                "main_image_id": {"type": "keyword"},
+                "image_path": {"type": "keyword"},
+                "product_type": {"type": "keyword"},
+                "brand": {"type": "keyword"},
+                "model": {"type": "keyword"},
+                VECTOR_FIELD: {
+                    "type": "knn_vector",
+                    "dimension": dimension,
+                    "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"},
+                },
+            },
+        },
+    }
+
+
+def create_index(client, name: str, body: dict[str, Any]) -> str:
+    """Create the index; an index left by an earlier attempt of the same run is reused."""
+    if client.indices.exists(index=name):
+        mapping = client.indices.get_mapping(index=name)[name]["mappings"]
+        want = body["mappings"]["properties"][VECTOR_FIELD]["dimension"]
+        have = mapping.get("properties", {}).get(VECTOR_FIELD, {}).get("dimension")
+        if have != want:
+            raise RuntimeError(f"index {name} exists with vector dimension {have}, expected {want}")
+        client.indices.put_settings(index=name, body={"index": {"refresh_interval": "-1", "number_of_replicas": 0}})
+        return "reused"
+    client.indices.create(index=name, body=body)
+    return "created"
+
+
+def document(product: dict[str, Any], vector: list[float], model: str) -> dict[str, Any]:
+    return {
+        "item_id": product["item_id"],
+        "item_name": product["item_name"],
+        "image_id": product["image_id"],
+        "main_image_id": product["main_image_id"],
+        "image_path": product["path"],
+        "product_type": product.get("product_type"),
+        "brand": product.get("brand"),
+        "model": model,
+        VECTOR_FIELD: vector,
+    }
+
+
+@dataclass
+class LoadReport:
+    index: str
+    indexed: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bulk_load(
+    client,
+    index: str,
+    docs: Iterable[dict[str, Any]],
+    *,
+    total: int,
+    chunk_size: int = 500,
+    logger: logging.Logger = log,
+) -> LoadReport:
+    """Upsert documents keyed by item_id; 429s are retried with back-off."""
+    from opensearchpy import helpers
+
+    def actions() -> Iterator[dict[str, Any]]:
+        for doc in docs:
+            yield {"_op_type": "index", "_index": index, "_id": doc["item_id"], "_source": doc}
+
+    report = LoadReport(index=index)
+    step = max(1, total // 10)
+    for ok, item in helpers.streaming_bulk(
+        client,
+        actions(),
+        chunk_size=chunk_size,
+        max_retries=5,
+        initial_backoff=1,
+        max_backoff=30,
+        raise_on_error=False,
+    ):
+        if ok:
+            report.indexed += 1
+        else:
+            report.failed.append(str(item))
+        done = report.indexed + len(report.failed)
+        if done % step == 0 or done == total:
+            logger.info("documents loaded: %d / %d", done, total)
+    return report
+
+
+def finish_loading(client, index: str, replicas: int) -> None:
+    """Restore the serving settings and make the documents visible."""
+    client.indices.put_settings(index=index, body={"index": {"refresh_interval": "1s", "number_of_replicas": replicas}})
+    client.indices.refresh(index=index)
+
+
+def knn_query(vector: list[float], k: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": k}
+    if filters:
+        knn["filter"] = {"bool": {"filter": filters}}
+    return {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def validate(
+    client,
+    index: str,
+    *,
+    expected_count: int,
+    samples: list[tuple[str, list[float]]],
+    logger: logging.Logger = log,
+) -> dict[str, Any]:
+    """Raise IndexValidationError unless the count matches and every sample finds itself first."""
+    count = client.count(index=index)["count"]
+    if count != expected_count:
+        raise IndexValidationError(f"index {index} holds {count} documents, expected {expected_count}")
+    for item_id, vector in samples:
+        hits = client.search(index=index, body=knn_query(vector, 5))["hits"]["hits"]
+        if not hits:
+            raise IndexValidationError(f"self-match query for {item_id} returned nothing")
+        top = hits[0]["_score"]
+        perfect = {h["_id"] for h in hits if h["_score"] >= SELF_MATCH_SCORE}
+        if top < SELF_MATCH_SCORE or item_id not in perfect:
+            raise IndexValidationError(
+                f"self-match failed for {item_id}: top hit {hits[0]['_id']} scored {top:.6f}, expected {item_id} at 1.0"
+            )
+        logger.info("self-match ok: %s scored %.6f", item_id, top)
+    return {"count": count, "self_matches": len(samples)}
+
+
+def sample_ids(item_ids: Iterable[str], n: int) -> list[str]:
+    """A deterministic spread-out sample (by hash, not by position)."""
+    return sorted(item_ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:n]
+
+
+def indices_for_alias(client, alias: str) -> list[dict[str, Any]]:
+    """Indices this project created for `alias` (by their `_meta`), oldest first."""
+    out = []
+    for name, info in client.indices.get(index="*", expand_wildcards="open").items():
+        meta = info.get("mappings", {}).get("_meta", {})
+        if meta.get("alias") == alias:
+            created = int(info["settings"]["index"]["creation_date"])
+            out.append({"index": name, "created": created, "aliased": alias in info.get("aliases", {})})
+    return sorted(out, key=lambda x: (x["created"], x["index"]))
+
+
+def swap_alias(client, alias: str, index: str, retention: int, logger: logging.Logger = log) -> dict[str, Any]:
+    """Point `alias` at `index` atomically; keep `retention` older indices, delete the rest."""
+    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
+        raise RuntimeError(f"{alias!r} is a concrete index, not an alias: rename it before swapping")
+    current = []
+    if client.indices.exists_alias(name=alias):
+        current = sorted(client.indices.get_alias(name=alias).keys())
+    actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current if old != index]
+    actions.append({"add": {"index": index, "alias": alias}})
+    client.indices.update_aliases(body={"actions": actions})
+    logger.info("alias %s: %s -> %s", alias, current or "(none)", index)
+    older = [i["index"] for i in indices_for_alias(client, alias) if i["index"] != index]
+    keep = older[-retention:] if retention > 0 else []
+    deleted = [name for name in older if name not in keep]
+    for name in deleted:
+        client.indices.delete(index=name)
+        logger.info("deleted superseded index %s", name)
+    return {"alias": alias, "index": index, "previous": current, "kept": keep, "deleted": deleted}

@@ -1,0 +1,88 @@
+"""The local stack's environment, printed as shell `export` lines.
+
+`./dev` evaluates this output, so the DAGs, the CLI and the tests all see the
+same addresses and Airflow configuration. A variable already set in the
+caller's environment wins: point `CATSEARCH_OPENSEARCH_URL` elsewhere and the
+stack uses that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("CATSEARCH_HOME", Path.home() / ".cache" / "catalogue-search"))
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("CATSEARCH_REPO", Path(__file__).resolve().parents[2]))
+
+
+def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables the local stack needs, with caller-set values kept."""
+    env = dict(os.environ if env is None else env)
+    home = cache_home()
+    repo = repo_root()
+    defaults: dict[str, str] = {
+        "CATSEARCH_AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "CATSEARCH_OPENSEARCH_URL": "http://127.0.0.1:9200",
+        "CATSEARCH_TRANSFORM_BACKEND": "local",
+        "CATSEARCH_QUERY_ENCODER": "local",
+        # moto accepts any credentials; real ones never reach it.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    merged = {k: env.get(k, v) for k, v in defaults.items()}
+    endpoint = merged["CATSEARCH_AWS_ENDPOINT_URL"]
+    region = merged["AWS_DEFAULT_REGION"]
+    merged["AIRFLOW_CONN_AWS_DEFAULT"] = env.get(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": merged["AWS_ACCESS_KEY_ID"],
+                "password": merged["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"region_name": region, "endpoint_url": endpoint},
+            }
+        ),
+    )
+    merged["AIRFLOW_CONN_OPENSEARCH_DEFAULT"] = env.get(
+        "AIRFLOW_CONN_OPENSEARCH_DEFAULT",
+        _opensearch_connection(merged["CATSEARCH_OPENSEARCH_URL"]),
+    )
+    return merged
+
+
+def _opensearch_connection(url: str) -> str:
+    parsed = urlsplit(url)
+    return json.dumps(
+        {
+            "conn_type": "opensearch",
+            "host": parsed.hostname,
+            "port": parsed.port or (443 if parsed.scheme == "https" else 9200),
+            "schema": parsed.scheme or "http",
+            "extra": {"auth": "none"},
+        }
+    )
+
+
+def main() -> None:
+    for key, value in local_environment().items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""One typed settings object for the whole project.
+
+Every name a task, a CLI command or a test needs (buckets, index alias, model,
+endpoints) comes from here. Values are read from environment variables; the
+defaults are the local stack's, so a laptop needs no configuration at all.
+`docker-compose.yaml` and `./dev` set the same variable names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "CATSEARCH_"
+
+
+def _env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Project settings. Field `foo_bar` is read from `CATSEARCH_FOO_BAR`."""
+
+    # --- AWS / local stand-ins -------------------------------------------------
+    region: str = "us-east-1"
+    # Endpoint of the S3 + SageMaker stand-in (moto). Empty means real AWS.
+    aws_endpoint_url: str = "http://127.0.0.1:5000"
+    aws_conn_id: str = "aws_default"
+
+    # --- Source catalogue (ABO layout) ---------------------------------------
+    # The public ABO bucket in production; a moto bucket of the same name locally.
+    source_bucket: str = "amazon-berkeley-objects"
+    source_prefix: str = ""
+
+    # --- Project bucket ------------------------------------------------------
+    bucket: str = "catalogue-search-local"
+    images_prefix: str = "images/small/"
+    manifests_prefix: str = "manifests/"
+    embeddings_prefix: str = "embeddings/"
+    models_prefix: str = "models/"
+
+    # --- Model ---------------------------------------------------------------
+    model_name: str = "ViT-B-32"
+    # open_clip pretrained tag packaged into the artifact ("" = random weights).
+    model_pretrained: str = "openai"
+    # Override the model.tar.gz location (default: s3://{bucket}/{models_prefix}{model_name}/model.tar.gz).
+    model_artifact_uri: str = ""
+    # Override the inference container image (default: looked up with the sagemaker SDK).
+    inference_image_uri: str = ""
+    framework_version: str = "2.6"
+    py_version: str = "py312"
+    sagemaker_role_arn: str = "arn:aws:iam::123456789012:role/catalogue-search-sagemaker"
+
+    # --- Batch transform -----------------------------------------------------
+    # "local": the local batch-transform runner executes the job; "sagemaker": SageMaker does.
+    transform_backend: str = "local"
+    transform_instance_type: str = "ml.g4dn.xlarge"
+    transform_instance_count: int = 1
+    transform_max_concurrent: int = 4
+    transform_max_payload_mb: int = 6
+
+    # --- Query endpoints -----------------------------------------------------
+    endpoint_prefix: str = "catalogue-search"
+    endpoint_memory_mb: int = 6144
+    endpoint_max_concurrency: int = 5
+    # "local": encode queries in-process with the same handler; "endpoint": SageMaker runtime.
+    query_encoder: str = "local"
+
+    # --- OpenSearch ----------------------------------------------------------
+    opensearch_url: str = "http://127.0.0.1:9200"
+    # "none", "basic" (user/password below) or "sigv4" (AWS credentials of the process).
+    opensearch_auth: str = "none"
+    opensearch_user: str = ""
+    opensearch_password: str = field(default="", repr=False)
+    opensearch_conn_id: str = "opensearch_default"
+    index_alias: str = "products"
+    index_shards: int = 1
+    index_replicas: int = 0
+    # How many superseded indices to keep for rollback after an alias swap.
+    index_retention: int = 1
+    validation_sample: int = 5
+
+    # --- Ingestion -----------------------------------------------------------
+    schedule: str = "@weekly"
+    language_tag: str = "en_US"
+    copy_workers: int = 16
+
+    # ---------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `CATSEARCH_*` variables, then apply keyword overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_env_name(f.name))
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every environment variable the settings read."""
+        return {_env_name(f.name) for f in fields(cls)}
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # --- Derived names (one place for every S3 key and resource name) --------
+    @property
+    def is_local(self) -> bool:
+        return bool(self.aws_endpoint_url)
+
+    @property
+    def model_slug(self) -> str:
+        """The model name as it appears in S3 keys, index names and job names."""
+        return _slug(self.model_name)
+
+    @property
+    def artifact_uri(self) -> str:
+        if self.model_artifact_uri:
+            return self.model_artifact_uri
+        return f"s3://{self.bucket}/{self.models_prefix}{self.model_slug}/model.tar.gz"
+
+    def embeddings_uri(self) -> str:
+        """Where batch-transform outputs (`<image key>.out`) live, keyed by model."""
+        return f"s3://{self.bucket}/{self.embeddings_prefix}{self.model_slug}/"
+
+    def run_prefix(self, run_key: str) -> str:
+        return f"{self.manifests_prefix}{_slug(run_key)}/"
+
+    def sagemaker_model_name(self, encode_type: str) -> str:
+        return f"{self.endpoint_prefix}-{self.model_slug}-{encode_type.lower()}"
+
+    def endpoint_name(self, encode_type: str) -> str:
+        return self.sagemaker_model_name(encode_type)
+
+    def boto3_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"region_name": self.region}
+        if self.aws_endpoint_url:
+            kwargs["endpoint_url"] = self.aws_endpoint_url
+        return kwargs
+
+
+def _slug(text: str) -> str:
+    out = "".join(c.lower() if c.isalnum() else "-" for c in text)
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-")
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ValueError(f"{_env_name(f.name)}={raw!r} is not a whole number") from exc
+    if kind == "bool":
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return raw
+
+
+def boto3_client(service: str, settings: Settings | None = None):
+    """A boto3 client for `service` that honours the local endpoint setting."""
+    import boto3
+
+    settings = settings or Settings.from_env()
+    return boto3.client(service, **settings.boto3_kwargs())
