@@ -1,0 +1,110 @@
+"""Against the real OpenSearch 2.19.1 node with the k-NN plugin (started by ./dev test)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from catalogue_search import index, stack
+from catalogue_search.settings import Settings
+
+
+@pytest.fixture
+def client(opensearch_url):
+    c = index.make_client(opensearch_url)
+    created: list[str] = []
+    yield c, created
+    for name in created:
+        c.indices.delete(index=name, ignore_unavailable=True)
+
+
+def _unit(*xs: float) -> list[float]:
+    n = math.sqrt(sum(x * x for x in xs))
+    return [x / n for x in xs]
+
+
+def _product(item_id: str) -> dict:
+    return {
+        "item_id": item_id,
+        "item_name": f"name of {item_id}",
+        "image_id": f"img{item_id}",
+        "main_image_id": f"img{item_id}",
+        "path": f"ab/img{item_id}.jpg",
+        "product_type": "TOY",
+        "brand": "Tux Paint",
+    }
+
+
+def _load(c, name: str, alias: str, vectors: dict[str, list[float]]) -> None:
+    body = index.index_body(Settings(), alias=alias, dimension=3, run_key=name)
+    assert index.create_index(c, name, body) in {"created", "reused"}
+    docs = [index.document(_product(i), v, "test") for i, v in vectors.items()]
+    report = index.bulk_load(c, name, docs, total=len(docs))
+    assert report.failed == []
+    index.finish_loading(c, name, 0)
+
+
+VECTORS = {"north": _unit(0, 1, 0), "east": _unit(1, 0, 0), "northeast": _unit(1, 1, 0), "up": _unit(0, 0, 1)}
+
+
+def test_knn_plugin_is_installed(client):
+    c, _ = client
+    plugins = {p["component"] for p in c.cat.plugins(format="json")}
+    assert "opensearch-knn" in plugins
+
+
+def test_cosine_knn_index_answers_with_the_expected_neighbour(client, unique):
+    c, created = client
+    name = f"t-knn-{unique}"
+    created.append(name)
+    _load(c, name, f"alias-{unique}", VECTORS)
+    mapping = c.indices.get_mapping(index=name)[name]["mappings"]["properties"]["embedding"]
+    assert mapping["method"]["space_type"] == "cosinesimil" and mapping["method"]["engine"] == "lucene"
+    hits = c.search(index=name, body=index.knn_query(_unit(0.9, 0.2, 0), 2))["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["east", "northeast"]
+    assert "embedding" not in hits[0]["_source"]
+    # OpenSearch's cosine score is (1 + cos) / 2: the vector itself scores 1.0.
+    self_hit = c.search(index=name, body=index.knn_query(VECTORS["up"], 1))["hits"]["hits"][0]
+    assert self_hit["_id"] == "up" and self_hit["_score"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_reloading_the_same_documents_does_not_duplicate(client, unique):
+    c, created = client
+    name = f"t-idem-{unique}"
+    created.append(name)
+    _load(c, name, f"alias-{unique}", VECTORS)
+    _load(c, name, f"alias-{unique}", VECTORS)  # a retry of the same run
+    assert c.count(index=name)["count"] == len(VECTORS)
+
+
+def test_validation_rejects_a_wrong_count_and_a_failed_self_match(client, unique):
+    c, created = client
+    name = f"t-val-{unique}"
+    created.append(name)
+    _load(c, name, f"alias-{unique}", VECTORS)
+    samples = [("north", VECTORS["north"])]
+    assert index.validate(c, name, expected_count=4, samples=samples)["count"] == 4
+    with pytest.raises(index.IndexValidationError, match="holds 4 documents, expected 5"):
+        index.validate(c, name, expected_count=5, samples=samples)
+    with pytest.raises(index.IndexValidationError, match="self-match failed for north"):
+        index.validate(c, name, expected_count=4, samples=[("north", _unit(0.3, 1, 0.2))])
+
+
+def test_alias_swap_is_atomic_and_keeps_the_retention(client, unique):
+    c, created = client
+    alias = f"alias-{unique}"
+    names = [f"t-swap-{unique}-{n}" for n in range(4)]
+    created.extend(names)
+    for n, name in enumerate(names):
+        _load(c, name, alias, {"only": _unit(1, n + 1, 0)})
+        result = index.swap_alias(c, alias, name, retention=1)
+        assert list(c.indices.get_alias(name=alias).keys()) == [name]
+        assert result["previous"] == ([names[n - 1]] if n else [])
+    # The newest serves, one previous is kept for rollback, the older ones are gone.
+    assert c.indices.exists(index=names[3]) and c.indices.exists(index=names[2])
+    assert not c.indices.exists(index=names[1]) and not c.indices.exists(index=names[0])
+
+
+def test_stack_up_reuses_running_services():
+    assert stack.up() == {"moto": "reused", "opensearch": "reused"}
