@@ -38,9 +38,10 @@ class CatalogueTransformOperator(SageMakerTransformOperator):
         )
         summary = report.as_dict()
         self.log.info(
-            "local transform: %s of %s inputs encoded, %s failed",
-            summary.get("succeeded"),
-            summary.get("total"),
-            len(summary.get("failed", [])),
+            "local transform: %s of %s inputs encoded, %s answered with an error record, %s failed",
+            summary["succeeded"],
+            summary["total"],
+            len(summary["error_records"]),
+            len(summary["failed"]),
         )
         return result

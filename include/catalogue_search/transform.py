@@ -171,7 +171,7 @@ def parse_output(raw: bytes) -> list[float]:
 
 def read_embeddings(s3, settings: Settings, paths: list[str], workers: int = 16, logger: logging.Logger = log) -> Embeddings:
     """Read the `.out` of every image path in parallel."""
-    present = encoded_paths(s3, settings)
+    present = set(encoded_paths(s3, settings))
     out = Embeddings(vectors={}, errors={}, missing=sorted(set(paths) - present))
     todo = sorted(set(paths) & present)
     progress = Progress("embeddings read", len(todo), logger)

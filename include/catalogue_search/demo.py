@@ -1,0 +1,158 @@
+"""The main job on the local stack: index the sample catalogue, answer sample queries.
+
+1. Build the sample ABO catalogue (cached) and upload it to the moto bucket
+   that plays the public ABO bucket.
+2. Build `model.tar.gz` (cached) and upload it to the project bucket.
+3. Run the `catalogue_ingest` DAG with `airflow dags test`.
+4. Print the five best hits for a text query and for an image query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from catalogue_search.localenv import cache_home
+from catalogue_search.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TEXT_QUERY = "two people in front of a swimming pool"
+INTERESTING = re.compile(
+    r"(shard \w+:|images: |need encoding|nothing new to encode|local transform|documents loaded: \d+ / \d+ *$|"
+    r"self-match ok|alias \S+:|deleted superseded|could not be encoded|is missing|Task instance .* (success|failed)|"
+    r"Marking task as|ERROR|Traceback)"
+)
+
+
+def _say(msg: str) -> None:
+    print(f"\033[1m[demo]\033[0m {msg}", flush=True)
+
+
+def s3_client(settings: Settings):
+    import boto3
+
+    return boto3.client("s3", **settings.boto3_kwargs())
+
+
+def ensure_bucket(s3, bucket: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except Exception:
+        s3.create_bucket(Bucket=bucket)
+
+
+def prepare_catalogue(settings: Settings, s3, out_dir: Path | None = None):
+    """Build (once) and upload (idempotently) the sample catalogue; return its summary."""
+    from catalogue_search import sample_catalogue as sc
+
+    out_dir = out_dir or cache_home() / "sample-catalogue"
+    summary_file = out_dir / sc.SUMMARY_FILENAME
+    if summary_file.exists():
+        summary = sc.CatalogueSummary.load(summary_file)
+    else:
+        stamps = sc.fetch_tuxpaint(sc.default_cache_dir())
+        summary = sc.build_sample_catalogue(stamps, out_dir)
+    report = sc.upload_catalogue(out_dir, settings.source_bucket, s3, prefix=settings.source_prefix)
+    _say(
+        f"sample catalogue: {summary.unique_products} products, {len(summary.clean_item_ids)} clean; "
+        f"s3://{settings.source_bucket}/: {report.uploaded} uploaded, {report.skipped} already there"
+    )
+    return summary
+
+
+def prepare_model(settings: Settings, s3, model_cfg_path: Path | None = None) -> dict[str, Any]:
+    """Build (once) and upload the model artifact; warn loudly about random weights."""
+    from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
+
+    tag = settings.model_pretrained or "random"
+    path = cache_home() / "artifacts" / f"{settings.model_slug}-{tag}" / "model.tar.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = build_model_artifact(path, settings.model_name, settings.model_pretrained, model_cfg_path)
+    upload_model_artifact(settings, s3, path)
+    if not info.pretrained_loaded:
+        _say(
+            "WARNING: no pretrained CLIP weights could be loaded (no model hub here): the model has the real "
+            f"{settings.model_name} architecture with RANDOM weights. Text search results are not meaningful; "
+            "an image still finds itself. With internet, the same command packages real weights."
+        )
+    return info.as_dict()
+
+
+def prepare(settings: Settings, model_cfg_path: Path | None = None):
+    s3 = s3_client(settings)
+    ensure_bucket(s3, settings.bucket)
+    summary = prepare_catalogue(settings, s3)
+    info = prepare_model(settings, s3, model_cfg_path)
+    return summary, info
+
+
+def run_dag(dag_id: str, conf: dict[str, Any], env: dict[str, str] | None = None, log_path: Path | None = None) -> int:
+    """`airflow dags test` with the full log in a file and the progress lines on screen."""
+    log_path = log_path or cache_home() / "logs" / f"{dag_id}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
+    _say(f"running {' '.join(cmd[:4])} (full log: {log_path})")
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if INTERESTING.search(line):
+                print("   " + line.rstrip()[-200:], flush=True)
+        code = proc.wait()
+    if code != 0:
+        _say(f"the DAG run failed (exit {code}); see {log_path}")
+    return code
+
+
+def answer_queries(settings: Settings, summary, k: int = 5) -> bool:
+    """Print a text query's and an image query's best hits; True when the image found itself first."""
+    from catalogue_search.search import SearchClient, format_hits
+
+    client = SearchClient(settings)
+    print(f"\nText query: {TEXT_QUERY!r}")
+    print(format_hits(client.search_text(TEXT_QUERY, k)))
+    s3 = s3_client(settings)
+    item_id = summary.clean_item_ids[0]
+    doc = client.client.get(index=settings.index_alias, id=item_id)["_source"]
+    image = s3.get_object(Bucket=settings.bucket, Key=settings.images_prefix + doc["image_path"])["Body"].read()
+    print(f"\nImage query: the catalogue's own image of {item_id} ({doc['item_name']!r}, {doc['image_path']})")
+    hits = client.search_image(image, k)
+    print(format_hits(hits))
+    # Identical images tie at 1.0, so "first" means: among the top hits that score 1.0.
+    found = bool(hits) and hits[0].score >= 0.9999 and any(h.item_id == item_id and h.score >= 0.9999 for h in hits)
+    print(f"\nself-match: {'OK, the product came back first' if found else 'FAILED'}")
+    return bool(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__)
+    parser.add_argument("--max-products", type=int, default=0, help="index at most this many products (0 = all)")
+    parser.add_argument("--skip-dag", action="store_true", help="only answer the queries (the index exists)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    started = time.monotonic()
+    summary, _ = prepare(settings)
+    if not args.skip_dag:
+        code = run_dag("catalogue_ingest", {"max_products": args.max_products})
+        if code != 0:
+            return code
+    ok = answer_queries(settings, summary)
+    _say(f"done in {time.monotonic() - started:.0f}s; search again with: ./dev search \"a red flower\"")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

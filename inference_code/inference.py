@@ -1,0 +1,563 @@
+"""SageMaker PyTorch serving handler: encode product images or search texts with CLIP.
+
+The SageMaker PyTorch container imports this file from `code/inference.py` of
+`model.tar.gz` and calls `model_fn`, `input_fn`, `predict_fn` and `output_fn`.
+The same file also runs in-process (local batch transform, local query encoder)
+through `load_model(model_dir, env)` and `encode(...)`, so both paths share one
+implementation. It imports only the standard library, torch, open_clip, PIL and
+numpy: it must run alone inside the container.
+
+One container encodes one kind of input, chosen by the environment:
+- `ENCODE_TYPE`: `IMAGE` (default) or `TEXT`.
+- `MODEL_NAME`: optional; must equal `model_name` in `clip_config.json`.
+- `MAX_BATCH_SIZE` (default 64): most inputs in one request.
+- `MAX_IMAGE_PIXELS` (default 50,000,000): decompression-bomb cap.
+- `TEXT_PROMPT`: optional template such as `this is a {}` applied to texts.
+- `ERROR_MODE`: `raise` (default) or `record`. With `record`, a request whose
+  inputs cannot be encoded (a corrupt image, an empty text) is answered with
+  `{"error": "..."}` instead of failing, so one bad image does not fail a whole
+  batch-transform job and its `.out` says why. Malformed requests (unknown
+  content type, invalid JSON) still fail.
+
+Requests (`Content-Type`):
+- `application/x-image`: the raw bytes of one image.
+- `application/json`: `{"inputs": [...], "prompt": optional}`; texts for a TEXT
+  model, base64 strings for an IMAGE model.
+- `application/jsonlines`: one record a line, a JSON string or
+  `{"inputs": <text or base64>, "id": optional}`; ids come back with the vectors.
+
+Responses (`Accept`): `application/json` -> `{"embeddings": [[...]], "ids": [...]}`
+(ids only when the request had some), `application/jsonlines` -> one
+`{"embedding": [...], "id": ...}` a line. Vectors are L2-normalised float32.
+Bad requests raise `InputError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "clip_config.json"
+WEIGHTS_FILE = "model.pt"
+ENCODE_TYPES = ("IMAGE", "TEXT")
+ERROR_MODES = ("raise", "record")
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+X_IMAGE = "application/x-image"
+_JSON_TYPES = {JSON, "text/json"}
+_JSONLINES_TYPES = {JSONLINES, "application/jsonl", "application/x-jsonlines", "application/json-lines"}
+_IMAGE_TYPES = {X_IMAGE, "image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
+_ANY = {"", "*/*", "application/*"}
+
+# Leading bytes of the image formats a client is likely to send as base64.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*")
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/\r\n]+={0,2}$")
+_DATA_URI_RE = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+
+class InputError(ValueError):
+    """A request this model cannot encode; the message names the problem."""
+
+
+@dataclass
+class ClipModel:
+    """What `model_fn` returns: the network plus everything needed to feed it."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    preprocess: Any
+    encode_type: str
+    model_name: str
+    embed_dim: int
+    device: torch.device
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    text_prompt: str | None = None
+    pretrained: str = ""
+    error_mode: str = "raise"
+
+
+@dataclass
+class Batch:
+    """A parsed request: raw image bytes (`kind="image"`) or JSON strings (`kind="string"`)."""
+
+    items: list[Any]
+    kind: str
+    ids: list[Any] | None = None
+    prompt: str | None = None
+
+
+@dataclass
+class Prediction:
+    """One L2-normalised float32 row per input, in input order, plus the records' ids.
+
+    `error` is set instead (and `embeddings` is empty) when ERROR_MODE=record
+    turned an `InputError` into an answer.
+    """
+
+    embeddings: np.ndarray
+    ids: list[Any] | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- model
+
+
+def register_model_config(model_name: str, model_cfg: Mapping[str, Any]) -> str:
+    """Make `model_cfg` known to open_clip and return the name to create it by.
+
+    A built-in name whose registry config equals `model_cfg` is used as is. An
+    unknown name is registered as given; a known name with a different config
+    (a test config, an extra `quick_gelu`) gets a derived name, so the built-in
+    entry is never overwritten.
+    """
+    cfg = json.loads(json.dumps(model_cfg))
+    if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ValueError(f"model_cfg for {model_name!r} needs embed_dim, vision_cfg and text_cfg")
+    existing = open_clip.get_model_config(model_name)
+    if existing == cfg:
+        return model_name
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", model_name)
+    if existing is None and safe == model_name:
+        name = model_name
+    else:
+        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+        name = f"{safe}-cfg-{digest}"
+    if open_clip.get_model_config(name) != cfg:
+        with tempfile.TemporaryDirectory(prefix="open-clip-cfg-") as tmp:
+            path = Path(tmp) / f"{name}.json"
+            path.write_text(json.dumps(cfg))
+            open_clip.add_model_config(path)
+    return name
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "initialized randomly" before we load model.pt; that is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from exc
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
+def _check_prompt(prompt: str, source: str) -> str:
+    if "{}" not in prompt:
+        raise InputError(f"{source} {prompt!r} has no '{{}}' placeholder for the text")
+    return prompt
+
+
+def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ClipModel:
+    """Load `clip_config.json` + `model.pt` from `model_dir`, configured by `env`.
+
+    `env` holds the container variables (ENCODE_TYPE, MODEL_NAME, ...); it
+    defaults to `os.environ` and is never modified, so in-process callers can
+    load an IMAGE and a TEXT model side by side.
+    """
+    env = os.environ if env is None else env
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {model_dir} an extracted catalogue-search model.tar.gz?")
+    config = json.loads(config_path.read_text())
+    model_name = config["model_name"]
+
+    encode_type = (env.get("ENCODE_TYPE") or "IMAGE").strip().upper()
+    if encode_type not in ENCODE_TYPES:
+        raise ValueError(f"ENCODE_TYPE={env.get('ENCODE_TYPE')!r} is not supported: use IMAGE or TEXT")
+    wanted_name = (env.get("MODEL_NAME") or "").strip()
+    if wanted_name and wanted_name != model_name:
+        raise ValueError(
+            f"MODEL_NAME={wanted_name!r} but {model_dir} holds {model_name!r}: "
+            "the endpoint or transform points at the wrong model.tar.gz"
+        )
+    error_mode = (env.get("ERROR_MODE") or "raise").strip().lower()
+    if error_mode not in ERROR_MODES:
+        raise ValueError(f"ERROR_MODE={env.get('ERROR_MODE')!r} is not supported: use raise or record")
+    text_prompt = env.get("TEXT_PROMPT") or None
+    if text_prompt:
+        _check_prompt(text_prompt, "TEXT_PROMPT")
+
+    name = register_model_config(model_name, config["model_cfg"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(
+            name,
+            pretrained=None,
+            load_weights=False,
+            force_preprocess_cfg=config.get("preprocess_cfg") or None,
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    del state
+    model.to(device).eval().requires_grad_(False)
+
+    pp = dict(model.visual.preprocess_cfg)
+    if isinstance(pp.get("size"), list):
+        pp["size"] = tuple(pp["size"])
+    preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+    pretrained = config.get("pretrained") or ""
+    if not pretrained:
+        logger.warning(
+            "Model %s in %s has RANDOM weights (no pretrained CLIP checkpoint was packaged): "
+            "its vectors are consistent but search results will not be meaningful.",
+            model_name,
+            model_dir,
+        )
+    logger.info("Loaded %s (%s weights) to encode %s on %s", model_name, pretrained or "random", encode_type, device)
+    return ClipModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(name),
+        preprocess=preprocess,
+        encode_type=encode_type,
+        model_name=model_name,
+        embed_dim=int(config["embed_dim"]),
+        device=device,
+        max_batch_size=_env_int(env, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE),
+        max_image_pixels=_env_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        text_prompt=text_prompt,
+        pretrained=pretrained,
+        error_mode=error_mode,
+    )
+
+
+def model_fn(model_dir: str) -> ClipModel:
+    """SageMaker entry point: load the model configured by the container's environment."""
+    torch.set_grad_enabled(False)
+    model = load_model(model_dir, os.environ)
+    # The container serves this one model, so PIL's process-wide cap can follow it.
+    Image.MAX_IMAGE_PIXELS = model.max_image_pixels
+    return model
+
+
+# --------------------------------------------------------------------------- input
+
+
+def media_type(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _as_text(body: bytes | bytearray | str, content_type: str) -> str:
+    if isinstance(body, str):
+        return body
+    try:
+        return bytes(body).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{content_type} body is not UTF-8 text: {exc}") from exc
+
+
+def _check_inputs_value(value: Any, where: str) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise InputError(f"{where} must be a string or a list of strings, got {type(value).__name__}")
+
+
+def input_fn(request_body: bytes | bytearray | str, request_content_type: str | None) -> Batch:
+    """Parse a request body into a `Batch`; nothing is decoded or tokenised yet."""
+    ctype = media_type(request_content_type)
+    if ctype in _IMAGE_TYPES:
+        if isinstance(request_body, str):
+            raise InputError(f"{ctype} body must be the image's raw bytes, not text")
+        return Batch(items=[bytes(request_body)], kind="image")
+
+    if ctype in _JSON_TYPES:
+        text = _as_text(request_body, ctype)
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"request body is not valid JSON: {exc}") from exc
+        if isinstance(doc, list):
+            return Batch(items=doc, kind="string")
+        if not isinstance(doc, dict) or "inputs" not in doc:
+            raise InputError('application/json body must be {"inputs": [...]} (texts or base64 images)')
+        prompt = doc.get("prompt")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputError('"prompt" must be a string such as "this is a {}"')
+            _check_prompt(prompt, '"prompt"')
+        return Batch(items=_check_inputs_value(doc["inputs"], '"inputs"'), kind="string", prompt=prompt)
+
+    if ctype in _JSONLINES_TYPES:
+        text = _as_text(request_body, ctype)
+        items: list[Any] = []
+        ids: list[Any] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"jsonlines line {number} is not valid JSON: {exc}") from exc
+            if isinstance(record, str):
+                items.append(record)
+                ids.append(None)
+            elif isinstance(record, dict) and "inputs" in record:
+                if not isinstance(record["inputs"], str):
+                    raise InputError(f'jsonlines line {number}: "inputs" must be one string')
+                items.append(record["inputs"])
+                ids.append(record.get("id"))
+            else:
+                raise InputError(f'jsonlines line {number} must be a JSON string or {{"inputs": ..., "id": ...}}')
+        return Batch(items=items, kind="string", ids=ids if any(i is not None for i in ids) else None)
+
+    raise InputError(f"unsupported Content-Type {request_content_type!r}: use {X_IMAGE}, {JSON} or {JSONLINES}")
+
+
+def _looks_like_base64_image(text: str) -> bool:
+    """True for a data URI or a base64 string whose bytes start like an image file."""
+    if _DATA_URI_RE.match(text):
+        return True
+    head = text[:64]
+    if len(text) < 16 or not _BASE64_RE.match(head):
+        return False
+    try:
+        raw = base64.b64decode(head[: len(head) // 4 * 4])
+    except (binascii.Error, ValueError):
+        return False
+    return raw.startswith(_IMAGE_MAGIC)
+
+
+def _decode_base64(item: Any, index: int) -> bytes:
+    if not isinstance(item, str):
+        raise InputError(f"input {index}: expected a base64 string, got {type(item).__name__}")
+    data = _DATA_URI_RE.sub("", item.strip(), count=1)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(
+            f"input {index} is not base64: this model encodes IMAGE, so send images as base64 "
+            "strings (texts go to the TEXT model)"
+        ) from exc
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Fully decode image bytes into an RGB PIL image, or raise `InputError`.
+
+    `img.load()` forces the whole decode, so a truncated file fails here rather
+    than giving a half-grey picture. Images above `max_pixels` are refused
+    before decoding (decompression bombs).
+    """
+    if not data:
+        raise InputError("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"image is {width}x{height} = {width * height} pixels, above the "
+                    f"MAX_IMAGE_PIXELS cap of {max_pixels} (decompression bomb guard)"
+                )
+            img.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image refused by the decompression bomb guard: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError("image data is not in a format PIL can read (corrupt or not an image)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block is no reason to refuse the picture
+        pass
+    try:
+        return to_rgb(img)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"image mode {img.mode!r} cannot be converted to RGB: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white, 16-bit is scaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")
+
+
+def _texts(batch: Batch, model: ClipModel) -> list[str]:
+    prompt = batch.prompt or model.text_prompt
+    texts = []
+    for index, item in enumerate(batch.items):
+        if not isinstance(item, str):
+            raise InputError(f"input {index}: expected a text string, got {type(item).__name__}")
+        text = item.strip()
+        if not text:
+            raise InputError(f"input {index} is an empty or whitespace-only text")
+        if _looks_like_base64_image(text):
+            raise InputError(
+                f"input {index} looks like a base64-encoded image but this model encodes TEXT: "
+                "send images to the IMAGE model"
+            )
+        texts.append(prompt.replace("{}", text) if prompt else text)
+    return texts
+
+
+def prepare(batch: Batch, model: ClipModel) -> torch.Tensor:
+    """Validate a batch and turn it into the model's input tensor (pixels or tokens).
+
+    Split from `predict_fn` so in-process callers can prepare several requests
+    apart (one bad request does not sink the others) and run them in one pass.
+    """
+    if not batch.items:
+        raise InputError("request has no inputs")
+    if len(batch.items) > model.max_batch_size:
+        raise InputError(
+            f"request has {len(batch.items)} inputs, above MAX_BATCH_SIZE={model.max_batch_size}: split it"
+        )
+    if model.encode_type == "TEXT":
+        if batch.kind == "image":
+            raise InputError(
+                "this model encodes TEXT but the request is an image: send texts as "
+                f"{JSON} or {JSONLINES}, or send the image to the IMAGE model"
+            )
+        return model.tokenizer(_texts(batch, model))
+
+    if batch.prompt:
+        raise InputError('"prompt" applies to texts, but this model encodes IMAGE')
+    if batch.kind == "image":
+        blobs = list(batch.items)
+    else:
+        blobs = [_decode_base64(item, index) for index, item in enumerate(batch.items)]
+    pixels = []
+    for index, blob in enumerate(blobs):
+        try:
+            img = decode_image(blob, model.max_image_pixels)
+        except InputError as exc:
+            message = f"input {index}: {exc}" if len(blobs) > 1 else str(exc)
+            if batch.kind == "string":
+                message += " (this model encodes IMAGE: JSON inputs must be base64-encoded images)"
+            raise InputError(message) from exc
+        pixels.append(model.preprocess(img))
+    return torch.stack(pixels)
+
+
+def embed(inputs: torch.Tensor, model: ClipModel) -> np.ndarray:
+    """One forward pass for the whole batch -> L2-normalised float32 rows."""
+    with torch.inference_mode():
+        inputs = inputs.to(model.device)
+        if model.encode_type == "IMAGE":
+            features = model.model.encode_image(inputs, normalize=True)
+        else:
+            features = model.model.encode_text(inputs, normalize=True)
+    vectors = features.float().cpu().numpy().astype(np.float32, copy=False)
+    if not np.isfinite(vectors).all():
+        raise RuntimeError("the model produced non-finite embeddings (NaN/inf): the weights are broken")
+    return vectors
+
+
+def predict_fn(data: Batch, model: ClipModel) -> Prediction:
+    """Encode a parsed batch in one forward pass; rows keep the input order."""
+    try:
+        inputs = prepare(data, model)
+    except InputError as exc:
+        if model.error_mode != "record":
+            raise
+        return error_prediction(exc, model)
+    return Prediction(embeddings=embed(inputs, model), ids=data.ids)
+
+
+def error_prediction(exc: Exception, model: ClipModel) -> Prediction:
+    """The answer ERROR_MODE=record gives for a request that could not be encoded."""
+    logger.warning("Answering with an error record: %s", exc)
+    return Prediction(embeddings=np.zeros((0, model.embed_dim), dtype=np.float32), error=str(exc))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def negotiate_accept(accept: str | None) -> str:
+    """The response media type for an Accept header; `*/*` or empty means JSON."""
+    candidates = [media_type(part) for part in (accept or "").split(",")]
+    for candidate in candidates:
+        if candidate in _ANY or candidate in _JSON_TYPES:
+            return JSON
+        if candidate in _JSONLINES_TYPES:
+            return JSONLINES
+    raise InputError(f"unsupported Accept {accept!r}: use {JSON} or {JSONLINES}")
+
+
+def output_fn(prediction: Prediction, accept: str | None) -> bytes:
+    """Serialise vectors as JSON (`{"embeddings": ...}`) or JSON lines (`{"embedding": ...}`).
+
+    An error record is `{"error": "..."}` in both formats (one line for JSON lines).
+    """
+    kind = negotiate_accept(accept)
+    if prediction.error is not None:
+        return json.dumps({"error": prediction.error}).encode("utf-8")
+    rows = prediction.embeddings.tolist()
+    ids = prediction.ids
+    if kind == JSON:
+        doc: dict[str, Any] = {"embeddings": rows}
+        if ids is not None:
+            doc["ids"] = ids
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    lines = []
+    for index, row in enumerate(rows):
+        record: dict[str, Any] = {"embedding": row}
+        if ids is not None and ids[index] is not None:
+            record["id"] = ids[index]
+        lines.append(json.dumps(record, separators=(",", ":")))
+    return "\n".join(lines).encode("utf-8")
+
+
+def encode(model: ClipModel, payload: bytes | str, content_type: str, accept: str | None = JSON) -> tuple[bytes, str]:
+    """In-process request: the four handler functions chained -> (body, response content type)."""
+    response_type = negotiate_accept(accept)
+    prediction = predict_fn(input_fn(payload, content_type), model)
+    return output_fn(prediction, response_type), response_type
+
+
+def batch_of(items: Sequence[Any], kind: str) -> Batch:
+    """A `Batch` built directly from Python values (texts, or image bytes when kind="image")."""
+    return Batch(items=list(items), kind=kind)

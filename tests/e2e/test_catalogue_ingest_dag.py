@@ -1,0 +1,111 @@
+"""End to end: `airflow dags test catalogue_ingest` on the sample catalogue (tiny model).
+
+Real Airflow, real OpenSearch, moto for S3 and the SageMaker control plane, the
+local batch-transform runner for the data plane. Two runs: the second must
+leave the same documents and encode nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catalogue_search import demo, index
+from catalogue_search.search import SearchClient
+from catalogue_search.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
+
+
+def _dags_test(env: dict[str, str], conf: str = "{}") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", "catalogue_ingest", "--conf", conf],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+def _all_ids(client, alias: str) -> set[str]:
+    resp = client.search(index=alias, body={"size": 10000, "_source": False, "query": {"match_all": {}}})
+    return {h["_id"] for h in resp["hits"]["hits"]}
+
+
+@pytest.fixture(scope="module")
+def stack_env(moto_url, opensearch_url):
+    token = os.urandom(4).hex()
+    env = {
+        "CATSEARCH_BUCKET": f"e2e-project-{token}",
+        "CATSEARCH_INDEX_ALIAS": f"e2e-products-{token}",
+        "CATSEARCH_MODEL_NAME": "tiny-clip",
+        "CATSEARCH_MODEL_PRETRAINED": "",
+        "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
+        "CATSEARCH_OPENSEARCH_URL": opensearch_url,
+    }
+    settings = Settings.from_env({**os.environ, **env})
+    summary, info = demo.prepare(settings, model_cfg_path=TINY)
+    assert info["pretrained_loaded"] is False
+    return env, settings, summary
+
+
+@pytest.fixture(scope="module")
+def first_run(stack_env):
+    env, settings, summary = stack_env
+    result = _dags_test(env)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    return result
+
+
+def test_indexes_every_clean_product_and_none_of_the_dirty_ones(stack_env, first_run):
+    _, settings, summary = stack_env
+    client = index.client_from_settings(settings)
+    assert client.indices.exists_alias(name=settings.index_alias)
+    ids = _all_ids(client, settings.index_alias)
+    assert len(ids) == len(summary.clean_item_ids) == 773
+    assert ids == set(summary.clean_item_ids)
+    assert not ids & set(summary.excluded_item_ids)
+
+
+def test_logs_name_what_was_dropped_and_why(first_run, stack_env):
+    _, _, summary = stack_env
+    log = first_run.stdout + first_run.stderr
+    assert "no_title_in_language" in log
+    assert summary.image_missing_from_bucket[0] in log  # the missing source image is named
+    assert "could not be encoded" in log  # the corrupt JPEG
+    assert "documents loaded: 773 / 773" in log
+
+
+def test_an_image_finds_its_own_product_first(stack_env, first_run):
+    _, settings, summary = stack_env
+    import boto3
+
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    client = SearchClient(settings)
+    for item_id in summary.clean_item_ids[:3]:
+        doc = client.client.get(index=settings.index_alias, id=item_id)["_source"]
+        image = s3.get_object(Bucket=settings.bucket, Key=settings.images_prefix + doc["image_path"])["Body"].read()
+        hits = client.search_image(image, 5)
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert item_id in {h.item_id for h in hits if h.score >= 0.9999}
+        assert all("embedding" not in h.as_dict() for h in hits)
+
+
+def test_second_run_encodes_nothing_new_and_keeps_the_same_documents(stack_env, first_run):
+    env, settings, summary = stack_env
+    client = index.client_from_settings(settings)
+    before_index = list(client.indices.get_alias(name=settings.index_alias))
+    result = _dags_test(env)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "nothing new to encode" in log
+    after_index = list(client.indices.get_alias(name=settings.index_alias))
+    assert after_index != before_index  # a new versioned index behind the same alias
+    assert _all_ids(client, settings.index_alias) == set(summary.clean_item_ids)
+    # The previous index is kept for rollback (retention 1).
+    assert client.indices.exists(index=before_index[0])

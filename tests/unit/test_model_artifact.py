@@ -1,0 +1,187 @@
+"""model.tar.gz: the layout SageMaker's PyTorch container expects, deterministic bytes, upload."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from catalogue_search.handler import INFERENCE_CODE_DIR, load_handler_from_artifact, load_inference_module
+from catalogue_search.model_artifact import (
+    ArtifactInfo,
+    build_model_artifact,
+    inference_image_uri,
+    main,
+    upload_model_artifact,
+)
+from catalogue_search.settings import Settings
+
+TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> ArtifactInfo:
+    out = tmp_path_factory.mktemp("artifact") / "model.tar.gz"
+    return build_model_artifact(out, "tiny-clip", "", TINY_MODEL_CONFIG)
+
+
+def test_archive_has_the_layout_the_pytorch_container_expects(artifact: ArtifactInfo):
+    with tarfile.open(artifact.path) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == [
+            "clip_config.json",
+            "code",
+            "code/inference.py",
+            "code/requirements.txt",
+            "model.pt",
+        ]
+        assert all((m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "") for m in members)
+        assert tar.extractfile("code/inference.py").read() == (INFERENCE_CODE_DIR / "inference.py").read_bytes()
+        requirements = tar.extractfile("code/requirements.txt").read().decode()
+        config = json.loads(tar.extractfile("clip_config.json").read())
+    assert "open_clip_torch==3.3.0" in requirements.splitlines()
+    assert config["model_name"] == "tiny-clip"
+    assert config["pretrained"] == ""
+    assert (config["embed_dim"], config["image_size"]) == (32, 32)
+    assert config["model_cfg"] == json.loads(TINY_MODEL_CONFIG.read_text())
+    assert (artifact.pretrained_loaded, artifact.embed_dim) == (False, 32)
+    assert artifact.sha256 == hashlib.sha256(Path(artifact.path).read_bytes()).hexdigest()
+
+
+def test_the_same_inputs_give_the_same_bytes(artifact: ArtifactInfo, tmp_path: Path):
+    again = build_model_artifact(tmp_path / "again.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG, force=True)
+    assert Path(again.path).read_bytes() == Path(artifact.path).read_bytes()
+    other_seed = build_model_artifact(tmp_path / "seed1.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG, seed=1)
+    assert other_seed.sha256 != artifact.sha256
+
+
+def test_random_weights_are_announced_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING):
+        info = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG)
+    assert not info.pretrained_loaded
+    assert any("NOT be meaningful" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_an_unchanged_recipe_is_not_rebuilt(tmp_path: Path):
+    out = tmp_path / "model.tar.gz"
+    first = build_model_artifact(out, "tiny-clip", "", TINY_MODEL_CONFIG)
+    stamp = out.stat().st_mtime_ns
+    assert build_model_artifact(out, "tiny-clip", "", TINY_MODEL_CONFIG) == first
+    assert out.stat().st_mtime_ns == stamp
+    build_model_artifact(out, "tiny-clip", "", TINY_MODEL_CONFIG, force=True)
+    assert out.stat().st_mtime_ns != stamp
+
+
+def test_a_checkpoint_file_is_packaged_as_pretrained_weights(tmp_path: Path):
+    import open_clip
+
+    inference = load_inference_module()
+    name = inference.register_model_config("tiny-clip", json.loads(TINY_MODEL_CONFIG.read_text()))
+    torch.manual_seed(123)
+    state = open_clip.create_model(name).state_dict()
+    checkpoint = tmp_path / "tiny-weights.pt"
+    torch.save(state, checkpoint)
+
+    info = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", str(checkpoint), TINY_MODEL_CONFIG)
+    assert info.pretrained_loaded
+    with tarfile.open(info.path) as tar:
+        packaged = torch.load(tar.extractfile("model.pt"), weights_only=True)
+        config = json.loads(tar.extractfile("clip_config.json").read())
+    assert config["pretrained"] == "tiny-weights.pt"
+    assert packaged.keys() == state.keys()
+    assert all(torch.equal(packaged[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "config"),
+    [("ViT-B-32", "no-such-tag", None), ("tiny-clip", "openai", TINY_MODEL_CONFIG)],
+)
+def test_an_unknown_tag_is_an_error_not_a_download(tmp_path: Path, model, pretrained, config):
+    with pytest.raises(ValueError, match="pretrained"):
+        build_model_artifact(tmp_path / "model.tar.gz", model, pretrained, config)
+    assert not (tmp_path / "model.tar.gz").exists()
+
+
+def test_an_unknown_model_without_config_is_an_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="--config"):
+        build_model_artifact(tmp_path / "model.tar.gz", "no-such-model", "")
+
+
+def test_the_artifact_loads_once_into_the_cache_and_encodes(artifact: ArtifactInfo, tmp_path: Path):
+    cache = tmp_path / "cache"
+    handler = load_handler_from_artifact(artifact.path, "IMAGE", cache_dir=cache)
+    vec = handler.encode_images([png_bytes()])
+    assert vec.shape == (1, 32)
+    marker = handler.model_dir / ".complete"
+    stamp = marker.stat().st_mtime_ns
+    again = load_handler_from_artifact(artifact.path, "TEXT", cache_dir=cache)
+    assert again.model_dir == handler.model_dir and marker.stat().st_mtime_ns == stamp
+    assert again.encode_texts(["lamp"]).shape == (1, 32)
+    assert [p.name for p in cache.iterdir()] == [handler.model_dir.name]
+
+
+def test_the_handler_runs_the_code_shipped_in_the_artifact(tmp_path: Path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "requirements.txt").write_bytes((INFERENCE_CODE_DIR / "requirements.txt").read_bytes())
+    (code / "inference.py").write_text((INFERENCE_CODE_DIR / "inference.py").read_text() + "\nSHIPPED = True\n")
+    info = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG, code_dir=code)
+    handler = load_handler_from_artifact(info.path, "TEXT", cache_dir=tmp_path / "cache")
+    assert getattr(handler.module, "SHIPPED", False) is True
+    assert not hasattr(load_inference_module(), "SHIPPED")
+
+
+def test_upload_puts_the_artifact_at_the_settings_uri(artifact: ArtifactInfo, settings: Settings, s3):
+    uri = upload_model_artifact(settings, s3, artifact.path)
+    assert uri == settings.artifact_uri == f"s3://{settings.bucket}/models/vit-b-32/model.tar.gz"
+    obj = s3.get_object(Bucket=settings.bucket, Key="models/vit-b-32/model.tar.gz")
+    assert obj["Body"].read() == Path(artifact.path).read_bytes()
+    assert obj["Metadata"]["sha256"] == artifact.sha256
+    assert upload_model_artifact(settings, s3, artifact.path) == uri  # unchanged: nothing to do
+
+
+def test_s3_artifact_is_fetched_into_the_cache_keyed_by_etag(
+    artifact: ArtifactInfo, settings: Settings, s3, tmp_path: Path
+):
+    uri = upload_model_artifact(settings, s3, artifact.path)
+    handler = load_handler_from_artifact(uri, "TEXT", s3_client=s3, cache_dir=tmp_path)
+    local = load_handler_from_artifact(artifact.path, "TEXT", cache_dir=tmp_path / "local")
+    np.testing.assert_allclose(handler.encode_texts(["red shoe"]), local.encode_texts(["red shoe"]), atol=1e-6)
+
+
+def test_inference_image_uri(settings: Settings):
+    assert inference_image_uri(settings.replace(inference_image_uri="my/image:1")) == "my/image:1"
+    gpu = inference_image_uri(settings.replace(transform_instance_type="ml.g4dn.xlarge"))
+    cpu = inference_image_uri(settings, instance_type="ml.m5.xlarge")
+    assert gpu.endswith(".amazonaws.com/pytorch-inference:2.6-gpu-py312")
+    assert cpu.endswith(".amazonaws.com/pytorch-inference:2.6-cpu-py312")
+
+
+def test_cli_build_reports_what_it_built(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "model.tar.gz"
+    assert (
+        main(
+            ["build", "--model", "tiny-clip", "--pretrained", "", "--config", str(TINY_MODEL_CONFIG), "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr()
+    info = json.loads(printed.out)
+    assert info["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert info["pretrained_loaded"] is False
+    assert "RANDOM weights" in printed.err
