@@ -26,11 +26,26 @@ from catalogue_search.settings import Settings
 log = logging.getLogger(__name__)
 
 TEXT_QUERY = "two people in front of a swimming pool"
+# Progress lines worth showing on screen; everything else stays in the log file.
 INTERESTING = re.compile(
-    r"(shard \w+:|images: |need encoding|nothing new to encode|local transform|documents loaded: \d+ / \d+ *$|"
-    r"self-match ok|alias \S+:|deleted superseded|could not be encoded|is missing|Task instance .* (success|failed)|"
-    r"Marking task as|ERROR|Traceback)"
+    r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|transform \S+: \d+ / \d+ inputs|"
+    r"local transform:|documents loaded:|self-match ok|alias \S+: |deleted superseded|could not be encoded|"
+    r"has no embedding|is missing|more than one shard|\[error|Traceback|DagRun Finished)"
 )
+STRUCTLOG = re.compile(r"^\S+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: \S+=\S+)*)?$")
+
+
+def _short(line: str) -> str:
+    """`2026-..Z [info ] message [logger] loc=...` -> `message` (other lines unchanged)."""
+    if "DagRun Finished" in line:
+        found = dict(re.findall(r"(state|run_duration|run_id)=([^,]+)", line))
+        return f"DAG run {found.get('run_id')} finished: {found.get('state')} in {float(found.get('run_duration', 0)):.0f}s"
+    match = STRUCTLOG.match(line.rstrip())
+    if not match:
+        return line.rstrip()
+    level, message = match.groups()
+    message = re.sub(r" \[[\w.]+\] loc=\S+.*$", "", message)
+    return message if level == "info" else f"{level.upper()}: {message}"
 
 
 def _say(msg: str) -> None:
@@ -109,7 +124,7 @@ def run_dag(dag_id: str, conf: dict[str, Any], env: dict[str, str] | None = None
         for line in proc.stdout:
             out.write(line)
             if INTERESTING.search(line):
-                print("   " + line.rstrip()[-200:], flush=True)
+                print("   " + _short(line)[:240], flush=True)
         code = proc.wait()
     if code != 0:
         _say(f"the DAG run failed (exit {code}); see {log_path}")
@@ -120,6 +135,8 @@ def answer_queries(settings: Settings, summary, k: int = 5) -> bool:
     """Print a text query's and an image query's best hits; True when the image found itself first."""
     from catalogue_search.search import SearchClient, format_hits
 
+    for noisy in ("opensearch", "root", "catalogue_search", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     client = SearchClient(settings)
     print(f"\nText query: {TEXT_QUERY!r}")
     print(format_hits(client.search_text(TEXT_QUERY, k)))
