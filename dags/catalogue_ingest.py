@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Asset, Param, chain, dag, task
-from catalogue_transform import CatalogueTransformOperator
 
 from catalogue_search.settings import Settings
+from catalogue_transform import CatalogueTransformOperator
 
 SETTINGS = Settings.from_env()
 INDEX_ASSET = Asset(
@@ -53,15 +53,28 @@ default_args = {
     tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
     doc_md=DOC,
     params={
-        "shards": Param([], type="array", items={"type": "string", "pattern": "^[0-9a-fA-F]$"},
-                        description="Listing shards to index (0..f); empty = every shard found."),
-        "language_tag": Param(SETTINGS.language_tag, type="string", pattern="^[a-z]{2,3}(_[A-Z]{2})?$",
-                              description="ABO language tag of the titles to index."),
+        "shards": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": "^[0-9a-fA-F]$"},
+            description="Listing shards to index (0..f); empty = every shard found.",
+        ),
+        "language_tag": Param(
+            SETTINGS.language_tag,
+            type="string",
+            pattern="^[a-z]{2,3}(_[A-Z]{2})?$",
+            description="ABO language tag of the titles to index.",
+        ),
         "max_products": Param(0, type="integer", minimum=0, description="Index at most this many products (0 = all)."),
-        "alias": Param(SETTINGS.index_alias, type="string", pattern="^[a-z0-9][a-z0-9_-]*$",
-                       description="The read alias to point at the new index."),
-        "force_reencode": Param(False, type="boolean",
-                                description="Encode every image again, even those that have an embedding."),
+        "alias": Param(
+            SETTINGS.index_alias,
+            type="string",
+            pattern="^[a-z0-9][a-z0-9_-]*$",
+            description="The read alias to point at the new index.",
+        ),
+        "force_reencode": Param(
+            False, type="boolean", description="Encode every image again, even those that have an embedding."
+        ),
     },
 )
 def catalogue_ingest():
@@ -110,7 +123,10 @@ def catalogue_ingest():
 
         settings = Settings.from_env()
         return ingest.load_index(
-            settings, airflow_clients.s3(settings), airflow_clients.opensearch(settings), ingest.RunPlan.from_dict(run_plan)
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.opensearch(settings),
+            ingest.RunPlan.from_dict(run_plan),
         )
 
     @task

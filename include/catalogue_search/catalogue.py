@@ -23,7 +23,17 @@ IMAGES_CSV_KEY = "images/metadata/images.csv.gz"
 ALL_SHARDS = [format(n, "x") for n in range(16)]
 
 # The columns of a product record, end to end (manifest, index document).
-PRODUCT_FIELDS = ["item_id", "item_name", "main_image_id", "image_id", "path", "height", "width", "product_type", "brand"]
+PRODUCT_FIELDS = [
+    "item_id",
+    "item_name",
+    "main_image_id",
+    "image_id",
+    "path",
+    "height",
+    "width",
+    "product_type",
+    "brand",
+]
 
 DROP_NO_TITLE = "no_title_in_language"
 DROP_NO_IMAGE = "no_main_image"
@@ -145,7 +155,9 @@ def _none_if_nan(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and value != value) else value
 
 
-def merge_products(shard_products: Iterable[list[dict[str, Any]]], max_products: int | None = None) -> tuple[list[dict], int]:
+def merge_products(
+    shard_products: Iterable[list[dict[str, Any]]], max_products: int | None = None
+) -> tuple[list[dict], int]:
     """Union of shard outputs, one product per item_id (first shard wins), in item_id order.
 
     Returns the products and how many cross-shard duplicates were dropped.

@@ -39,7 +39,8 @@ def _short(line: str) -> str:
     """`2026-..Z [info ] message [logger] loc=...` -> `message` (other lines unchanged)."""
     if "DagRun Finished" in line:
         found = dict(re.findall(r"(state|run_duration|run_id)=([^,]+)", line))
-        return f"DAG run {found.get('run_id')} finished: {found.get('state')} in {float(found.get('run_duration', 0)):.0f}s"
+        seconds = float(found.get("run_duration", 0))
+        return f"DAG run {found.get('run_id')} finished: {found.get('state')} in {seconds:.0f}s"
     match = STRUCTLOG.match(line.rstrip())
     if not match:
         return line.rstrip()
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             return code
     ok = answer_queries(settings, summary)
-    _say(f"done in {time.monotonic() - started:.0f}s; search again with: ./dev search \"a red flower\"")
+    _say(f'done in {time.monotonic() - started:.0f}s; search again with: ./dev search "a red flower"')
     return 0 if ok else 1
 
 

@@ -157,7 +157,9 @@ def prepare_encoding(
     if not pending:
         logger.info("nothing new to encode: every image already has an embedding for %s", settings.model_name)
         return None
-    put_bytes(s3, settings.bucket, plan.transform_manifest_key, transform.manifest(settings, pending), "application/json")
+    put_bytes(
+        s3, settings.bucket, plan.transform_manifest_key, transform.manifest(settings, pending), "application/json"
+    )
     what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.IMAGE, image_uri))
     logger.info("SageMaker model %s: %s", settings.sagemaker_model_name(transform.IMAGE), what)
     return transform.transform_request(

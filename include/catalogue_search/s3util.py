@@ -105,7 +105,12 @@ def copy_images(
                 raise
             with lock:
                 report.missing.append(product["item_id"])
-            logger.warning("item %s: source image s3://%s/%s is missing, product dropped", product["item_id"], source_bucket, src_key)
+            logger.warning(
+                "item %s: source image s3://%s/%s is missing, product dropped",
+                product["item_id"],
+                source_bucket,
+                src_key,
+            )
             progress.tick()
             return False
         there = existing.get(dest_key)

@@ -169,7 +169,9 @@ def parse_output(raw: bytes) -> list[float]:
     return vec.tolist()
 
 
-def read_embeddings(s3, settings: Settings, paths: list[str], workers: int = 16, logger: logging.Logger = log) -> Embeddings:
+def read_embeddings(
+    s3, settings: Settings, paths: list[str], workers: int = 16, logger: logging.Logger = log
+) -> Embeddings:
     """Read the `.out` of every image path in parallel."""
     present = set(encoded_paths(s3, settings))
     out = Embeddings(vectors={}, errors={}, missing=sorted(set(paths) - present))

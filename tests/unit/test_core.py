@@ -29,7 +29,11 @@ IMAGES = pd.DataFrame(
 
 def test_filter_keeps_first_title_in_language_and_counts_drops():
     listings = [
-        {"item_id": "B1", "item_name": _names(("de_DE", "Hund"), ("en_US", "a dog"), ("en_US", "dog 2")), "main_image_id": "imgA"},
+        {
+            "item_id": "B1",
+            "item_name": _names(("de_DE", "Hund"), ("en_US", "a dog"), ("en_US", "dog 2")),
+            "main_image_id": "imgA",
+        },
         {"item_id": "B2", "item_name": _names(("fr_FR", "un chat")), "main_image_id": "imgB"},
         {"item_id": "B3", "item_name": _names(("en_US", "a car"))},
         {"item_id": "B4", "item_name": _names(("en_US", "a bus")), "main_image_id": "nope"},
