@@ -94,7 +94,13 @@ def cmd_ui(args: list[str]) -> int:
     return subprocess.run(["airflow", "standalone", *args], env=env).returncode
 
 
+def cmd_bench(args: list[str]) -> int:
+    script = repo_root() / "benchmarks" / "encode_throughput.py"
+    return subprocess.run([sys.executable, str(script), *args]).returncode
+
+
 COMMANDS = {
+    "bench": cmd_bench,
     "demo": cmd_demo,
     "test": cmd_test,
     "stack": cmd_stack,
