@@ -131,16 +131,33 @@ class LocalEncoder:
 class EndpointEncoder:
     """Calls the serverless endpoints through the SageMaker runtime."""
 
-    def __init__(self, settings: Settings, runtime_client=None) -> None:
-        self.settings = settings
-        if runtime_client is None:
-            import boto3
+    def __init__(self, settings: Settings, runtime_client=None, sagemaker_client=None) -> None:
+        import boto3
 
-            runtime_client = boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
-        self.runtime = runtime_client
+        self.settings = settings
+        self.runtime = runtime_client or boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
+        self.control = sagemaker_client or boto3.client("sagemaker", **settings.boto3_kwargs())
+        self._in_service: set[str] = set()
+
+    def _check_deployed(self, name: str) -> None:
+        """One DescribeEndpoint per endpoint and client: a clear error beats a cryptic invoke failure."""
+        if name in self._in_service:
+            return
+        try:
+            status = self.control.describe_endpoint(EndpointName=name)["EndpointStatus"]
+        except Exception as exc:
+            if "Could not find endpoint" in str(exc) or "ValidationException" in str(exc):
+                raise EndpointNotDeployedError(
+                    f"endpoint {name} is not deployed: trigger the query_endpoints_deploy DAG"
+                ) from exc
+            raise
+        if status not in {"InService", "Updating"}:
+            raise EndpointNotDeployedError(f"endpoint {name} is {status}, not InService")
+        self._in_service.add(name)
 
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         name = self.settings.endpoint_name(encode_type)
+        self._check_deployed(name)
         try:
             response = self.runtime.invoke_endpoint(
                 EndpointName=name, ContentType=content_type, Accept="application/json", Body=payload

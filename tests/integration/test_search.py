@@ -1,0 +1,196 @@
+"""The search client against the real OpenSearch node, with the tiny model's real handler."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image, ImageDraw
+
+from catalogue_search import index, search
+from catalogue_search.handler import load_handler_from_artifact
+from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
+from catalogue_search.settings import Settings
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
+SHAPES = {
+    "B0RED00001": ("red", "ellipse", "TOY"),
+    "B0BLUE0002": ("blue", "rectangle", "TOY"),
+    "B0GREEN003": ("green", "ellipse", "FOOD"),
+    "B0YELLOW04": ("yellow", "rectangle", "FOOD"),
+    "B0BLACK005": ("black", "ellipse", "TOY"),
+}
+
+
+def _jpeg(colour: str, shape: str, size: int = 96) -> bytes:
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    getattr(draw, shape)((12, 20, size - 12, size - 20), fill=colour)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, moto_url, opensearch_url):
+    """A tiny-model artifact in moto S3 and a five-product index behind an alias."""
+    token = uuid.uuid4().hex[:8]
+    settings = Settings.from_env(
+        aws_endpoint_url=moto_url,
+        opensearch_url=opensearch_url,
+        bucket=f"search-{token}",
+        index_alias=f"search-{token}",
+        model_name="tiny-clip",
+        model_pretrained="",
+    )
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    s3.create_bucket(Bucket=settings.bucket)
+    out = tmp_path_factory.mktemp("artifact") / "model.tar.gz"
+    build_model_artifact(out, "tiny-clip", "", TINY)
+    upload_model_artifact(settings, s3, out)
+    images = {item: _jpeg(c, shape) for item, (c, shape, _) in SHAPES.items()}
+    handler = load_handler_from_artifact(settings.artifact_uri, "IMAGE", s3_client=s3)
+    vectors = handler.encode_images(list(images.values()))
+    client = index.make_client(opensearch_url)
+    name = f"{settings.index_alias}-v1"
+    body = index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key="t")
+    index.create_index(client, name, body)
+    docs = []
+    for (item_id, (colour, shape, kind)), vec in zip(SHAPES.items(), vectors):
+        product = {
+            "item_id": item_id,
+            "item_name": f"a {colour} {shape}",
+            "image_id": f"img{item_id}",
+            "main_image_id": f"img{item_id}",
+            "path": f"{item_id[:2].lower()}/{item_id}.jpg",
+            "product_type": kind,
+            "brand": "Shapes",
+        }
+        docs.append(index.document(product, vec.tolist(), settings.model_name))
+    index.bulk_load(client, name, docs, total=len(docs))
+    index.finish_loading(client, name, 0)
+    index.swap_alias(client, settings.index_alias, name, retention=0)
+    yield settings, s3, images
+    client.indices.delete(index=name, ignore_unavailable=True)
+
+
+@pytest.fixture(scope="module")
+def local_client(world):
+    settings, s3, _ = world
+    return search.SearchClient(settings, encoder=search.LocalEncoder(settings, s3_client=s3))
+
+
+def test_image_query_returns_the_products_own_image_first(world, local_client):
+    _, _, images = world
+    for item_id, data in images.items():
+        hits = local_client.search_image(data, k=3)
+        assert hits[0].item_id == item_id
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].rank == 1 and hits[0].image_path.endswith(f"{item_id}.jpg")
+
+
+def test_text_and_image_queries_hit_the_same_index(local_client):
+    text_hits = local_client.search_text("a red ellipse", k=5)
+    assert {h.item_id for h in text_hits} == set(SHAPES)
+    assert all(set(h.as_dict()) >= {"item_id", "item_name", "image_path", "score"} for h in text_hits)
+    assert all("embedding" not in h.as_dict() for h in text_hits)
+
+
+def test_filters_and_paging(world, local_client):
+    _, _, images = world
+    food = local_client.search_image(images["B0RED00001"], k=5, product_type="FOOD")
+    assert {h.item_id for h in food} == {"B0GREEN003", "B0YELLOW04"}
+    first = local_client.search_image(images["B0RED00001"], k=2)
+    second = local_client.search_image(images["B0RED00001"], k=2, offset=2)
+    assert [h.rank for h in second] == [3, 4]
+    assert not {h.item_id for h in first} & {h.item_id for h in second}
+
+
+def test_clear_errors_for_bad_queries(world, local_client):
+    settings, s3, _ = world
+    with pytest.raises(search.EmptyQueryError):
+        local_client.search_text("   ")
+    with pytest.raises(search.UnreadableImageError):
+        local_client.search_image(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    with pytest.raises(search.UnreadableImageError):
+        local_client.search_image(b"")
+    missing = search.SearchClient(
+        settings.replace(index_alias="no-such-alias"), encoder=search.LocalEncoder(settings, s3_client=s3)
+    )
+    with pytest.raises(search.IndexMissingError, match="no-such-alias"):
+        missing.search_text("a red ellipse")
+
+
+def _queue_endpoint_results(moto_url: str, bodies: list[str]) -> None:
+    """Queue moto's next invoke_endpoint answers, after draining what other tests left behind."""
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=moto_url, region_name="us-east-1")
+    for n in range(200):
+        probe = runtime.invoke_endpoint(EndpointName="drain-queue", Body=f"drain {n} {id(bodies)}".encode())
+        if probe["Body"].read() == b"body":  # moto's static answer: the queue is empty
+            break
+    payload = {"results": [{"Body": b, "ContentType": "application/json"} for b in bodies], "region": "us-east-1"}
+    req = urllib.request.Request(
+        f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+def _deploy_in_moto(settings: Settings, encode_type: str) -> None:
+    sm = boto3.client("sagemaker", **settings.boto3_kwargs())
+    name = settings.endpoint_name(encode_type)
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn=settings.sagemaker_role_arn,
+        PrimaryContainer={"Image": "pytorch-inference:2.6-cpu-py312", "ModelDataUrl": settings.artifact_uri},
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{name}-cfg",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name,
+                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 1},
+            }
+        ],
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+
+
+def test_endpoint_encoder_gives_the_same_vector_as_the_local_one(world, moto_url):
+    """The runtime path parses what the handler answers: queue the handler's own bytes in moto."""
+    settings, s3, images = world
+    settings = settings.replace(endpoint_prefix=f"t{settings.bucket[-6:]}")
+    _deploy_in_moto(settings, search.TEXT)
+    query = {"inputs": ["a blue rectangle"]}
+    handler = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=s3)
+    expected = handler.invoke(json.dumps(query).encode(), "application/json").decode()
+    _queue_endpoint_results(moto_url, [expected])
+    remote = search.EndpointEncoder(settings)
+    local = search.LocalEncoder(settings, s3_client=s3)
+    got = remote.encode(search.TEXT, json.dumps(query).encode(), "application/json")
+    assert got == local.encode(search.TEXT, json.dumps(query).encode(), "application/json")
+
+
+def test_endpoint_encoder_rejects_a_wrong_shaped_response(world, moto_url):
+    settings, _, _ = world
+    settings = settings.replace(endpoint_prefix=f"w{settings.bucket[-6:]}")
+    _deploy_in_moto(settings, search.TEXT)
+    _queue_endpoint_results(moto_url, [json.dumps({"predictions": [0.1, 0.2]})])
+    encoder = search.EndpointEncoder(settings)
+    with pytest.raises(search.EncoderResponseError, match=settings.endpoint_name(search.TEXT)):
+        encoder.encode(search.TEXT, b'{"inputs": ["wrong shape probe"]}', "application/json")
+
+
+def test_endpoint_not_deployed_is_a_clear_error(world):
+    settings, _, _ = world
+    settings = settings.replace(endpoint_prefix="never-deployed")
+    with pytest.raises(search.EndpointNotDeployedError, match="query_endpoints_deploy"):
+        search.EndpointEncoder(settings).encode(search.TEXT, b'{"inputs": ["x"]}', "application/json")
