@@ -112,7 +112,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet = argv[:1] == ["search"]  # a table on stdout, only warnings around it
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in {"-h", "--help", "help"} or argv[0] not in COMMANDS:
         print(__doc__)
         print(f"cache: {cache_home()}")
