@@ -29,6 +29,7 @@ def test_every_dag_file_imports_without_errors(dagbag):
 
 def test_expected_dags_exist(dagbag):
     assert "catalogue_ingest" in dagbag.dag_ids
+    assert {"query_endpoints_deploy", "query_endpoints_teardown"} <= set(dagbag.dag_ids)
 
 
 def test_dags_have_tags_owner_and_retries(dagbag):
@@ -54,7 +55,15 @@ def test_ingest_dag_shape(dagbag):
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 
     assert isinstance(encode, SageMakerTransformOperator)
-    order = ["filter_shard", "copy_images", "prepare_encoding", "encode_images", "load_index", "validate_index", "swap_alias"]
+    order = [
+        "filter_shard",
+        "copy_images",
+        "prepare_encoding",
+        "encode_images",
+        "load_index",
+        "validate_index",
+        "swap_alias",
+    ]
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
     assert dag.get_task("swap_alias").outlets, "swap_alias does not declare the index Asset"

@@ -1,0 +1,250 @@
+"""Serverless query endpoints (text and image encoders): deploy them, tear them down."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerEndpointConfigOperator,
+    SageMakerEndpointOperator,
+    SageMakerModelOperator,
+)
+from airflow.providers.amazon.aws.sensors.sagemaker import SageMakerEndpointSensor
+from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
+
+from catalogue_search.endpoints import ENCODE_TYPES
+from catalogue_search.settings import Settings
+
+SETTINGS = Settings.from_env()
+
+DEPLOY_DOC = """
+### Query endpoints: deploy
+
+One SageMaker serverless endpoint per encode type (`text`, `image`), both
+serving the model.tar.gz at the configured artifact URI with a different
+`ENCODE_TYPE`. **resolve_model** checks the artifact is there and finds the
+(CPU) inference image; then, per encode type:
+
+1. **prepare**: the CreateModel / CreateEndpointConfig / CreateEndpoint requests.
+   Model and endpoint config are named `<endpoint>-<digest>`, the digest of the
+   container, the artifact's version and the serverless sizing
+   (`CATSEARCH_ENDPOINT_MEMORY_MB`, `CATSEARCH_ENDPOINT_MAX_CONCURRENCY`).
+   A Failed endpoint is deleted here so it can be created again.
+2. **create_model**, **create_endpoint_config**: skipped when already there.
+3. **deploy_endpoint**: creates the endpoint, or updates the existing one to the
+   new config (the operator falls back to UpdateEndpoint); skipped when it already
+   uses this config. Never a second endpoint.
+4. **wait_in_service**: until the endpoint is InService (Failed fails the task).
+5. **smoke_test**: one request through the SageMaker runtime ("a red flower" as
+   JSON, a small JPEG as `application/x-image`); the answer must be one embedding,
+   else the task fails at once, naming the endpoint.
+
+Superseded models and configs stay (a rollback is one UpdateEndpoint) until the
+tear-down. On the local stack moto stands in for SageMaker; its runtime cannot
+run a model, so with `CATSEARCH_QUERY_ENCODER=local` the smoke step first queues
+in moto what the in-process handler answers to the same request. Tear down with
+`query_endpoints_teardown` when the endpoints are idle.
+"""
+
+TEARDOWN_DOC = """
+### Query endpoints: tear down
+
+Deletes, per encode type, the endpoint (and waits until it is gone), then every
+endpoint config and every model of that endpoint (`<endpoint>-<digest>`), so idle
+cost is zero. Batch transform's model is not touched. What is already gone counts
+as deleted: run it as often as you like. Every step runs even when an earlier one
+failed; **verify_gone** then fails the run if anything is left, naming it.
+"""
+
+default_args = {
+    "owner": "catalogue-search",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+# --- pre_execute hooks: skip a create whose result is already there (re-deploys and retries) ---
+def _skip_existing_model(context) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from catalogue_search import airflow_clients, endpoints
+
+    name = context["task"].config["ModelName"]
+    if endpoints.model_exists(airflow_clients.sagemaker(Settings.from_env()), name):
+        raise AirflowSkipException(f"model {name} already exists (its name is a digest of its content)")
+
+
+def _skip_existing_config(context) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from catalogue_search import airflow_clients, endpoints
+
+    name = context["task"].config["EndpointConfigName"]
+    if endpoints.endpoint_config_exists(airflow_clients.sagemaker(Settings.from_env()), name):
+        raise AirflowSkipException(f"endpoint config {name} already exists (its name is a digest of its content)")
+
+
+def _skip_current_endpoint(context) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from catalogue_search import airflow_clients, endpoints
+
+    request = context["task"].config
+    if endpoints.endpoint_up_to_date(airflow_clients.sagemaker(Settings.from_env()), request):
+        raise AirflowSkipException(f"endpoint {request['EndpointName']} already uses {request['EndpointConfigName']}")
+
+
+@dag(
+    dag_id="query_endpoints_deploy",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    tags=["catalogue-search", "query", "sagemaker", "endpoints"],
+    doc_md=DEPLOY_DOC,
+)
+def query_endpoints_deploy():
+    @task
+    def resolve_model() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from catalogue_search import airflow_clients, endpoints
+        from catalogue_search.model_artifact import inference_image_uri
+
+        settings = Settings.from_env()
+        try:
+            version = endpoints.artifact_version(airflow_clients.s3(settings), settings)
+        except endpoints.ArtifactMissingError as exc:  # nothing to deploy: retrying will not help
+            raise AirflowFailException(str(exc)) from exc
+        image_uri = inference_image_uri(settings, instance_type=endpoints.SERVERLESS_IMAGE_INSTANCE_TYPE)
+        return {"image_uri": image_uri, "artifact_version": version}
+
+    @task(multiple_outputs=True)
+    def prepare(model: dict, encode_type: str) -> dict:
+        import logging
+
+        from catalogue_search import airflow_clients, endpoints
+
+        settings = Settings.from_env()
+        sagemaker = airflow_clients.sagemaker(settings)
+        plan = endpoints.deploy_plan(settings, encode_type, model["image_uri"], model["artifact_version"])
+        action = endpoints.endpoint_action(sagemaker, plan.endpoint)  # an endpoint still busy: retried with backoff
+        logging.getLogger(__name__).info("endpoint %s -> %s: %s", plan.endpoint_name, plan.model["ModelName"], action)
+        return {**plan.as_dict(), "endpoint_action": action}
+
+    @task
+    def smoke_test(endpoint_name: str, encode_type: str, run_id=None, ti=None) -> dict:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from catalogue_search import airflow_clients, endpoints
+
+        settings = Settings.from_env()
+        runtime = AwsBaseHook(aws_conn_id=settings.aws_conn_id, client_type="sagemaker-runtime").get_conn()
+        # moto (the local stand-in) cannot carry a binary body: there the image goes base64 in JSON.
+        payload, content_type = endpoints.smoke_payload(encode_type, binary=not settings.is_local)
+        try:
+            if endpoints.feeds_moto_locally(settings):
+                endpoints.feed_moto(settings, encode_type, payload, content_type, airflow_clients.s3(settings))
+            inference_id = endpoints.smoke_inference_id(run_id, encode_type, ti.try_number)
+            return endpoints.smoke_test(runtime, endpoint_name, payload, content_type, inference_id=inference_id)
+        except endpoints.SmokeTestError as exc:  # a wrong answer is not transient: no retry
+            raise AirflowFailException(str(exc)) from exc
+
+    model = resolve_model()
+    for encode_type in ENCODE_TYPES:
+        with TaskGroup(group_id=encode_type.lower()):
+            plan = prepare(model, encode_type)
+            create_model = SageMakerModelOperator(
+                task_id="create_model",
+                config=plan["model"],
+                aws_conn_id=SETTINGS.aws_conn_id,
+                pre_execute=_skip_existing_model,
+            )
+            create_endpoint_config = SageMakerEndpointConfigOperator(
+                task_id="create_endpoint_config",
+                config=plan["endpoint_config"],
+                aws_conn_id=SETTINGS.aws_conn_id,
+                pre_execute=_skip_existing_config,
+                trigger_rule=TriggerRule.NONE_FAILED,
+            )
+            deploy_endpoint = SageMakerEndpointOperator(
+                task_id="deploy_endpoint",
+                config=plan["endpoint"],
+                # "create" falls back to UpdateEndpoint when the endpoint exists (see the operator's source).
+                operation="create",
+                wait_for_completion=False,
+                aws_conn_id=SETTINGS.aws_conn_id,
+                pre_execute=_skip_current_endpoint,
+                trigger_rule=TriggerRule.NONE_FAILED,
+            )
+            wait_in_service = SageMakerEndpointSensor(
+                task_id="wait_in_service",
+                endpoint_name=plan["endpoint_name"],
+                aws_conn_id=SETTINGS.aws_conn_id,
+                mode="reschedule",
+                poke_interval=30,
+                timeout=int(timedelta(minutes=45).total_seconds()),
+                trigger_rule=TriggerRule.NONE_FAILED,
+            )
+            smoke = smoke_test(plan["endpoint_name"], encode_type)
+            chain(plan, create_model, create_endpoint_config, deploy_endpoint, wait_in_service, smoke)
+
+
+@dag(
+    dag_id="query_endpoints_teardown",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    tags=["catalogue-search", "query", "sagemaker", "endpoints", "cleanup"],
+    doc_md=TEARDOWN_DOC,
+)
+def query_endpoints_teardown():
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def delete_endpoint(encode_type: str) -> bool:
+        from catalogue_search import airflow_clients, endpoints
+
+        settings = Settings.from_env()
+        return endpoints.delete_endpoint(airflow_clients.sagemaker(settings), settings.endpoint_name(encode_type))
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def delete_endpoint_configs(encode_type: str) -> list[str]:
+        from catalogue_search import airflow_clients, endpoints
+
+        settings = Settings.from_env()
+        prefix = endpoints.resource_prefix(settings, encode_type)
+        return endpoints.delete_endpoint_configs(airflow_clients.sagemaker(settings), prefix)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def delete_models(encode_type: str) -> list[str]:
+        from catalogue_search import airflow_clients, endpoints
+
+        settings = Settings.from_env()
+        prefix = endpoints.resource_prefix(settings, encode_type)
+        return endpoints.delete_models(airflow_clients.sagemaker(settings), prefix)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def verify_gone() -> None:
+        """Fails the run if anything is left (the run's state follows its last task, which runs anyway)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from catalogue_search import airflow_clients, endpoints
+
+        settings = Settings.from_env()
+        left = endpoints.leftovers(airflow_clients.sagemaker(settings), settings)
+        if left:
+            raise AirflowFailException(f"still there after the tear-down: {', '.join(left)}")
+
+    deleted = []
+    for encode_type in ENCODE_TYPES:
+        with TaskGroup(group_id=encode_type.lower()) as group:
+            chain(delete_endpoint(encode_type), delete_endpoint_configs(encode_type), delete_models(encode_type))
+        deleted.append(group)
+    chain(deleted, verify_gone())
+
+
+query_endpoints_deploy()
+query_endpoints_teardown()

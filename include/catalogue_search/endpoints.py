@@ -1,0 +1,432 @@
+"""Serverless query endpoints: the requests that deploy them, the clean-up that removes them, the smoke check.
+
+One endpoint per encode type (TEXT, IMAGE), each serving the same model.tar.gz
+with a different `ENCODE_TYPE` (the CreateModel request is
+`transform.model_request`, shared with batch transform). Models and endpoint
+configs are immutable, so each is named `<endpoint>-<digest>`, the digest of
+what it deploys (container, artifact version, serverless sizing): deploying the
+same thing again reuses them and leaves the endpoint alone; a change gets a new
+model and config and the endpoint is updated to them, never duplicated. The
+previous ones stay (a rollback is one UpdateEndpoint) until the tear-down.
+
+The endpoint models are not batch transform's model (`settings.sagemaker_model_name`):
+serverless endpoints run on CPU and need the CPU image, batch transform runs the
+GPU one, and a tear-down must not delete what the ingestion uses.
+
+Deleting something that is already gone counts as done, so a tear-down can be
+run any number of times. Nothing here imports Airflow: `dags/query_endpoints.py`
+calls these functions from its tasks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import re
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from catalogue_search.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The same values as transform.TEXT / transform.IMAGE (that module pulls numpy in; the DAG file imports this one).
+TEXT = "TEXT"
+IMAGE = "IMAGE"
+ENCODE_TYPES = (TEXT, IMAGE)
+
+VARIANT_NAME = "AllTraffic"
+# Serverless endpoints have no GPU: the container image is looked up for a CPU instance type.
+SERVERLESS_IMAGE_INSTANCE_TYPE = "ml.m5.large"
+# SageMaker serverless: memory in 1 GB steps from 1 to 6 GB, concurrency 1..200 per endpoint.
+SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
+MAX_CONCURRENCY = 200
+MAX_NAME_LENGTH = 63
+DIGEST_LENGTH = 10
+_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+# Endpoint states the deploy must not act on until they settle (SageMakerHook.endpoint_non_terminal_states).
+BUSY_STATES = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
+
+JSON = "application/json"
+X_IMAGE = "application/x-image"
+SMOKE_TEXT = "a red flower"
+
+
+class EndpointError(Exception):
+    """A deploy, tear-down or smoke step cannot go on; the message says what to do."""
+
+
+class ArtifactMissingError(EndpointError):
+    pass
+
+
+class EndpointBusyError(EndpointError):
+    pass
+
+
+class SmokeTestError(EndpointError):
+    pass
+
+
+# --- Requests ----------------------------------------------------------------
+def check_resource_name(name: str) -> str:
+    """SageMaker names: letters, digits and hyphens, at most 63 characters."""
+    if len(name) > MAX_NAME_LENGTH or not _NAME_PATTERN.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid SageMaker name (letters, digits and single hyphens, at most "
+            f"{MAX_NAME_LENGTH} characters): shorten CATSEARCH_ENDPOINT_PREFIX"
+        )
+    return name
+
+
+def serverless_config(settings: Settings) -> dict[str, int]:
+    if settings.endpoint_memory_mb not in SERVERLESS_MEMORY_SIZES:
+        raise ValueError(
+            f"CATSEARCH_ENDPOINT_MEMORY_MB={settings.endpoint_memory_mb}: serverless endpoints take one of "
+            f"{', '.join(map(str, SERVERLESS_MEMORY_SIZES))}"
+        )
+    if not 1 <= settings.endpoint_max_concurrency <= MAX_CONCURRENCY:
+        raise ValueError(
+            f"CATSEARCH_ENDPOINT_MAX_CONCURRENCY={settings.endpoint_max_concurrency}: must be 1..{MAX_CONCURRENCY}"
+        )
+    return {"MemorySizeInMB": settings.endpoint_memory_mb, "MaxConcurrency": settings.endpoint_max_concurrency}
+
+
+def resource_prefix(settings: Settings, encode_type: str) -> str:
+    """Every endpoint model and config of one encode type starts with this (the tear-down deletes them all)."""
+    base = settings.endpoint_name(encode_type)
+    if len(base) > MAX_NAME_LENGTH - DIGEST_LENGTH - 1:
+        raise ValueError(
+            f"endpoint name {base!r} is longer than {MAX_NAME_LENGTH - DIGEST_LENGTH - 1} characters, leaving no room "
+            "for the digest of its models and configs: shorten CATSEARCH_ENDPOINT_PREFIX"
+        )
+    return f"{check_resource_name(base)}-"
+
+
+def resource_name(settings: Settings, encode_type: str, model: dict[str, Any], artifact_version: str) -> str:
+    """`<endpoint>-<digest>`: the same inputs give the same name, any change a new one."""
+    what = {"model": model, "serverless": serverless_config(settings), "artifact_version": artifact_version}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:DIGEST_LENGTH]
+    return check_resource_name(resource_prefix(settings, encode_type) + digest)
+
+
+def endpoint_config_request(settings: Settings, config_name: str, model_name: str) -> dict[str, Any]:
+    """The CreateEndpointConfig request: one serverless variant serving `model_name`."""
+    return {
+        "EndpointConfigName": config_name,
+        "ProductionVariants": [
+            {"VariantName": VARIANT_NAME, "ModelName": model_name, "ServerlessConfig": serverless_config(settings)}
+        ],
+    }
+
+
+def endpoint_request(settings: Settings, encode_type: str, config_name: str) -> dict[str, Any]:
+    """The CreateEndpoint (or UpdateEndpoint) request."""
+    return {"EndpointName": check_resource_name(settings.endpoint_name(encode_type)), "EndpointConfigName": config_name}
+
+
+@dataclass
+class DeployPlan:
+    """Everything one encode type's deploy sends to SageMaker."""
+
+    encode_type: str
+    endpoint_name: str
+    model: dict[str, Any]
+    endpoint_config: dict[str, Any]
+    endpoint: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deploy_plan(settings: Settings, encode_type: str, image_uri: str, artifact_version: str) -> DeployPlan:
+    """The CreateModel, CreateEndpointConfig and CreateEndpoint requests of one encode type."""
+    from catalogue_search.transform import model_request  # pulls numpy: only when a plan is built
+
+    if encode_type not in ENCODE_TYPES:
+        raise ValueError(f"encode type {encode_type!r}: use one of {ENCODE_TYPES}")
+    model = model_request(settings, encode_type, image_uri)
+    name = resource_name(settings, encode_type, model, artifact_version)
+    endpoint = endpoint_request(settings, encode_type, name)
+    return DeployPlan(
+        encode_type=encode_type,
+        endpoint_name=endpoint["EndpointName"],
+        model={**model, "ModelName": name},
+        endpoint_config=endpoint_config_request(settings, name, name),
+        endpoint=endpoint,
+    )
+
+
+def artifact_version(s3, settings: Settings) -> str:
+    """The model.tar.gz's ETag: a rebuilt artifact at the same URI still gets a new endpoint config."""
+    from catalogue_search.s3util import parse_s3_uri
+
+    bucket, key = parse_s3_uri(settings.artifact_uri)
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}:
+            raise ArtifactMissingError(
+                f"no model artifact at {settings.artifact_uri}: build and upload it first "
+                "(`./dev demo` or `python -m catalogue_search.model_artifact build --upload`)"
+            ) from exc
+        raise
+    return str(head.get("ETag", "")).strip('"')
+
+
+# --- What is there -----------------------------------------------------------
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def is_not_found(exc: Exception) -> bool:
+    """SageMaker's "no such resource": a ValidationException saying `Could not find ...`."""
+    message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")) or str(exc)
+    return _error_code(exc) == "ValidationException" and "could not find" in message.lower()
+
+
+def describe_or_none(describe: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any] | None:
+    try:
+        return describe(**kwargs)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def model_exists(sagemaker, name: str) -> bool:
+    return describe_or_none(sagemaker.describe_model, ModelName=name) is not None
+
+
+def endpoint_config_exists(sagemaker, name: str) -> bool:
+    return describe_or_none(sagemaker.describe_endpoint_config, EndpointConfigName=name) is not None
+
+
+def endpoint_action(sagemaker, request: dict[str, Any], *, wait_delay: int = 15, logger: logging.Logger = log) -> str:
+    """What the deploy does to the endpoint: "create", "update" or "unchanged".
+
+    A Failed endpoint cannot be updated: it is deleted and created again. One still
+    busy with another config raises EndpointBusyError (a retry later finds it settled).
+    """
+    name, wanted = request["EndpointName"], request["EndpointConfigName"]
+    current = describe_or_none(sagemaker.describe_endpoint, EndpointName=name)
+    if current is None:
+        return "create"
+    status, config = current.get("EndpointStatus"), current.get("EndpointConfigName")
+    if status == "Failed":
+        logger.warning("endpoint %s is Failed (%s): deleting it to create it again", name, current.get("FailureReason"))
+        delete_endpoint(sagemaker, name, wait_delay=wait_delay, logger=logger)
+        return "create"
+    if config == wanted:
+        return "unchanged"
+    if status in BUSY_STATES:
+        raise EndpointBusyError(f"endpoint {name} is {status} (config {config}): deploy again once it has settled")
+    return "update"
+
+
+def endpoint_up_to_date(sagemaker, request: dict[str, Any]) -> bool:
+    """The endpoint exists, is not Failed and already uses the requested config."""
+    current = describe_or_none(sagemaker.describe_endpoint, EndpointName=request["EndpointName"])
+    return (
+        current is not None
+        and current.get("EndpointStatus") != "Failed"
+        and current.get("EndpointConfigName") == request["EndpointConfigName"]
+    )
+
+
+# --- Tear-down ---------------------------------------------------------------
+def _delete(kind: str, name: str, delete: Callable[..., Any], logger: logging.Logger, **kwargs: Any) -> bool:
+    try:
+        delete(**kwargs)
+    except Exception as exc:
+        if is_not_found(exc):
+            logger.info("%s %s is already gone", kind, name)
+            return False
+        raise
+    logger.info("deleted %s %s", kind, name)
+    return True
+
+
+def delete_endpoint(
+    sagemaker, name: str, *, wait_delay: int = 15, wait_attempts: int = 120, logger: logging.Logger = log
+) -> bool:
+    """Delete the endpoint and wait until it is gone (a deploy right after then starts clean)."""
+    deleted = _delete("endpoint", name, sagemaker.delete_endpoint, logger, EndpointName=name)
+    if deleted:
+        sagemaker.get_waiter("endpoint_deleted").wait(
+            EndpointName=name, WaiterConfig={"Delay": wait_delay, "MaxAttempts": wait_attempts}
+        )
+    return deleted
+
+
+def list_endpoint_configs(sagemaker, prefix: str) -> list[str]:
+    """Names of the endpoint configs starting with `prefix`."""
+    names: list[str] = []
+    for page in sagemaker.get_paginator("list_endpoint_configs").paginate(NameContains=prefix):
+        names += [c["EndpointConfigName"] for c in page.get("EndpointConfigs", [])]
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def delete_endpoint_configs(sagemaker, prefix: str, logger: logging.Logger = log) -> list[str]:
+    """Delete every endpoint config starting with `prefix`; returns those deleted now."""
+    return [
+        name
+        for name in list_endpoint_configs(sagemaker, prefix)
+        if _delete("endpoint config", name, sagemaker.delete_endpoint_config, logger, EndpointConfigName=name)
+    ]
+
+
+def list_models(sagemaker, prefix: str) -> list[str]:
+    """Names of the models starting with `prefix`."""
+    names: list[str] = []
+    for page in sagemaker.get_paginator("list_models").paginate(NameContains=prefix):
+        names += [m["ModelName"] for m in page.get("Models", [])]
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def delete_models(sagemaker, prefix: str, logger: logging.Logger = log) -> list[str]:
+    """Delete every model starting with `prefix`; returns those deleted now."""
+    return [
+        name
+        for name in list_models(sagemaker, prefix)
+        if _delete("model", name, sagemaker.delete_model, logger, ModelName=name)
+    ]
+
+
+def leftovers(sagemaker, settings: Settings) -> list[str]:
+    """What of the query endpoints is still there: endpoints, then their configs and models."""
+    left = []
+    for encode_type in ENCODE_TYPES:
+        name = settings.endpoint_name(encode_type)
+        if describe_or_none(sagemaker.describe_endpoint, EndpointName=name) is not None:
+            left.append(f"endpoint {name}")
+        prefix = resource_prefix(settings, encode_type)
+        left += [f"endpoint config {n}" for n in list_endpoint_configs(sagemaker, prefix)]
+        left += [f"model {n}" for n in list_models(sagemaker, prefix)]
+    return left
+
+
+# --- Smoke invocation --------------------------------------------------------
+def smoke_jpeg(size: int = 32) -> bytes:
+    """A small generated JPEG: a red disc on a green field."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (40, 140, 60))
+    ImageDraw.Draw(img).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(210, 30, 40))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def smoke_payload(encode_type: str, *, binary: bool = True) -> tuple[bytes, str]:
+    """The request body and Content-Type of a smoke invocation of the endpoint of `encode_type`.
+
+    The image goes as raw JPEG bytes (`application/x-image`), or, with `binary=False`,
+    base64 in `{"inputs": [...]}` JSON, which the handler takes too: moto's runtime
+    cannot carry a binary body (it decodes every request body as UTF-8).
+    """
+    if encode_type == TEXT:
+        return json.dumps({"inputs": [SMOKE_TEXT]}).encode(), JSON
+    if encode_type == IMAGE:
+        if binary:
+            return smoke_jpeg(), X_IMAGE
+        return json.dumps({"inputs": [base64.b64encode(smoke_jpeg()).decode()]}).encode(), JSON
+    raise ValueError(f"encode type {encode_type!r}: use one of {ENCODE_TYPES}")
+
+
+def check_embeddings(body: bytes, endpoint_name: str) -> list[float]:
+    """The one vector of `{"embeddings": [[floats]]}`; any other shape raises SmokeTestError naming the endpoint."""
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SmokeTestError(f"endpoint {endpoint_name} answered something that is not JSON: {body[:80]!r}") from exc
+    vectors = doc.get("embeddings") if isinstance(doc, dict) else None
+    if not isinstance(vectors, list) or len(vectors) != 1:
+        raise SmokeTestError(
+            f"endpoint {endpoint_name} answered {str(doc)[:120]}: want {{\"embeddings\": [[floats]]}} with one vector"
+        )
+    vector = vectors[0]
+    if (
+        not isinstance(vector, list)
+        or not vector
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector)
+    ):
+        raise SmokeTestError(f"endpoint {endpoint_name} answered a vector that is not a non-empty list of numbers")
+    if any(x != x or x in (float("inf"), float("-inf")) for x in vector):
+        raise SmokeTestError(f"endpoint {endpoint_name} answered a vector with non-finite values")
+    return [float(x) for x in vector]
+
+
+def smoke_test(
+    runtime, endpoint_name: str, payload: bytes, content_type: str, inference_id: str | None = None
+) -> dict[str, Any]:
+    """Invoke the endpoint once through the SageMaker runtime and check it answers one embedding.
+
+    `inference_id` tags the request (data capture, logs); it also makes each smoke
+    request distinct for moto, which otherwise replays its first answer to a request.
+    """
+    extra = {"InferenceId": inference_id} if inference_id else {}
+    try:
+        response = runtime.invoke_endpoint(
+            EndpointName=endpoint_name, ContentType=content_type, Accept=JSON, Body=payload, **extra
+        )
+    except Exception as exc:
+        if "ModelError" in type(exc).__name__ or _error_code(exc) == "ModelError":
+            raise SmokeTestError(f"endpoint {endpoint_name} rejected the {content_type} smoke request: {exc}") from exc
+        raise
+    vector = check_embeddings(response["Body"].read(), endpoint_name)
+    return {"endpoint": endpoint_name, "content_type": content_type, "dimensions": len(vector)}
+
+
+def smoke_inference_id(run_id: str, encode_type: str, try_number: int) -> str:
+    """A short id for one smoke request, distinct per run, encode type and try."""
+    digest = hashlib.sha1(f"{run_id}/{encode_type}".encode()).hexdigest()[:16]
+    return f"smoke-{encode_type.lower()}-{digest}-{try_number}"
+
+
+def queue_moto_results(endpoint_url: str, region: str, bodies: list[bytes | str], content_type: str = JSON) -> None:
+    """Queue answers for moto's invoke_endpoint (its data plane returns canned bytes otherwise).
+
+    moto hands them out in order to the next distinct (endpoint, request) it sees.
+    """
+    results = [
+        {
+            "Body": body.decode() if isinstance(body, bytes) else body,
+            "ContentType": content_type,
+            "InvokedProductionVariant": VARIANT_NAME,
+        }
+        for body in bodies
+    ]
+    request = urllib.request.Request(
+        endpoint_url.rstrip("/") + "/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps({"region": region, "results": results}).encode(),
+        headers={"Content-Type": JSON},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status not in (200, 201):
+            raise EndpointError(f"moto did not take the queued endpoint results: HTTP {response.status}")
+
+
+def feeds_moto_locally(settings: Settings) -> bool:
+    """On the local stack with the local query encoder, the in-process handler stands in for the endpoints."""
+    return settings.is_local and settings.query_encoder == "local"
+
+
+def local_answer(settings: Settings, encode_type: str, payload: bytes, content_type: str, s3_client=None) -> bytes:
+    """What the endpoint's handler answers to `payload`, computed in-process from the same artifact."""
+    from catalogue_search.search import LocalEncoder
+
+    vector = LocalEncoder(settings, s3_client=s3_client).encode(encode_type, payload, content_type)
+    return json.dumps({"embeddings": [vector]}).encode()
+
+
+def feed_moto(settings: Settings, encode_type: str, payload: bytes, content_type: str, s3_client=None) -> None:
+    """Queue in moto the in-process handler's answer to `payload`, for the smoke invocation that follows."""
+    answer = local_answer(settings, encode_type, payload, content_type, s3_client)
+    queue_moto_results(settings.aws_endpoint_url, settings.region, [answer])
