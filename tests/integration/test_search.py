@@ -130,7 +130,7 @@ def _queue_endpoint_results(moto_url: str, bodies: list[str]) -> None:
     """Queue moto's next invoke_endpoint answers, after draining what other tests left behind."""
     runtime = boto3.client("sagemaker-runtime", endpoint_url=moto_url, region_name="us-east-1")
     for n in range(200):
-        probe = runtime.invoke_endpoint(EndpointName="drain-queue", Body=f"drain {n} {id(bodies)}".encode())
+        probe = runtime.invoke_endpoint(EndpointName="drain-queue", Body=f"drain {uuid.uuid4()}".encode())
         if probe["Body"].read() == b"body":  # moto's static answer: the queue is empty
             break
     payload = {"results": [{"Body": b, "ContentType": "application/json"} for b in bodies], "region": "us-east-1"}
@@ -169,7 +169,8 @@ def test_endpoint_encoder_gives_the_same_vector_as_the_local_one(world, moto_url
     settings, s3, images = world
     settings = settings.replace(endpoint_prefix=f"t{settings.bucket[-6:]}")
     _deploy_in_moto(settings, search.TEXT)
-    query = {"inputs": ["a blue rectangle"]}
+    # moto caches answers by request body alone (not by endpoint): make the body unique.
+    query = {"inputs": [f"a blue rectangle {uuid.uuid4().hex[:6]}"]}
     handler = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=s3)
     expected = handler.invoke(json.dumps(query).encode(), "application/json").decode()
     _queue_endpoint_results(moto_url, [expected])
@@ -186,7 +187,7 @@ def test_endpoint_encoder_rejects_a_wrong_shaped_response(world, moto_url):
     _queue_endpoint_results(moto_url, [json.dumps({"predictions": [0.1, 0.2]})])
     encoder = search.EndpointEncoder(settings)
     with pytest.raises(search.EncoderResponseError, match=settings.endpoint_name(search.TEXT)):
-        encoder.encode(search.TEXT, b'{"inputs": ["wrong shape probe"]}', "application/json")
+        encoder.encode(search.TEXT, json.dumps({"inputs": [f"probe {uuid.uuid4()}"]}).encode(), "application/json")
 
 
 def test_endpoint_not_deployed_is_a_clear_error(world):
