@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Asset, Param, chain, dag, task
 
 from catalogue_search.settings import Settings
@@ -35,13 +33,6 @@ Trigger with Params to backfill chosen shards (`shards: ["0", "3"]`), another
 language, a product limit or a forced re-encode.
 """
 
-default_args = {
-    "owner": "catalogue-search",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
 
 
 @dag(
@@ -49,7 +40,7 @@ default_args = {
     schedule=SETTINGS.schedule or None,
     catchup=False,
     max_active_runs=1,
-    default_args=default_args,
+    default_args=SETTINGS.dag_default_args(),
     tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
     doc_md=DOC,
     params={

@@ -56,13 +56,6 @@ as deleted: run it as often as you like. Every step runs even when an earlier on
 failed; **verify_gone** then fails the run if anything is left, naming it.
 """
 
-default_args = {
-    "owner": "catalogue-search",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
 
 
 # --- pre_execute hooks: skip a create whose result is already there (re-deploys and retries) ---
@@ -101,7 +94,7 @@ def _skip_current_endpoint(context) -> None:
     schedule=None,
     catchup=False,
     max_active_runs=1,
-    default_args=default_args,
+    default_args=SETTINGS.dag_default_args(),
     tags=["catalogue-search", "query", "sagemaker", "endpoints"],
     doc_md=DEPLOY_DOC,
 )
@@ -198,7 +191,7 @@ def query_endpoints_deploy():
     schedule=None,
     catchup=False,
     max_active_runs=1,
-    default_args=default_args,
+    default_args=SETTINGS.dag_default_args(),
     tags=["catalogue-search", "query", "sagemaker", "endpoints", "cleanup"],
     doc_md=TEARDOWN_DOC,
 )

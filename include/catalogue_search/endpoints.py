@@ -341,25 +341,12 @@ def smoke_payload(encode_type: str, *, binary: bool = True) -> tuple[bytes, str]
 
 def check_embeddings(body: bytes, endpoint_name: str) -> list[float]:
     """The one vector of `{"embeddings": [[floats]]}`; any other shape raises SmokeTestError naming the endpoint."""
+    from catalogue_search.search import EncoderResponseError, parse_embeddings
+
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SmokeTestError(f"endpoint {endpoint_name} answered something that is not JSON: {body[:80]!r}") from exc
-    vectors = doc.get("embeddings") if isinstance(doc, dict) else None
-    if not isinstance(vectors, list) or len(vectors) != 1:
-        raise SmokeTestError(
-            f"endpoint {endpoint_name} answered {str(doc)[:120]}: want {{\"embeddings\": [[floats]]}} with one vector"
-        )
-    vector = vectors[0]
-    if (
-        not isinstance(vector, list)
-        or not vector
-        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector)
-    ):
-        raise SmokeTestError(f"endpoint {endpoint_name} answered a vector that is not a non-empty list of numbers")
-    if any(x != x or x in (float("inf"), float("-inf")) for x in vector):
-        raise SmokeTestError(f"endpoint {endpoint_name} answered a vector with non-finite values")
-    return [float(x) for x in vector]
+        return parse_embeddings(body, f"endpoint {endpoint_name}")
+    except EncoderResponseError as exc:
+        raise SmokeTestError(str(exc)) from exc
 
 
 def smoke_test(

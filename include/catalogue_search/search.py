@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -83,7 +84,10 @@ def parse_embeddings(raw: bytes, source: str) -> list[float]:
             f"{source} returned an unexpected response shape (want {{'embeddings': [[floats]]}} with one vector): "
             f"{str(doc)[:120]}"
         )
-    return [float(x) for x in vectors[0]]
+    vector = [float(x) for x in vectors[0]]
+    if not all(math.isfinite(x) for x in vector):
+        raise EncoderResponseError(f"{source} returned a vector with non-finite values")
+    return vector
 
 
 class LocalEncoder:

@@ -83,6 +83,12 @@ class Settings:
     index_retention: int = 1
     validation_sample: int = 5
 
+    # --- DAGs ----------------------------------------------------------------
+    dag_owner: str = "catalogue-search"
+    task_retries: int = 2
+    retry_delay_seconds: int = 20
+    max_retry_delay_seconds: int = 600
+
     # --- Ingestion -----------------------------------------------------------
     schedule: str = "@weekly"
     language_tag: str = "en_US"
@@ -138,6 +144,18 @@ class Settings:
 
     def endpoint_name(self, encode_type: str) -> str:
         return self.sagemaker_model_name(encode_type)
+
+    def dag_default_args(self) -> dict[str, Any]:
+        """Owner and retry policy shared by every task of every DAG (exponential backoff)."""
+        from datetime import timedelta
+
+        return {
+            "owner": self.dag_owner,
+            "retries": self.task_retries,
+            "retry_delay": timedelta(seconds=self.retry_delay_seconds),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(seconds=self.max_retry_delay_seconds),
+        }
 
     def boto3_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"region_name": self.region}
