@@ -110,3 +110,19 @@ def test_settings_from_env_and_bad_numbers():
     assert s.artifact_uri == "s3://b/models/vit-b-32/model.tar.gz"
     with pytest.raises(ValueError, match="CATSEARCH_INDEX_RETENTION"):
         Settings.from_env({"CATSEARCH_INDEX_RETENTION": "two"})
+
+
+def test_opensearch_client_auth_modes():
+    from opensearchpy import AWSV4SignerAuth
+
+    from catalogue_search import index
+
+    https = index.make_client("https://search.example.internal:443", auth="basic", user="u", password="p")
+    conn = https.transport.get_connection()
+    assert conn.use_ssl and conn.session.auth == ("u", "p")
+    signed = index.make_client("https://search.example.internal", auth="sigv4", region="eu-west-1")
+    assert isinstance(signed.transport.get_connection().session.auth, AWSV4SignerAuth)
+    with pytest.raises(ValueError, match="needs a user"):
+        index.make_client("http://127.0.0.1:9200", auth="basic")
+    with pytest.raises(ValueError, match="unknown OpenSearch auth"):
+        index.make_client("http://127.0.0.1:9200", auth="kerberos")
