@@ -217,7 +217,8 @@ def test_a_wrong_shaped_smoke_answer_fails_the_deploy_naming_the_endpoint(deploy
     for encode_type in ENCODE_TYPES:
         name = settings.endpoint_name(encode_type)
         errors = [line for line in output.splitlines() if line.startswith("airflow.sdk.exceptions.AirflowFail")]
-        assert any(f"endpoint {name} answered" in e and "with one vector" in e for e in errors), errors
+        wanted = f"endpoint {name} returned an unexpected response shape"
+        assert any(wanted in e and "with one vector" in e for e in errors), errors
     assert "new_state=up_for_retry" not in output  # a wrong answer is not retried
     # the control plane did its part: the endpoints are there, only the smoke check failed
     assert deployment.endpoint_names() == sorted(settings.endpoint_name(t) for t in ENCODE_TYPES)
