@@ -400,6 +400,22 @@ def queue_moto_results(endpoint_url: str, region: str, bodies: list[bytes | str]
             raise EndpointError(f"moto did not take the queued endpoint results: HTTP {response.status}")
 
 
+def drain_moto_results(runtime) -> int:
+    """Consume answers left in moto's shared invoke_endpoint queue; return how many there were.
+
+    moto caches an answer by request body alone, so every probe body is unique.
+    """
+    import uuid
+
+    for count in range(200):
+        probe = runtime.invoke_endpoint(
+            EndpointName="drain-queue", Body=f"drain {uuid.uuid4()}".encode(), ContentType="text/plain"
+        )
+        if probe["Body"].read() == b"body":  # moto's canned answer: the queue is empty
+            return count
+    raise EndpointError("moto's endpoint-results queue does not empty")
+
+
 def feeds_moto_locally(settings: Settings) -> bool:
     """On the local stack with the local query encoder, the in-process handler stands in for the endpoints."""
     return settings.is_local and settings.query_encoder == "local"

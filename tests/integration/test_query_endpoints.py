@@ -76,17 +76,6 @@ class Deployment:
         return self.sagemaker.describe_endpoint_config(EndpointConfigName=name)
 
 
-def drain_moto_results(runtime, token: str) -> int:
-    """Consume answers left in moto's (shared) queue; returns how many there were."""
-    for count in range(200):
-        answer = runtime.invoke_endpoint(
-            EndpointName=f"drain-{token}", Body=f"{count}".encode(), ContentType="text/plain"
-        )
-        if answer["Body"].read() == b"body":  # moto's canned answer: the queue is empty
-            return count
-    raise AssertionError("moto's endpoint-results queue does not empty")
-
-
 def put_artifact(s3, settings: Settings, body: bytes = b"not a real model: moto does not read it") -> None:
     bucket, key = parse_s3_uri(settings.artifact_uri)
     s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -109,9 +98,9 @@ def deployment(settings: Settings, unique: str, moto_url: str):
         sagemaker=boto3.client("sagemaker", **s.boto3_kwargs()),
         runtime=boto3.client("sagemaker-runtime", **s.boto3_kwargs()),
     )
-    drain_moto_results(dep.runtime, unique)
+    endpoints.drain_moto_results(dep.runtime)
     yield dep
-    drain_moto_results(dep.runtime, unique)
+    endpoints.drain_moto_results(dep.runtime)
     s = dep.settings  # a test may have changed it
     for encode_type in ENCODE_TYPES:  # leave moto as we found it
         endpoints.delete_endpoint(dep.sagemaker, s.endpoint_name(encode_type), wait_delay=1)
@@ -141,7 +130,7 @@ def test_deploy_creates_a_serverless_endpoint_per_encode_type_and_smoke_tests_ea
         assert container["ModelDataUrl"] == settings.artifact_uri
         assert container["Environment"]["ENCODE_TYPE"] == encode_type
     # both smoke invocations went through the runtime and took the queued answers
-    assert drain_moto_results(deployment.runtime, unique) == 0
+    assert endpoints.drain_moto_results(deployment.runtime) == 0
     assert output.count("'dimensions': 4") == 2
 
 
@@ -258,5 +247,5 @@ def test_local_stack_smoke_test_runs_the_real_handler_through_the_runtime(deploy
     output = deployment.run_ok("query_endpoints_deploy")
 
     assert output.count(f"'dimensions': {embed_dim}") == 2
-    assert drain_moto_results(deployment.runtime, unique) == 0
+    assert endpoints.drain_moto_results(deployment.runtime) == 0
     assert deployment.endpoint_names() == sorted(deployment.settings.endpoint_name(t) for t in ENCODE_TYPES)

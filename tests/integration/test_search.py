@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import boto3
 import pytest
 from PIL import Image, ImageDraw
 
-from catalogue_search import index, search
+from catalogue_search import endpoints, index, search
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
@@ -126,21 +125,11 @@ def test_clear_errors_for_bad_queries(world, local_client):
         missing.search_text("a red ellipse")
 
 
-def _queue_endpoint_results(moto_url: str, bodies: list[str]) -> None:
+def _queue_endpoint_results(settings: Settings, bodies: list[str]) -> None:
     """Queue moto's next invoke_endpoint answers, after draining what other tests left behind."""
-    runtime = boto3.client("sagemaker-runtime", endpoint_url=moto_url, region_name="us-east-1")
-    for n in range(200):
-        probe = runtime.invoke_endpoint(EndpointName="drain-queue", Body=f"drain {uuid.uuid4()}".encode())
-        if probe["Body"].read() == b"body":  # moto's static answer: the queue is empty
-            break
-    payload = {"results": [{"Body": b, "ContentType": "application/json"} for b in bodies], "region": "us-east-1"}
-    req = urllib.request.Request(
-        f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(req, timeout=10).read()
+    runtime = boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
+    endpoints.drain_moto_results(runtime)
+    endpoints.queue_moto_results(settings.aws_endpoint_url, settings.region, bodies)
 
 
 def _deploy_in_moto(settings: Settings, encode_type: str) -> None:
@@ -173,7 +162,7 @@ def test_endpoint_encoder_gives_the_same_vector_as_the_local_one(world, moto_url
     query = {"inputs": [f"a blue rectangle {uuid.uuid4().hex[:6]}"]}
     handler = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=s3)
     expected = handler.invoke(json.dumps(query).encode(), "application/json").decode()
-    _queue_endpoint_results(moto_url, [expected])
+    _queue_endpoint_results(settings, [expected])
     remote = search.EndpointEncoder(settings)
     local = search.LocalEncoder(settings, s3_client=s3)
     got = remote.encode(search.TEXT, json.dumps(query).encode(), "application/json")
@@ -184,7 +173,7 @@ def test_endpoint_encoder_rejects_a_wrong_shaped_response(world, moto_url):
     settings, _, _ = world
     settings = settings.replace(endpoint_prefix=f"w{settings.bucket[-6:]}")
     _deploy_in_moto(settings, search.TEXT)
-    _queue_endpoint_results(moto_url, [json.dumps({"predictions": [0.1, 0.2]})])
+    _queue_endpoint_results(settings, [json.dumps({"predictions": [0.1, 0.2]})])
     encoder = search.EndpointEncoder(settings)
     with pytest.raises(search.EncoderResponseError, match=settings.endpoint_name(search.TEXT)):
         encoder.encode(search.TEXT, json.dumps({"inputs": [f"probe {uuid.uuid4()}"]}).encode(), "application/json")
