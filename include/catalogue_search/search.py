@@ -147,14 +147,12 @@ class EndpointEncoder:
         """One DescribeEndpoint per endpoint and client: a clear error beats a cryptic invoke failure."""
         if name in self._in_service:
             return
-        try:
-            status = self.control.describe_endpoint(EndpointName=name)["EndpointStatus"]
-        except Exception as exc:
-            if "Could not find endpoint" in str(exc) or "ValidationException" in str(exc):
-                raise EndpointNotDeployedError(
-                    f"endpoint {name} is not deployed: trigger the query_endpoints_deploy DAG"
-                ) from exc
-            raise
+        from catalogue_search.endpoints import describe_or_none
+
+        described = describe_or_none(self.control.describe_endpoint, EndpointName=name)
+        if described is None:
+            raise EndpointNotDeployedError(f"endpoint {name} is not deployed: trigger the query_endpoints_deploy DAG")
+        status = described["EndpointStatus"]
         if status not in {"InService", "Updating"}:
             raise EndpointNotDeployedError(f"endpoint {name} is {status}, not InService")
         self._in_service.add(name)

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from catalogue_search.s3util import Progress, get_bytes, list_objects, parse_s3_uri
+from catalogue_search.s3util import Progress, get_bytes, list_objects
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,13 +94,10 @@ def model_request(settings: Settings, encode_type: str, image_uri: str) -> dict[
 
 def ensure_model(sagemaker, request: dict[str, Any]) -> str:
     """Create the SageMaker model, or replace it if its container changed. Idempotent."""
+    from catalogue_search.endpoints import describe_or_none
+
     name = request["ModelName"]
-    try:
-        current = sagemaker.describe_model(ModelName=name)
-    except Exception as exc:
-        if "Could not find model" not in str(exc) and "ValidationException" not in str(exc):
-            raise
-        current = None
+    current = describe_or_none(sagemaker.describe_model, ModelName=name)
     if current is not None:
         container = current.get("PrimaryContainer", {})
         wanted = request["PrimaryContainer"]
@@ -194,7 +191,3 @@ def read_embeddings(
             else:
                 out.errors[path] = err or "unknown error"
     return out
-
-
-def artifact_location(settings: Settings) -> tuple[str, str]:
-    return parse_s3_uri(settings.artifact_uri)
