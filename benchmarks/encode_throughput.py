@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _images(n: int) -> list[bytes]:
-    from catalogue_search.localenv import cache_home
+    from catalogue_search_dev.localenv import cache_home
 
     files = sorted((cache_home() / "sample-catalogue" / "images" / "small").glob("*/*.jpg"))[:n]
     if len(files) >= n:

@@ -34,7 +34,6 @@ language, a product limit or a forced re-encode.
 """
 
 
-
 @dag(
     dag_id="catalogue_ingest",
     schedule=SETTINGS.schedule or None,
@@ -73,7 +72,7 @@ def catalogue_ingest():
     def plan(params=None, run_id=None) -> dict:
         from catalogue_search import airflow_clients, ingest
 
-        settings = Settings.from_env()
+        settings = airflow_clients.checked_settings()
         return ingest.plan_run(settings, airflow_clients.s3(settings), run_id=run_id, params=params).as_dict()
 
     @task

@@ -57,7 +57,6 @@ failed; **verify_gone** then fails the run if anything is left, naming it.
 """
 
 
-
 # --- pre_execute hooks: skip a create whose result is already there (re-deploys and retries) ---
 def _skip_existing_model(context) -> None:
     from airflow.sdk.exceptions import AirflowSkipException
@@ -106,7 +105,7 @@ def query_endpoints_deploy():
         from catalogue_search import airflow_clients, endpoints
         from catalogue_search.model_artifact import inference_image_uri
 
-        settings = Settings.from_env()
+        settings = airflow_clients.checked_settings()
         try:
             version = endpoints.artifact_version(airflow_clients.s3(settings), settings)
         except endpoints.ArtifactMissingError as exc:  # nothing to deploy: retrying will not help

@@ -24,8 +24,8 @@ class CatalogueTransformOperator(SageMakerTransformOperator):
         if settings.transform_backend != "local":
             return result
         from catalogue_search import airflow_clients
-        from catalogue_search.local_transform import run_transform_job
-        from catalogue_search.localenv import cache_home
+        from catalogue_search_dev.local_transform import run_transform_job
+        from catalogue_search_dev.localenv import cache_home
 
         request = self.config.get("Transform", self.config)
         self.log.info("running transform job %s with the local batch-transform runner", request["TransformJobName"])

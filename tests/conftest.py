@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "include"))
+sys.path.insert(0, str(REPO / "tools"))
 
 from catalogue_search.settings import Settings  # noqa: E402
 

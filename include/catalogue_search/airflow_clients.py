@@ -17,6 +17,18 @@ from catalogue_search.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def checked_settings() -> Settings:
+    """The settings for a DAG's first task: a missing or invalid one fails the task at once, with no retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from catalogue_search.settings import SettingsError
+
+    try:
+        return Settings.from_env().check()
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 def s3(settings: Settings):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -30,13 +42,16 @@ def sagemaker(settings: Settings):
 
 
 def opensearch(settings: Settings):
+    from airflow.exceptions import AirflowNotFoundException
     from airflow.sdk import Connection
 
     try:
         conn = Connection.get(settings.opensearch_conn_id)
-    except Exception:  # no such connection: fall back to the settings
+    except AirflowNotFoundException:  # no such connection: the settings' URL and auth
         log.info("no Airflow connection %r: using %s", settings.opensearch_conn_id, settings.opensearch_url)
-        return index.client_from_settings(settings)
+        return index.client_from_settings(settings.check())
+    except Exception as exc:  # it exists but cannot be read: never fall back to another cluster
+        raise ValueError(f"the Airflow connection {settings.opensearch_conn_id!r} cannot be read: {exc}") from exc
     extra = conn.extra_dejson or {}
     scheme = conn.schema or ("https" if conn.port == 443 else "http")
     url = f"{scheme}://{conn.host}:{conn.port or (443 if scheme == 'https' else 9200)}"
@@ -47,4 +62,12 @@ def opensearch(settings: Settings):
         user=conn.login or "",
         password=conn.password or "",
         region=extra.get("region", settings.region),
+        credentials=_aws_credentials(settings) if auth == "sigv4" else None,
     )
+
+
+def _aws_credentials(settings: Settings):
+    """The credentials of `aws_conn_id`, so SigV4 signs as the connection, not as the worker."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=settings.aws_conn_id, client_type="sts").get_session().get_credentials()

@@ -30,14 +30,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from catalogue_search.aws import describe_or_none, error_code, is_not_found  # noqa: F401  (re-exported)
+from catalogue_search.contract import ENCODE_TYPES, IMAGE, JSON, TEXT, X_IMAGE  # noqa: F401  (re-exported)
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# The same values as transform.TEXT / transform.IMAGE (that module pulls numpy in; the DAG file imports this one).
-TEXT = "TEXT"
-IMAGE = "IMAGE"
-ENCODE_TYPES = (TEXT, IMAGE)
 
 VARIANT_NAME = "AllTraffic"
 # Serverless endpoints have no GPU: the container image is looked up for a CPU instance type.
@@ -52,8 +49,6 @@ _NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 # Endpoint states the deploy must not act on until they settle (SageMakerHook.endpoint_non_terminal_states).
 BUSY_STATES = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 
-JSON = "application/json"
-X_IMAGE = "application/x-image"
 SMOKE_TEXT = "a red flower"
 
 
@@ -170,7 +165,7 @@ def artifact_version(s3, settings: Settings) -> str:
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        if _error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}:
+        if error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}:
             raise ArtifactMissingError(
                 f"no model artifact at {settings.artifact_uri}: build and upload it first "
                 "(`./dev demo` or `python -m catalogue_search.model_artifact build --upload`)"
@@ -180,25 +175,6 @@ def artifact_version(s3, settings: Settings) -> str:
 
 
 # --- What is there -----------------------------------------------------------
-def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def is_not_found(exc: Exception) -> bool:
-    """SageMaker's "no such resource": a ValidationException saying `Could not find ...`."""
-    message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")) or str(exc)
-    return _error_code(exc) == "ValidationException" and "could not find" in message.lower()
-
-
-def describe_or_none(describe: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any] | None:
-    try:
-        return describe(**kwargs)
-    except Exception as exc:
-        if is_not_found(exc):
-            return None
-        raise
-
-
 def model_exists(sagemaker, name: str) -> bool:
     return describe_or_none(sagemaker.describe_model, ModelName=name) is not None
 
@@ -341,12 +317,14 @@ def smoke_payload(encode_type: str, *, binary: bool = True) -> tuple[bytes, str]
 
 def check_embeddings(body: bytes, endpoint_name: str) -> list[float]:
     """The one vector of `{"embeddings": [[floats]]}`; any other shape raises SmokeTestError naming the endpoint."""
-    from catalogue_search.search import EncoderResponseError, parse_embeddings
+    from catalogue_search.contract import EncoderResponseError, ErrorRecord, parse_embeddings
 
     try:
         return parse_embeddings(body, f"endpoint {endpoint_name}")
     except EncoderResponseError as exc:
         raise SmokeTestError(str(exc)) from exc
+    except ErrorRecord as exc:
+        raise SmokeTestError(f"endpoint {endpoint_name} answered an error: {exc}") from exc
 
 
 def smoke_test(
@@ -363,7 +341,7 @@ def smoke_test(
             EndpointName=endpoint_name, ContentType=content_type, Accept=JSON, Body=payload, **extra
         )
     except Exception as exc:
-        if "ModelError" in type(exc).__name__ or _error_code(exc) == "ModelError":
+        if "ModelError" in type(exc).__name__ or error_code(exc) == "ModelError":
             raise SmokeTestError(f"endpoint {endpoint_name} rejected the {content_type} smoke request: {exc}") from exc
         raise
     vector = check_embeddings(response["Body"].read(), endpoint_name)

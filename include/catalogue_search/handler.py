@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from catalogue_search.localenv import cache_home, repo_root
 from catalogue_search.s3util import parse_s3_uri
+from catalogue_search.settings import default_model_cache
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_CODE_DIR = repo_root() / "inference_code"
+INFERENCE_CODE_DIR = Path(__file__).resolve().parents[2] / "inference_code"
 _COMPLETE = ".complete"
 
 _modules: dict[str, ModuleType] = {}
@@ -247,7 +247,7 @@ def fetch_model_dir(
     The cache key is the S3 object's ETag or the local file's sha256, so a new
     artifact at the same address is fetched again while an unchanged one is not.
     """
-    cache = Path(cache_dir) if cache_dir is not None else cache_home() / "models"
+    cache = Path(cache_dir) if cache_dir is not None else default_model_cache()
     url = str(model_data_url)
     if url.startswith("s3://"):
         if s3_client is None:

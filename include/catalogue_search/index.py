@@ -34,8 +34,13 @@ def make_client(
     password: str = "",
     region: str = "us-east-1",
     timeout: int = 60,
+    credentials: Any = None,
 ):
-    """An opensearch-py client; `auth` is "none", "basic" or "sigv4" (AWS credentials)."""
+    """An opensearch-py client; `auth` is "none", "basic" or "sigv4".
+
+    SigV4 signs with `credentials` (botocore credentials, e.g. those of the
+    Airflow AWS connection); without them, with the process's default chain.
+    """
     from urllib.parse import urlsplit
 
     from opensearchpy import OpenSearch, RequestsHttpConnection
@@ -60,7 +65,7 @@ def make_client(
         import boto3
         from opensearchpy import AWSV4SignerAuth
 
-        credentials = boto3.Session().get_credentials()
+        credentials = credentials or boto3.Session().get_credentials()
         if credentials is None:
             raise ValueError("OpenSearch SigV4 auth needs AWS credentials, and none were found")
         kwargs["http_auth"] = AWSV4SignerAuth(credentials, region, "es")

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from catalogue_search.handler import INFERENCE_CODE_DIR, load_inference_module, sha256_file
-from catalogue_search.localenv import cache_home
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings, boto3_client
 
@@ -362,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     settings = settings.replace(model_name=args.model)
-    out = args.out or cache_home() / "artifacts" / settings.model_slug / "model.tar.gz"
+    out = args.out or settings.model_cache.parent / "artifacts" / settings.model_slug / "model.tar.gz"
     info = build_model_artifact(out, args.model, args.pretrained, args.config, force=args.force)
     result = info.as_dict()
     if args.upload:

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from catalogue_search import index
+from catalogue_search import contract, index
+from catalogue_search.contract import IMAGE, TEXT
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TEXT = "TEXT"
-IMAGE = "IMAGE"
 
 
 class SearchError(RuntimeError):
@@ -43,8 +40,18 @@ class EndpointNotDeployedError(SearchError):
     pass
 
 
-class EncoderResponseError(SearchError):
+class EncoderResponseError(SearchError, contract.EncoderResponseError):
     pass
+
+
+def parse_embeddings(raw: bytes, source: str) -> list[float]:
+    """The contract's parser, with its errors as search errors."""
+    try:
+        return contract.parse_embeddings(raw, source)
+    except contract.EncoderResponseError as exc:
+        raise EncoderResponseError(str(exc)) from exc
+    except contract.ErrorRecord as exc:
+        raise EncoderResponseError(f"{source} answered an error: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -66,39 +73,13 @@ class QueryEncoder(Protocol):
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]: ...
 
 
-def parse_embeddings(raw: bytes, source: str) -> list[float]:
-    """The single vector of a handler response `{"embeddings": [[...]]}`; anything else is an error."""
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EncoderResponseError(f"{source} returned a response that is not JSON: {raw[:80]!r}") from exc
-    vectors = doc.get("embeddings") if isinstance(doc, dict) else None
-    if (
-        not isinstance(vectors, list)
-        or len(vectors) != 1
-        or not isinstance(vectors[0], list)
-        or not vectors[0]
-        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vectors[0])
-    ):
-        raise EncoderResponseError(
-            f"{source} returned an unexpected response shape (want {{'embeddings': [[floats]]}} with one vector): "
-            f"{str(doc)[:120]}"
-        )
-    vector = [float(x) for x in vectors[0]]
-    if not all(math.isfinite(x) for x in vector):
-        raise EncoderResponseError(f"{source} returned a vector with non-finite values")
-    return vector
-
-
 class LocalEncoder:
     """Runs the SageMaker handler in-process, from the same model.tar.gz the endpoints use."""
 
     def __init__(self, settings: Settings, s3_client=None, cache_dir=None) -> None:
-        from catalogue_search.localenv import cache_home
-
         self.settings = settings
         self.s3 = s3_client
-        self.cache_dir = cache_dir or cache_home() / "models"
+        self.cache_dir = cache_dir or settings.model_cache
         self._handlers: dict[str, Any] = {}
 
     def _handler(self, encode_type: str):
@@ -147,7 +128,7 @@ class EndpointEncoder:
         """One DescribeEndpoint per endpoint and client: a clear error beats a cryptic invoke failure."""
         if name in self._in_service:
             return
-        from catalogue_search.endpoints import describe_or_none
+        from catalogue_search.aws import describe_or_none
 
         described = describe_or_none(self.control.describe_endpoint, EndpointName=name)
         if described is None:

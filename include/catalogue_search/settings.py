@@ -1,9 +1,12 @@
 """One typed settings object for the whole project.
 
 Every name a task, a CLI command or a test needs (buckets, index alias, model,
-endpoints) comes from here. Values are read from environment variables; the
-defaults are the local stack's, so a laptop needs no configuration at all.
-`docker-compose.yaml` and `./dev` set the same variable names.
+endpoints) comes from here. Values are read from environment variables. Production code has no local
+defaults: the settings that name a deployment (bucket, role, OpenSearch,
+backends) are empty unless set, and `check()` (called by the first task of
+every DAG and by the CLI) fails with one message naming every one missing.
+The local stack's values live in `tools/catalogue_search_dev/localenv.py`,
+which `./dev` and `docker-compose.yaml` export.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CATSEARCH_"
@@ -27,7 +31,7 @@ class Settings:
     # --- AWS / local stand-ins -------------------------------------------------
     region: str = "us-east-1"
     # Endpoint of the S3 + SageMaker stand-in (moto). Empty means real AWS.
-    aws_endpoint_url: str = "http://127.0.0.1:5000"
+    aws_endpoint_url: str = ""
     aws_conn_id: str = "aws_default"
 
     # --- Source catalogue (ABO layout) ---------------------------------------
@@ -36,7 +40,7 @@ class Settings:
     source_prefix: str = ""
 
     # --- Project bucket ------------------------------------------------------
-    bucket: str = "catalogue-search-local"
+    bucket: str = ""
     images_prefix: str = "images/small/"
     manifests_prefix: str = "manifests/"
     embeddings_prefix: str = "embeddings/"
@@ -52,11 +56,11 @@ class Settings:
     inference_image_uri: str = ""
     framework_version: str = "2.6"
     py_version: str = "py312"
-    sagemaker_role_arn: str = "arn:aws:iam::123456789012:role/catalogue-search-sagemaker"
+    sagemaker_role_arn: str = ""
 
     # --- Batch transform -----------------------------------------------------
     # "local": the local batch-transform runner executes the job; "sagemaker": SageMaker does.
-    transform_backend: str = "local"
+    transform_backend: str = ""
     transform_instance_type: str = "ml.g4dn.xlarge"
     transform_instance_count: int = 1
     transform_max_concurrent: int = 4
@@ -67,10 +71,10 @@ class Settings:
     endpoint_memory_mb: int = 6144
     endpoint_max_concurrency: int = 5
     # "local": encode queries in-process with the same handler; "endpoint": SageMaker runtime.
-    query_encoder: str = "local"
+    query_encoder: str = ""
 
     # --- OpenSearch ----------------------------------------------------------
-    opensearch_url: str = "http://127.0.0.1:9200"
+    opensearch_url: str = ""
     # "none", "basic" (user/password below) or "sigv4" (AWS credentials of the process).
     opensearch_auth: str = "none"
     opensearch_user: str = ""
@@ -94,6 +98,10 @@ class Settings:
     language_tag: str = "en_US"
     copy_workers: int = 16
 
+    # --- Local caches ----------------------------------------------------------
+    # Where extracted model artifacts are cached ("" = ~/.cache/catalogue-search/models).
+    model_cache_dir: str = ""
+
     # ---------------------------------------------------------------------------
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -113,6 +121,23 @@ class Settings:
         """Every environment variable the settings read."""
         return {_env_name(f.name) for f in fields(cls)}
 
+    def missing(self) -> list[str]:
+        """The environment variables of required settings that are not set."""
+        return [_env_name(name) for name in REQUIRED if not str(getattr(self, name)).strip()]
+
+    def check(self) -> Settings:
+        """Fail closed: raise one `SettingsError` naming every missing or invalid setting."""
+        problems = [f"{name} is not set" for name in self.missing()]
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value and value not in allowed:
+                problems.append(f"{_env_name(name)}={value!r} is not one of {', '.join(allowed)}")
+        if problems:
+            raise SettingsError(
+                "catalogue-search is not configured: " + "; ".join(problems) + " (see the README's settings table)"
+            )
+        return self
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -120,6 +145,10 @@ class Settings:
     @property
     def is_local(self) -> bool:
         return bool(self.aws_endpoint_url)
+
+    @property
+    def model_cache(self) -> Path:
+        return Path(self.model_cache_dir) if self.model_cache_dir else default_model_cache()
 
     @property
     def model_slug(self) -> str:
@@ -162,6 +191,19 @@ class Settings:
         if self.aws_endpoint_url:
             kwargs["endpoint_url"] = self.aws_endpoint_url
         return kwargs
+
+
+class SettingsError(ValueError):
+    """A required setting is missing or has a value the code cannot use."""
+
+
+# Settings with no safe default: a deployment must name them.
+REQUIRED = ("bucket", "sagemaker_role_arn", "opensearch_url", "transform_backend", "query_encoder")
+CHOICES = {"transform_backend": ("local", "sagemaker"), "query_encoder": ("local", "endpoint")}
+
+
+def default_model_cache() -> Path:
+    return Path(os.environ.get("CATSEARCH_MODEL_CACHE_DIR") or Path.home() / ".cache" / "catalogue-search" / "models")
 
 
 def _slug(text: str) -> str:

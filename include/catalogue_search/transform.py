@@ -16,15 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import numpy as np
-
+from catalogue_search import contract
 from catalogue_search.s3util import Progress, get_bytes, list_objects
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
-IMAGE = "IMAGE"
-TEXT = "TEXT"
+IMAGE = contract.IMAGE
+TEXT = contract.TEXT
 
 
 def job_name(settings: Settings, run_key: str) -> str:
@@ -94,7 +93,7 @@ def model_request(settings: Settings, encode_type: str, image_uri: str) -> dict[
 
 def ensure_model(sagemaker, request: dict[str, Any]) -> str:
     """Create the SageMaker model, or replace it if its container changed. Idempotent."""
-    from catalogue_search.endpoints import describe_or_none
+    from catalogue_search.aws import describe_or_none
 
     name = request["ModelName"]
     current = describe_or_none(sagemaker.describe_model, ModelName=name)
@@ -150,20 +149,11 @@ class Embeddings:
 
 
 def parse_output(raw: bytes) -> list[float]:
-    """One `.out` object -> its vector; an error record raises with its message."""
+    """One `.out` object -> its vector; an error record or a bad shape raises ValueError with its message."""
     try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"output is not JSON: {exc}") from exc
-    if isinstance(doc, dict) and "error" in doc:
-        raise ValueError(str(doc["error"]))
-    vectors = doc.get("embeddings") if isinstance(doc, dict) else doc
-    if not isinstance(vectors, list) or len(vectors) != 1 or not isinstance(vectors[0], list):
-        raise ValueError("output does not hold exactly one vector")
-    vec = np.asarray(vectors[0], dtype=np.float32)
-    if not np.all(np.isfinite(vec)):
-        raise ValueError("output vector has non-finite values")
-    return vec.tolist()
+        return contract.parse_embeddings(raw, "the transform output")
+    except contract.EncoderResponseError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def read_embeddings(

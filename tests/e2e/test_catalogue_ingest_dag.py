@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from catalogue_search import demo, index
+from catalogue_search import index
 from catalogue_search.search import SearchClient
 from catalogue_search.settings import Settings
+from catalogue_search_dev import demo
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from catalogue_search.sample_catalogue import (
+from catalogue_search.settings import Settings
+from catalogue_search_dev.sample_catalogue import (
     SUMMARY_FILENAME,
     CatalogueSummary,
     build_sample_catalogue,
@@ -18,7 +19,6 @@ from catalogue_search.sample_catalogue import (
     main,
     upload_catalogue,
 )
-from catalogue_search.settings import Settings
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ def test_parse_output_rejects_error_records_and_bad_shapes():
     assert transform.parse_output(b'{"embeddings": [[0.6, 0.8]]}') == pytest.approx([0.6, 0.8])
     with pytest.raises(ValueError, match="truncated"):
         transform.parse_output(b'{"error": "image is truncated"}')
-    with pytest.raises(ValueError, match="exactly one vector"):
+    with pytest.raises(ValueError, match="with one vector"):
         transform.parse_output(b'{"embeddings": [[1.0], [1.0]]}')
 
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from catalogue_search import localenv, stack
 from catalogue_search.settings import Settings
+from catalogue_search_dev import localenv, stack
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -290,7 +290,7 @@ def layout_problems(compose: dict) -> list[str]:
         env = environment(svc)
         repo = env.get("CATSEARCH_REPO", "")
         expected = {
-            "PYTHONPATH": f"{repo}/include:{repo}/plugins",  # as ./dev sets it
+            "PYTHONPATH": f"{repo}/include:{repo}/plugins:{repo}/tools",  # as ./dev sets it
             "AIRFLOW__CORE__DAGS_FOLDER": f"{repo}/dags",  # as localenv.py sets them
             "AIRFLOW__CORE__PLUGINS_FOLDER": f"{repo}/plugins",
         }

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from catalogue_search.sample_catalogue import (
+from catalogue_search_dev.sample_catalogue import (
     DIRT_COUNTS,
     LANGUAGE_TAGS,
     SUMMARY_FILENAME,

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from catalogue_search import stack
-from catalogue_search.localenv import cache_home, repo_root
+from catalogue_search_dev import stack
+from catalogue_search_dev.localenv import cache_home, repo_root
 
 
 def _say(msg: str) -> None:
@@ -52,7 +52,7 @@ def cmd_test(args: list[str]) -> int:
 
 
 def cmd_demo(args: list[str]) -> int:
-    from catalogue_search import demo
+    from catalogue_search_dev import demo
 
     stack_up()
     ensure_airflow_db()

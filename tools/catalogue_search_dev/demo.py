@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from catalogue_search.localenv import cache_home
 from catalogue_search.settings import Settings
+from catalogue_search_dev.localenv import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def ensure_bucket(s3, bucket: str) -> None:
 
 def prepare_catalogue(settings: Settings, s3, out_dir: Path | None = None):
     """Build (once) and upload (idempotently) the sample catalogue; return its summary."""
-    from catalogue_search import sample_catalogue as sc
+    from catalogue_search_dev import sample_catalogue as sc
 
     out_dir = out_dir or cache_home() / "sample-catalogue"
     summary_file = out_dir / sc.SUMMARY_FILENAME

@@ -19,7 +19,7 @@ As in ABO, `path` is `<2 hex>/<8 hex>.jpg` (not named after the image_id), and
 `height`/`width` in images.csv are those of the original image (the PNG), not
 of the small JPEG.
 
-Run `python -m catalogue_search.sample_catalogue build --out DIR [--upload]`.
+Run `python -m catalogue_search_dev.sample_catalogue build --out DIR [--upload]`.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class SampleCatalogueError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """Where the downloaded package is kept between runs."""
-    from catalogue_search.localenv import cache_home
+    from catalogue_search_dev.localenv import cache_home
 
     return cache_home() / "tuxpaint"
 
@@ -603,7 +603,7 @@ def _content_type(rel: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """`build --out DIR [--cache DIR] [--shards N] [--max-products N] [--upload]`."""
     parser = argparse.ArgumentParser(
-        prog="python -m catalogue_search.sample_catalogue",
+        prog="python -m catalogue_search_dev.sample_catalogue",
         description="Build a small real catalogue in ABO layout from Tux Paint's stamps.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

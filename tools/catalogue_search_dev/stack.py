@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from catalogue_search.localenv import cache_home
+from catalogue_search_dev.localenv import cache_home
 
 log = logging.getLogger(__name__)
 

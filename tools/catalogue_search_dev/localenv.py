@@ -33,6 +33,10 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         "CATSEARCH_OPENSEARCH_URL": "http://127.0.0.1:9200",
         "CATSEARCH_TRANSFORM_BACKEND": "local",
         "CATSEARCH_QUERY_ENCODER": "local",
+        "CATSEARCH_BUCKET": "catalogue-search-local",
+        # moto accepts any role ARN; a real deployment sets its SageMaker execution role.
+        "CATSEARCH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/catalogue-search-sagemaker",
+        "CATSEARCH_MODEL_CACHE_DIR": str(home / "models"),
         # moto accepts any credentials; real ones never reach it.
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

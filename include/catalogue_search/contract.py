@@ -1,0 +1,58 @@
+"""The handler contract: encode types, content types and the one parser of its responses.
+
+`inference_code/inference.py` (the SageMaker container's handler) speaks this
+contract; the ingestion, the query endpoints and the search client all read
+its answers with `parse_embeddings`, so a change of response shape is made
+in one place. Light to import (no numpy, no torch): DAG files import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+TEXT = "TEXT"
+IMAGE = "IMAGE"
+ENCODE_TYPES = (TEXT, IMAGE)
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+X_IMAGE = "application/x-image"
+
+
+class EncoderResponseError(RuntimeError):
+    """An encoder (endpoint, local handler, transform output) answered something that is not a vector."""
+
+
+class ErrorRecord(ValueError):
+    """The handler answered an error record (`{"error": ...}`) for this input."""
+
+
+def parse_embeddings(raw: bytes, source: str) -> list[float]:
+    """The single vector of a handler response `{"embeddings": [[...]]}`.
+
+    An error record raises `ErrorRecord` with its message; any other shape,
+    or a non-finite value, raises `EncoderResponseError` naming `source`.
+    """
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EncoderResponseError(f"{source} returned a response that is not JSON: {raw[:80]!r}") from exc
+    if isinstance(doc, dict) and "error" in doc:
+        raise ErrorRecord(str(doc["error"]))
+    vectors = doc.get("embeddings") if isinstance(doc, dict) else None
+    if (
+        not isinstance(vectors, list)
+        or len(vectors) != 1
+        or not isinstance(vectors[0], list)
+        or not vectors[0]
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vectors[0])
+    ):
+        raise EncoderResponseError(
+            f"{source} returned an unexpected response shape (want {{'embeddings': [[floats]]}} with one vector): "
+            f"{str(doc)[:120]}"
+        )
+    vector = [float(x) for x in vectors[0]]
+    if not all(math.isfinite(x) for x in vector):
+        raise EncoderResponseError(f"{source} returned a vector with non-finite values")
+    return vector
