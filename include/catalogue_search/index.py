@@ -116,7 +116,11 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "main_image_id": {"type": "keyword"},
                 "image_path": {"type": "keyword"},
                 **{
-                    name: {"type": "keyword", "normalizer": LOWERCASE_NORMALIZER, "fields": {"raw": {"type": "keyword"}}}
+                    name: {
+                        "type": "keyword",
+                        "normalizer": LOWERCASE_NORMALIZER,
+                        "fields": {"raw": {"type": "keyword"}},
+                    }
                     for name in NORMALIZED_KEYWORDS
                 },
                 "model": {"type": "keyword"},

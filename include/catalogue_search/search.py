@@ -384,9 +384,7 @@ class SearchClient:
             )
             windows.append(int(value))
         if not windows:
-            raise IndexMissingError(
-                f"index or alias {self.alias!r} does not exist: run the catalogue_ingest DAG first"
-            )
+            raise IndexMissingError(f"index or alias {self.alias!r} does not exist: run the catalogue_ingest DAG first")
         limit = min(KNN_MAX_K, *windows)
         self._window = (now, limit)
         return limit
