@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,32 @@ def ensure_airflow_db() -> None:
     marker.touch()
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium for the search page's browser test (browsers cannot be downloaded here); idempotent."""
+    if CHROMIUM.exists():
+        return
+    if not shutil.which("apt-get"):
+        _say(f"{CHROMIUM} is missing and there is no apt-get: install Chromium for the browser test")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    _say("installing Debian's chromium package (for the search page's browser test)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", "chromium"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def cmd_test(args: list[str]) -> int:
     stack_up()
     ensure_airflow_db()
+    ensure_chromium()
     os.chdir(repo_root())
     result = subprocess.run([sys.executable, "-m", "pytest", *args])
     return result.returncode
@@ -95,6 +119,11 @@ def cmd_ui(args: list[str]) -> int:
 
 
 def cmd_bench(args: list[str]) -> int:
+    if args[:1] == ["search-api"]:  # warm search API vs CLI latency (starts airflow api-server)
+        stack_up()
+        ensure_airflow_db()
+        script = repo_root() / "benchmarks" / "search_api.py"
+        return subprocess.run([sys.executable, str(script), *args[1:]]).returncode
     script = repo_root() / "benchmarks" / "encode_throughput.py"
     return subprocess.run([sys.executable, str(script), *args]).returncode
 

@@ -171,6 +171,7 @@ function searchImage(file) {
     showError(`${file.name} is not an image`);
     return;
   }
+  els.q.value = "";
   Object.assign(state, { kind: "image", file, offset: 0 });
   runQuery();
 }
