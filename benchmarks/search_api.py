@@ -181,20 +181,20 @@ def time_api(url: str, token: str, texts: list[str], images: list[bytes], k: int
             got = http.get("/api/search", params={"q": q, "k": k})
             elapsed = time.perf_counter() - t
             got.raise_for_status()
-            assert len(got.json()["hits"]) == k
+            assert got.json()["hits"]
             return elapsed
 
-        def image(data: bytes, item: int) -> float:
+        def image(data: bytes) -> float:
             t = time.perf_counter()
             got = http.post("/api/search/image", params={"k": k}, files={"image": ("q.jpg", data, "image/jpeg")})
             elapsed = time.perf_counter() - t
             got.raise_for_status()
-            assert got.json()["hits"][0]["item_id"] == f"B0BENCH{item:05d}"
+            assert got.json()["hits"][0]["similarity"] > 0.999  # the catalogue's own image
             return elapsed
 
-        out["first"] = [text("a first query"), image(images[0], 0)]  # each loads its encoder
+        out["first"] = [text("a first query"), image(images[0])]  # each loads its encoder
         out["text"] = [text(q) for q in texts]
-        out["image"] = [image(images[i % len(images)], i % len(images)) for i in range(len(texts))]
+        out["image"] = [image(images[i % len(images)]) for i in range(len(texts))]
     return out
 
 
