@@ -123,7 +123,7 @@ class Resolver:
     def resolve(self, node: Any) -> Any:
         if isinstance(node, dict):
             if len(node) == 1:
-                (key, arg), = node.items()
+                ((key, arg),) = node.items()
                 if key == "Ref":
                     return self.ref(arg)
                 if key == "Fn::Sub":
@@ -180,11 +180,20 @@ def policies(resources: dict[str, dict[str, Any]]) -> list[PolicyDoc]:
     for logical_id, resource in resources.items():
         kind, props = resource["Type"], resource["Properties"]
         if kind == "AWS::IAM::Role":
-            out.append(PolicyDoc(f"{logical_id}.AssumeRolePolicyDocument", "trust", logical_id,
-                                 props["AssumeRolePolicyDocument"]))
+            out.append(
+                PolicyDoc(
+                    f"{logical_id}.AssumeRolePolicyDocument", "trust", logical_id, props["AssumeRolePolicyDocument"]
+                )
+            )
             for policy in props.get("Policies", []):
-                out.append(PolicyDoc(f"{logical_id}.Policies[{policy['PolicyName']}]", "identity", logical_id,
-                                     policy["PolicyDocument"]))
+                out.append(
+                    PolicyDoc(
+                        f"{logical_id}.Policies[{policy['PolicyName']}]",
+                        "identity",
+                        logical_id,
+                        policy["PolicyDocument"],
+                    )
+                )
         elif kind in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
             out.append(PolicyDoc(f"{logical_id}.PolicyDocument", "identity", logical_id, props["PolicyDocument"]))
         elif kind == "AWS::S3::BucketPolicy":

@@ -39,10 +39,16 @@ STAR_RESOURCE_ALLOWED = {
 
 # parliament's community auditors flag these; each is what the feature needs, scoped as far as IAM allows.
 COMMUNITY_FINDINGS_ALLOWED = {
-    ("SageMakerExecutionRole.Policies[catalogue-search-inference]", "CREDENTIALS_EXPOSURE", "ecr:getauthorizationtoken"):
-        "pulling the inference image from ECR needs an authorization token",
-    ("AirflowWorkerPolicy.PolicyDocument", "PERMISSIONS_MANAGEMENT_ACTIONS", "iam:passrole"):
-        "CreateModel passes the execution role; limited to that one role and to sagemaker.amazonaws.com",
+    (
+        "SageMakerExecutionRole.Policies[catalogue-search-inference]",
+        "CREDENTIALS_EXPOSURE",
+        "ecr:getauthorizationtoken",
+    ): "pulling the inference image from ECR needs an authorization token",
+    (
+        "AirflowWorkerPolicy.PolicyDocument",
+        "PERMISSIONS_MANAGEMENT_ACTIONS",
+        "iam:passrole",
+    ): "CreateModel passes the execution role; limited to that one role and to sagemaker.amazonaws.com",
 }
 
 SEVERITY_ORDER = ["MUTE", "INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
@@ -136,7 +142,11 @@ def test_parliament_flags_what_the_template_must_not_do():
         "Statement": [
             {"Effect": "Allow", "Action": ["sagemaker:CreateModel", "s3:GetObject"], "Resource": "*"},
             {"Effect": "Allow", "Action": "sagemaker:CreateModle", "Resource": "*"},
-            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:sagemaker:us-east-1:{t.ACCOUNT}:model/x"},
+            {
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:sagemaker:us-east-1:{t.ACCOUNT}:model/x",
+            },
         ],
     }
     findings = _parliament(bad, False)
@@ -180,7 +190,9 @@ def test_roles_trust_only_their_callers(resolved):
     (search,) = t.statements(trust["SearchRole"])
     assert search["Principal"] == {"AWS": f"arn:aws:iam::{t.ACCOUNT}:root"}
     named = t.Resolver(t.load(), {"SearchRoleTrustedPrincipal": f"arn:aws:iam::{t.ACCOUNT}:role/search-api"})
-    (search,) = t.statements([p for p in t.policies(named.resources()) if p.where.startswith("SearchRole.Assume")][0].document)
+    (search,) = t.statements(
+        [p for p in t.policies(named.resources()) if p.where.startswith("SearchRole.Assume")][0].document
+    )
     assert search["Principal"] == {"AWS": f"arn:aws:iam::{t.ACCOUNT}:role/search-api"}
 
 
@@ -202,7 +214,11 @@ def test_execution_role_reads_inputs_and_writes_only_embeddings(resolved):
     assert not _allowed(doc, "s3:GetObject", obj + "other/secret.csv")
     assert not _allowed(doc, "s3:PutObject", obj + "other/file")
     granted = {a for stmt in t.statements(doc) for a in t.as_list(stmt["Action"])}
-    assert not {a for a in granted if a.startswith("s3:") and a not in {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload"}}
+    assert not {
+        a
+        for a in granted
+        if a.startswith("s3:") and a not in {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload"}
+    }
     repo = "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"
     assert _allowed(doc, "ecr:BatchGetImage", repo)
     assert not _allowed(doc, "ecr:BatchGetImage", "arn:aws:ecr:us-east-1:111111111111:repository/anything")
@@ -225,7 +241,9 @@ def _code_names(s: Settings) -> dict[str, list[str]]:
         "transform-job": [run_job, f"{run_job}-1764000000"],  # the operator's timestamped retry name
     }
     for encode_type in ENCODE_TYPES:
-        model = transform.model_request(s, encode_type, "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312")
+        model = transform.model_request(
+            s, encode_type, "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
+        )
         digest_name = endpoints.resource_name(s, encode_type, model, "etag")
         names["model"].append(digest_name)
         names["endpoint-config"].append(digest_name)
@@ -236,7 +254,12 @@ def _code_names(s: Settings) -> dict[str, list[str]]:
 def test_airflow_policy_covers_the_names_the_code_builds_and_no_others(resolved):
     doc = _policy(resolved, "AirflowWorkerPolicy")
     arn = f"arn:aws:sagemaker:us-east-1:{t.ACCOUNT}:"
-    verbs = {"model": "Model", "endpoint-config": "EndpointConfig", "endpoint": "Endpoint", "transform-job": "TransformJob"}
+    verbs = {
+        "model": "Model",
+        "endpoint-config": "EndpointConfig",
+        "endpoint": "Endpoint",
+        "transform-job": "TransformJob",
+    }
     for kind, names in _code_names(DEFAULTS.replace(model_name="ViT-B-32")).items():
         for name in names:
             for verb in ("Create", "Describe"):
@@ -247,7 +270,9 @@ def test_airflow_policy_covers_the_names_the_code_builds_and_no_others(resolved)
     for name in _code_names(DEFAULTS)["endpoint"]:
         assert _allowed(doc, "sagemaker:InvokeEndpoint", f"{arn}endpoint/{name}")
         assert _allowed(doc, "sagemaker:DeleteEndpoint", f"{arn}endpoint/{name}")
-    assert _allowed(doc, "sagemaker:StopTransformJob", f"{arn}transform-job/{_code_names(DEFAULTS)['transform-job'][0]}")
+    assert _allowed(
+        doc, "sagemaker:StopTransformJob", f"{arn}transform-job/{_code_names(DEFAULTS)['transform-job'][0]}"
+    )
 
 
 def test_airflow_policy_passes_only_the_execution_role_only_to_sagemaker(resolved):
@@ -326,16 +351,27 @@ def test_opensearch_domain_goes_into_the_vpc_when_subnets_are_given(template):
         },
     ).resources()
     props = vpc["Domain"]["Properties"]
-    assert props["VPCOptions"] == {"SubnetIds": ["subnet-0a", "subnet-0b"], "SecurityGroupIds": ["sg-0123456789abcdef0"]}
+    assert props["VPCOptions"] == {
+        "SubnetIds": ["subnet-0a", "subnet-0b"],
+        "SecurityGroupIds": ["sg-0123456789abcdef0"],
+    }
     assert props["ClusterConfig"]["ZoneAwarenessEnabled"] is True
     sg = vpc["DomainSecurityGroup"]["Properties"]
     assert sg["SecurityGroupIngress"] == [
-        {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "SourceSecurityGroupId": "sg-0airflow",
-         "Description": "Airflow workers"}
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 443,
+            "ToPort": 443,
+            "SourceSecurityGroupId": "sg-0airflow",
+            "Description": "Airflow workers",
+        }
     ]
     assert "0.0.0.0/0" not in json.dumps(sg)
     (stmt,) = t.statements(props["AccessPolicies"])
-    assert f"arn:aws:iam::{t.ACCOUNT}:role/service-role/{t.REQUIRED_PARAMETERS['AirflowRoleName']}" in stmt["Principal"]["AWS"]
+    assert (
+        f"arn:aws:iam::{t.ACCOUNT}:role/service-role/{t.REQUIRED_PARAMETERS['AirflowRoleName']}"
+        in stmt["Principal"]["AWS"]
+    )
 
 
 # --- outputs and settings -----------------------------------------------------------------
@@ -390,7 +426,9 @@ def test_stack_creates_in_moto_and_its_outputs_read_back(moto_url, unique):
     assert dropped_outputs == {"OpenSearchUrl", "OpenSearchHost", "OpenSearchDomainArn"}
 
     airflow_role = f"test-airflow-{unique}"
-    iam.create_role(RoleName=airflow_role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    iam.create_role(
+        RoleName=airflow_role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+    )
     stack = f"test-catsearch-{unique}"
     params = {
         "ProjectName": f"test-cs-{unique}",
@@ -418,14 +456,18 @@ def test_stack_creates_in_moto_and_its_outputs_read_back(moto_url, unique):
         attached = iam.list_attached_role_policies(RoleName=airflow_role)["AttachedPolicies"]
         assert [p["PolicyArn"] for p in attached] == [outputs["AirflowPolicyArn"]]
         version = iam.get_policy(PolicyArn=outputs["AirflowPolicyArn"])["Policy"]["DefaultVersionId"]
-        document = iam.get_policy_version(PolicyArn=outputs["AirflowPolicyArn"], VersionId=version)["PolicyVersion"]["Document"]
+        document = iam.get_policy_version(PolicyArn=outputs["AirflowPolicyArn"], VersionId=version)["PolicyVersion"][
+            "Document"
+        ]
         document = json.loads(document) if isinstance(document, str) else document
         pass_role = [s for s in document["Statement"] if s["Action"] == "iam:PassRole"]
         assert pass_role[0]["Resource"] == outputs["SageMakerRoleArn"]
         assert outputs["SearchRoleArn"].endswith(f"role/test-cs-{unique}-search-us-east-1")
         # The values a deployment exports, as the guide's helper prints them.
         env = stack_env_lines(outputs)
-        assert f"CATSEARCH_BUCKET={bucket}" in env and f"CATSEARCH_SAGEMAKER_ROLE_ARN={outputs['SageMakerRoleArn']}" in env
+        assert (
+            f"CATSEARCH_BUCKET={bucket}" in env and f"CATSEARCH_SAGEMAKER_ROLE_ARN={outputs['SageMakerRoleArn']}" in env
+        )
         assert "CATSEARCH_REGION=us-east-1" in env and "CATSEARCH_IMAGES_PREFIX=images/small/" in env
     finally:
         cf.delete_stack(StackName=stack)
@@ -443,6 +485,9 @@ def stack_env_lines(outputs: dict[str, str]) -> list[str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     descriptions = {k: str(v.get("Description", "")) for k, v in t.load()["Outputs"].items()}
-    return [f"{k}={v}" for k, v in module.settings_from_outputs(
-        [{"OutputKey": k, "OutputValue": v, "Description": descriptions[k]} for k, v in outputs.items()]
-    ).items()]
+    return [
+        f"{k}={v}"
+        for k, v in module.settings_from_outputs(
+            [{"OutputKey": k, "OutputValue": v, "Description": descriptions[k]} for k, v in outputs.items()]
+        ).items()
+    ]
