@@ -410,10 +410,9 @@ def test_parameter_defaults_are_the_settings_defaults(template):
 
 
 # --- moto ---------------------------------------------------------------------------------
-def _moto_supported_types() -> set[str]:
-    from moto.cloudformation.parsing import get_model_map
-
-    return set(get_model_map())
+# Resource types of the template that moto 5.2's CloudFormation cannot create (it has no model for them;
+# importing moto's model map to ask costs 12 s, so they are named here).
+MOTO_UNSUPPORTED = {"AWS::OpenSearchService::Domain", "AWS::S3::BucketPolicy"}
 
 
 def test_stack_creates_in_moto_and_its_outputs_read_back(moto_url, unique):
@@ -421,8 +420,10 @@ def test_stack_creates_in_moto_and_its_outputs_read_back(moto_url, unique):
 
     kwargs = {"endpoint_url": moto_url, "region_name": "us-east-1"}
     cf, iam, s3 = (boto3.client(n, **kwargs) for n in ("cloudformation", "iam", "s3"))
-    subset, dropped, dropped_outputs = t.moto_subset(t.load(), _moto_supported_types())
-    assert dropped == {"Domain", "ProjectBucketPolicy"}, "moto's CloudFormation support changed: update the docstring"
+    template = t.load()
+    types = {r["Type"] for r in template["Resources"].values()}
+    subset, dropped, dropped_outputs = t.moto_subset(template, types - MOTO_UNSUPPORTED)
+    assert dropped == {"Domain", "ProjectBucketPolicy"}, "only what moto cannot create is left out"
     assert dropped_outputs == {"OpenSearchUrl", "OpenSearchHost", "OpenSearchDomainArn"}
 
     airflow_role = f"test-airflow-{unique}"
@@ -476,6 +477,21 @@ def test_stack_creates_in_moto_and_its_outputs_read_back(moto_url, unique):
         for p in iam.list_attached_role_policies(RoleName=airflow_role)["AttachedPolicies"]:
             iam.detach_role_policy(RoleName=airflow_role, PolicyArn=p["PolicyArn"])
         iam.delete_role(RoleName=airflow_role)
+        # moto's stack deletion leaves managed policies behind (AWS deletes them).
+        for page in iam.get_paginator("list_policies").paginate(Scope="Local"):
+            for p in page["Policies"]:
+                if p["PolicyName"].startswith(f"test-cs-{unique}-"):
+                    iam.delete_policy(PolicyArn=p["Arn"])
+        left = [
+            r["RoleName"]
+            for page in iam.get_paginator("list_roles").paginate()
+            for r in page["Roles"]
+            if r["RoleName"].startswith(f"test-cs-{unique}-")
+        ]
+        for role_name in left:  # the stack's roles, should moto keep them too
+            for name in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+                iam.delete_role_policy(RoleName=role_name, PolicyName=name)
+            iam.delete_role(RoleName=role_name)
 
 
 def stack_env_lines(outputs: dict[str, str]) -> list[str]:
