@@ -196,6 +196,15 @@ def test_roles_trust_only_their_callers(resolved):
     assert search["Principal"] == {"AWS": f"arn:aws:iam::{t.ACCOUNT}:role/search-api"}
 
 
+def _transform_output_key(s: Settings) -> str:
+    """A key batch transform writes, from the code (the embedding store's layout, or the older per-image one)."""
+    try:
+        from catalogue_search import embedding_store
+    except ImportError:
+        return transform.embedding_key(s, "0a/0a1b2c3d.jpg")
+    return embedding_store.run_output_prefix(s, "v1", s.run_prefix("manual__r")) + "00000.jsonl.out"
+
+
 # --- the SageMaker execution role ------------------------------------------------------------
 def test_execution_role_reads_inputs_and_writes_only_embeddings(resolved):
     doc = _policy(resolved, "SageMakerExecutionRole.Policies")
@@ -209,8 +218,7 @@ def test_execution_role_reads_inputs_and_writes_only_embeddings(resolved):
     ):
         assert _allowed(doc, "s3:GetObject", obj + key), key
         assert not _allowed(doc, "s3:PutObject", obj + key), key
-    out = transform.embedding_key(s, "0a/0a1b2c3d.jpg")
-    assert _allowed(doc, "s3:PutObject", obj + out)
+    assert _allowed(doc, "s3:PutObject", obj + _transform_output_key(s))
     assert not _allowed(doc, "s3:GetObject", obj + "other/secret.csv")
     assert not _allowed(doc, "s3:PutObject", obj + "other/file")
     granted = {a for stmt in t.statements(doc) for a in t.as_list(stmt["Action"])}
@@ -241,9 +249,8 @@ def _code_names(s: Settings) -> dict[str, list[str]]:
         "transform-job": [run_job, f"{run_job}-1764000000"],  # the operator's timestamped retry name
     }
     for encode_type in ENCODE_TYPES:
-        model = transform.model_request(
-            s, encode_type, "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
-        )
+        # The name is `<endpoint>-<digest of the model>`: any model dict shows its shape.
+        model = {"ModelName": s.sagemaker_model_name(encode_type), "PrimaryContainer": {"Image": "image:tag"}}
         digest_name = endpoints.resource_name(s, encode_type, model, "etag")
         names["model"].append(digest_name)
         names["endpoint-config"].append(digest_name)
