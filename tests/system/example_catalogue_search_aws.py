@@ -41,21 +41,32 @@ SHARD = "0"
 DAG_TIMEOUT_S = 90 * 60
 
 
+def bucket_prefixes(settings) -> list[str]:
+    """The settings naming prefixes of the project bucket (images, manifests, embeddings, models, ...)."""
+    from dataclasses import fields
+
+    return [f.name for f in fields(settings) if f.name.endswith("_prefix") and f.name not in NOT_BUCKET_PREFIXES]
+
+
+# `source_prefix` is in the ABO bucket, `endpoint_prefix` names SageMaker resources.
+NOT_BUCKET_PREFIXES = {"source_prefix", "endpoint_prefix"}
+
+
 def isolated_env(env_id: str) -> dict[str, str]:
     """The settings that keep this run's data, names and index apart (all under the stack's own prefixes)."""
     from catalogue_search.settings import Settings
 
     s = Settings.from_env()
     tag = f"systest-{env_id}"
-    return {
-        "CATSEARCH_INDEX_ALIAS": f"{s.index_alias}-{tag}",
-        "CATSEARCH_IMAGES_PREFIX": f"{s.images_prefix}{tag}/",
-        "CATSEARCH_MANIFESTS_PREFIX": f"{s.manifests_prefix}{tag}/",
-        "CATSEARCH_EMBEDDINGS_PREFIX": f"{s.embeddings_prefix}{tag}/",
-        "CATSEARCH_MODELS_PREFIX": f"{s.models_prefix}{tag}/",
-        "CATSEARCH_ENDPOINT_PREFIX": f"{s.endpoint_prefix}-st{env_id}",
-        "CATSEARCH_QUERY_ENCODER": "endpoint",
-    }
+    env = {f"CATSEARCH_{name.upper()}": f"{getattr(s, name)}{tag}/" for name in bucket_prefixes(s)}
+    env.update(
+        {
+            "CATSEARCH_INDEX_ALIAS": f"{s.index_alias}-{tag}",
+            "CATSEARCH_ENDPOINT_PREFIX": f"{s.endpoint_prefix}-st{env_id}",
+            "CATSEARCH_QUERY_ENCODER": "endpoint",
+        }
+    )
+    return env
 
 
 def settings_for(env: dict[str, str]):
@@ -187,7 +198,7 @@ with DAG(dag_id=DAG_ID, schedule="@once", start_date=datetime(2026, 1, 1), catch
 
         s = settings_for(context["env"])
         s3 = boto3.client("s3", region_name=s.region)
-        for prefix in (s.images_prefix, s.manifests_prefix, s.embeddings_prefix, s.models_prefix):
+        for prefix in [getattr(s, name) for name in bucket_prefixes(s)]:
             assert "systest-" in prefix, prefix  # never anything of the deployment's own
             for page in s3.get_paginator("list_object_versions").paginate(Bucket=s.bucket, Prefix=prefix):
                 doomed = [

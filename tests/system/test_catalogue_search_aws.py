@@ -64,7 +64,7 @@ def test_catalogue_search_on_aws():
 
 def test_system_test_dag_has_set_up_body_and_all_done_tear_down():
     """Checked here without AWS: the DAG's shape, so a broken system test is not found only on AWS."""
-    from example_catalogue_search_aws import dag, isolated_env
+    from example_catalogue_search_aws import bucket_prefixes, dag, isolated_env
 
     teardown = {"run_query_endpoints_teardown", "delete_transform_model", "delete_indices", "delete_s3_objects"}
     rules = {t.task_id: getattr(t.trigger_rule, "value", t.trigger_rule) for t in dag.tasks}
@@ -76,8 +76,9 @@ def test_system_test_dag_has_set_up_body_and_all_done_tear_down():
         assert before in dag.get_task(after).upstream_task_ids
     env = isolated_env("abc123")
     s = Settings()
-    for name in ("IMAGES", "MANIFESTS", "EMBEDDINGS", "MODELS"):
-        value = env[f"CATSEARCH_{name}_PREFIX"]
-        assert value.startswith(getattr(s, f"{name.lower()}_prefix")) and "systest-abc123" in value
+    assert {"images_prefix", "manifests_prefix", "embeddings_prefix", "models_prefix"} <= set(bucket_prefixes(s))
+    for name in bucket_prefixes(s):  # nested under the stack's prefixes, so its IAM permissions cover them
+        value = env[f"CATSEARCH_{name.upper()}"]
+        assert value.startswith(getattr(s, name)) and "systest-abc123" in value
     assert env["CATSEARCH_ENDPOINT_PREFIX"].startswith(f"{s.endpoint_prefix}-")
     assert env["CATSEARCH_INDEX_ALIAS"].startswith(s.index_alias)
