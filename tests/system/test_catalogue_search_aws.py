@@ -24,9 +24,10 @@ def why_skip(env: dict[str, str] | None = None) -> str | None:
     if env.get(OPT_IN) != "1":
         return f"real-AWS system test: set {OPT_IN}=1 (with a deployed stack's settings, see docs/aws.md) to run it"
     settings = Settings.from_env(env)
-    if settings.aws_endpoint_url:
-        url = settings.aws_endpoint_url
-        return f"CATSEARCH_AWS_ENDPOINT_URL={url} is a stand-in: the system test runs on real AWS only"
+    for name in sorted(f for f in Settings.__dataclass_fields__ if f.endswith("_endpoint_url")):
+        if getattr(settings, name):  # a local stand-in (moto, the local SageMaker server)
+            url = getattr(settings, name)
+            return f"CATSEARCH_{name.upper()}={url} is a stand-in: the system test runs on real AWS only (set it empty)"
     connection = env.get("AIRFLOW_CONN_AWS_DEFAULT", "")
     if "endpoint_url" in connection or any(s in connection for s in STAND_INS):
         return "AIRFLOW_CONN_AWS_DEFAULT points at a stand-in: set it from deploy/aws/stack_env.py"
