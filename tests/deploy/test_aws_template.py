@@ -282,6 +282,21 @@ def test_airflow_policy_covers_the_names_the_code_builds_and_no_others(resolved)
     )
 
 
+def test_search_role_reads_and_encodes_but_changes_nothing(resolved):
+    doc = _policy(resolved, "SearchRole.Policies")
+    arn = f"arn:aws:sagemaker:us-east-1:{t.ACCOUNT}:"
+    names = _code_names(DEFAULTS)
+    for name in names["endpoint"]:
+        assert _allowed(doc, "sagemaker:InvokeEndpoint", f"{arn}endpoint/{name}")
+        assert _allowed(doc, "sagemaker:DescribeEndpoint", f"{arn}endpoint/{name}")
+    for name in names["endpoint-config"]:
+        assert _allowed(doc, "sagemaker:DescribeEndpointConfig", f"{arn}endpoint-config/{name}")
+        assert _allowed(doc, "sagemaker:DescribeModel", f"{arn}model/{name}")
+    actions = {a for s in t.statements(doc) for a in t.as_list(s["Action"])}
+    writes = {a for a in actions if not a.split(":")[1].startswith(("Describe", "Invoke", "ESHttpGet", "ESHttpHead"))}
+    assert writes == {"es:ESHttpPost"}, "searches are POSTs; FGAC's reader role keeps them read-only"
+
+
 def test_airflow_policy_passes_only_the_execution_role_only_to_sagemaker(resolved):
     doc = _policy(resolved, "AirflowWorkerPolicy")
     (stmt,) = [s for s in t.statements(doc) if "iam:PassRole" in t.as_list(s["Action"])]
