@@ -165,6 +165,12 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         status, body = search.error_payload(exc)
         return JSONResponse(body, status_code=status)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("catalogue search: %s %s failed", request.method, request.url.path)
+        status, body = search.error_payload(exc)  # 500, still JSON, still one line
+        return JSONResponse(body, status_code=status)
+
     def page(
         request: Request,
         kind: str,

@@ -153,10 +153,11 @@ def test_error_payloads(exc, status, code):
     assert search.error_payload(exc) == (status, {"error": code, "detail": "x"})
 
 
-def test_index_mapping_normalises_filter_fields(settings):
+def test_index_mapping_normalises_filter_fields():
     from catalogue_search import index
+    from catalogue_search.settings import Settings
 
-    body = index.index_body(settings, alias="a", dimension=4, run_key="r")
+    body = index.index_body(Settings(), alias="a", dimension=4, run_key="r")
     props = body["mappings"]["properties"]
     for name in ("product_type", "brand"):
         assert props[name]["normalizer"] == index.LOWERCASE_NORMALIZER
