@@ -232,6 +232,16 @@ class LocalEncoder:
         self.cache_dir = cache_dir or settings.model_cache
         self._handlers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._executor = None
+
+    def _runner(self):
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catsearch-encoder")
+        return self._executor
 
     def _handler(self, encode_type: str):
         handler = self._handlers.get(encode_type)
@@ -265,7 +275,9 @@ class LocalEncoder:
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         handler = self._handler(encode_type)
         try:
-            raw = handler.invoke(payload, content_type, "application/json")
+            # One thread runs every forward pass: a server's many request threads would each start their own
+            # OpenMP team, and on a small machine those teams spin against each other.
+            raw = self._runner().submit(handler.invoke, payload, content_type, "application/json").result()
         except ValueError as exc:  # the handler's InputError
             raise _input_error(encode_type, exc) from exc
         return parse_embeddings(raw, f"the local {encode_type.lower()} encoder")
