@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                             **r,
                         }
                         results.append(row)
+                        cm.save_json(args.json, {"benchmark": "knn", "machine": cm.machine(), "args": vars(args), "results": results})
                         print(
                             f"   {cand:>10} {label:>7} {r['recall']:>9.3f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} "
                             f"{r['took_p50_ms']:>8.0f} {'x%.0f' % (exact_ms / r['p50_ms']):>8}",
