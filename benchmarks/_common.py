@@ -253,3 +253,15 @@ def save_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def random_artifact(model: str = "ViT-B-32") -> Path:
+    """A model.tar.gz of `model` with random weights, built once into the cache and reused."""
+    from catalogue_search.model_artifact import build_model_artifact
+    from catalogue_search_dev.localenv import cache_home
+
+    path = cache_home() / "bench" / f"{model}-random" / "model.tar.gz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_model_artifact(path, model, "")
+    return path

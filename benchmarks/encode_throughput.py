@@ -37,15 +37,13 @@ def _runner_rate(handler_dir: Path, images: list[bytes], model: str) -> float:
     """run_transform_job over the images in moto (ManifestFile input), images/s end to end."""
     import boto3
 
-    from catalogue_search.model_artifact import build_model_artifact
     from catalogue_search_dev.local_transform import run_transform_job
 
     s = cm.settings()
     s3 = boto3.client("s3", **s.boto3_kwargs())
     sm = boto3.client("sagemaker", **s.boto3_kwargs())
     bucket = cm.bench_name("encode")
-    artifact = handler_dir.parent / "model.tar.gz"
-    build_model_artifact(artifact, model, "")
+    artifact = cm.random_artifact(model)
     s3.create_bucket(Bucket=bucket)
     name = bucket
     try:
