@@ -343,6 +343,43 @@ def precomputed_vectors(gen: Generated, dim: int = 512, seed: int = 0) -> tuple[
     return paths, vecs
 
 
+def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: int = 1024, log=print) -> int:
+    """Write the precomputed vectors into the project's embedding store, as if a transform had
+    encoded every main image: chunk outputs (`.npz`: ids = ABO paths, float32 rows) under the
+    artifact version of `settings.artifact_uri`, and the store's catalogue with each image's
+    ETag (the pool JPEG's MD5, which a server-side copy keeps). `catalogue_ingest` then finds
+    nothing to encode and loads these vectors. Needs the embedding store (issue 8a)."""
+    try:
+        from catalogue_search import embedding_store as store
+        from catalogue_search.model_artifact import read_artifact_version
+    except ImportError as exc:  # before issue 8a's store is on main
+        raise RuntimeError(f"the embedding store is not in this tree yet ({exc}): merge main after issue 8a") from exc
+
+    npz = np.load(out_dir / VECTORS_FILENAME)
+    paths, vecs = [str(p) for p in npz["ids"]], npz["embeddings"]
+    version = read_artifact_version(s3, settings.artifact_uri)
+    pool = jpeg_pool(seed=gen.summary.seed)
+    pool_md5 = [hashlib.md5(b).hexdigest() for b in pool]
+    where = {p: int(gen.pool_index[i]) for i, p in enumerate(gen.paths.tolist())}
+    etags = {p: pool_md5[where[p]] for p in paths}
+    prefix = store.run_output_prefix(settings, version, "precomputed/abo-synthetic/")
+    catalogue = store.Catalogue.load(s3, settings, version)
+
+    def put(lo: int) -> tuple[str, list[str]]:
+        ids = paths[lo : lo + chunk]
+        key = f"{prefix}{lo // chunk:05d}.jsonl.out"
+        body = store.encode_output(ids, vecs[lo : lo + chunk], version=version)
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=body, ContentType=store.OUTPUT_CONTENT_TYPE)
+        return key, ids
+
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        for key, ids in ex.map(put, range(0, len(paths), chunk)):
+            catalogue.add(key, ids, etags, {})
+    catalogue.save(s3, settings)
+    log(f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors")
+    return len(paths)
+
+
 def moto_rss_mib(url: str) -> float | None:
     """Resident memory of the moto server listening on `url` (None if it cannot be found)."""
     from urllib.parse import urlsplit
@@ -367,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default=DEFAULT_BUCKET)
     parser.add_argument("--all-images", action="store_true", help="upload every image, not only the main ones")
     parser.add_argument("--vectors", action="store_true", help="write precomputed random unit vectors (512-d)")
+    parser.add_argument(
+        "--seed-store",
+        action="store_true",
+        help="put the precomputed vectors into the project's embedding store (for a full-size DAG run)",
+    )
     parser.add_argument("--workers", type=int, default=32)
     args = parser.parse_args(argv)
     out_dir = args.out or cache_home() / f"abo-synthetic-{args.listings}-{args.seed}"
@@ -424,6 +466,16 @@ def main(argv: list[str] | None = None) -> int:
             f"Written to {out_dir / VECTORS_FILENAME} (ids = ABO paths, embeddings = float32 rows: "
             "the embedding store's chunk arrays)"
         )
+    if args.seed_store:
+        import boto3
+
+        from catalogue_search.settings import Settings
+
+        if not (out_dir / VECTORS_FILENAME).exists():
+            paths, vecs = precomputed_vectors(gen, seed=args.seed)
+            np.savez(out_dir / VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
+        settings = Settings.from_env()
+        seed_embedding_store(gen, out_dir, boto3.client("s3", **settings.boto3_kwargs()), settings)
     s.seconds = {k: round(v, 1) for k, v in timings.items()}
     (out_dir / SUMMARY_FILENAME).write_text(s.to_json(), encoding="utf-8")
     return 0
