@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import sys
 import threading
 import time
@@ -26,6 +27,9 @@ for sub in ("include", "tools"):
 
 from catalogue_search import index  # noqa: E402
 from catalogue_search.settings import Settings  # noqa: E402
+
+# A stopped benchmark still deletes its bench- indices and buckets (finally blocks run).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def settings(**overrides: Any) -> Settings:
@@ -72,7 +76,8 @@ def machine() -> str:
         pass
     load = os.getloadavg()[0]
     mem = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, load average {load:.1f}, Python {platform.python_version()}"
+    py = platform.python_version()
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, load average {load:.1f}, Python {py}"
 
 
 def peak_rss_mib() -> float:

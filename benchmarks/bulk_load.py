@@ -69,7 +69,13 @@ def _parallel(c, s, data, threads: int, chunk: int) -> tuple[float, float]:
         actions = ({"_index": name, "_id": d["item_id"], "_source": d} for d in _docs(data))
         with cm.RssSampler() as rss:
             started = time.perf_counter()
-            failed = [item for ok, item in helpers.parallel_bulk(c, actions, thread_count=threads, chunk_size=chunk, raise_on_error=False) if not ok]
+            failed = [
+                item
+                for ok, item in helpers.parallel_bulk(
+                    c, actions, thread_count=threads, chunk_size=chunk, raise_on_error=False
+                )
+                if not ok
+            ]
             index.finish_loading(c, name, 0)
             elapsed = time.perf_counter() - started
         assert not failed, failed[:1]
@@ -117,19 +123,23 @@ def main(argv: list[str] | None = None) -> int:
         rate = args.subset / secs
         sweep.append({"threads": threads, "chunk": chunk, "s": secs, "rate": rate, "rss_mib": rss})
         print(
-            f"parallel_bulk threads={threads} chunk={chunk}: {secs:.1f} s = {rate:.0f} docs/s, client RSS +{rss:.0f} MiB; "
+            f"parallel_bulk threads={threads} chunk={chunk}: {secs:.1f} s = {rate:.0f} docs/s, "
+            f"client RSS +{rss:.0f} MiB; "
             f"x{rate / proj_rate:.2f} the project loader",
             flush=True,
         )
         if rate > best[0]:
             best = (rate, f"parallel_bulk threads={threads} chunk={chunk}")
     out["sweep"] = sweep
-    print(f"fastest at {args.subset:,}: {best[1]} ({best[0]:.0f} docs/s), x{best[0] / proj_rate:.2f} the project loader")
+    print(
+        f"fastest at {args.subset:,}: {best[1]} ({best[0]:.0f} docs/s), x{best[0] / proj_rate:.2f} the project loader"
+    )
     if args.n:
         full_s, full_rss = _project_loader(c, s, data[: args.n])
         print(
             f"project loader at {args.n:,} x {args.dim}: {full_s:.0f} s = {args.n / full_s:.0f} docs/s, "
-            f"client RSS +{full_rss:.0f} MiB (peak {cm.peak_rss_mib():.0f} MiB with the {data.nbytes / 2**20:.0f} MiB of "
+            f"client RSS +{full_rss:.0f} MiB (peak {cm.peak_rss_mib():.0f} MiB with the "
+            f"{data.nbytes / 2**20:.0f} MiB of "
             f"test vectors); per-doc loop extrapolated: {args.n / per_doc_rate / 60:.0f} min "
             f"(x{(args.n / per_doc_rate) / full_s:.1f} slower); {cm.node_heap()}"
         )

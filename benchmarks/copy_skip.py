@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"source: {args.n:,} images uploaded in {time.perf_counter() - started:.0f} s")
         counter = Requests(s3)
-        kwargs = dict(source_bucket=source, source_prefix="", dest_bucket=dest, dest_prefix="images/small/", workers=args.workers)
+        kwargs = dict(
+            source_bucket=source, source_prefix="", dest_bucket=dest, dest_prefix="images/small/", workers=args.workers
+        )
         started = time.perf_counter()
         _, first = s3util.copy_images(s3, products, **kwargs)
         first_s, first_req = time.perf_counter() - started, counter.take()
@@ -99,11 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         src = s3util.list_objects(s3, source, "images/small/")
         dst = s3util.list_objects(s3, dest, "images/small/")
-        todo = [p for p in products if (d := dst.get("images/small/" + p["path"])) is None or d["etag"] != src["images/small/" + p["path"]]["etag"]]
+        todo = [
+            p
+            for p in products
+            if (d := dst.get("images/small/" + p["path"])) is None
+            or d["etag"] != src["images/small/" + p["path"]]["etag"]
+        ]
         ref_s, ref_req = time.perf_counter() - started, counter.take()
         assert not todo
         print(
-            f"reference (two listings, ETags compared): {ref_s:.1f} s, {sum(ref_req.values()):,} requests {dict(ref_req)}"
+            f"reference (two listings, ETags compared): {ref_s:.1f} s, "
+            f"{sum(ref_req.values()):,} requests {dict(ref_req)}"
         )
         print(
             f"ratio: skip check / reference = x{skip_s / ref_s:.1f} time, "

@@ -56,7 +56,11 @@ def _runner_rate(handler_dir: Path, images: list[bytes], model: str) -> float:
         s3.put_object(Bucket=bucket, Key="manifest.json", Body=json.dumps(manifest).encode())
         sm.create_model(
             ModelName=name,
-            PrimaryContainer={"Image": "local", "ModelDataUrl": f"file://{artifact}", "Environment": {"ENCODE_TYPE": "IMAGE"}},
+            PrimaryContainer={
+                "Image": "local",
+                "ModelDataUrl": f"file://{artifact}",
+                "Environment": {"ENCODE_TYPE": "IMAGE"},
+            },
             ExecutionRoleArn=s.sagemaker_role_arn or "arn:aws:iam::123456789012:role/bench",
         )
         request = {
@@ -70,12 +74,18 @@ def _runner_rate(handler_dir: Path, images: list[bytes], model: str) -> float:
                 "SplitType": "None",
                 "CompressionType": "None",
             },
-            "TransformOutput": {"S3OutputPath": f"s3://{bucket}/out/", "Accept": "application/json", "AssembleWith": "None"},
+            "TransformOutput": {
+                "S3OutputPath": f"s3://{bucket}/out/",
+                "Accept": "application/json",
+                "AssembleWith": "None",
+            },
             "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
         }
         cache = handler_dir.parent / "cache"
         # Warm-up: the first call extracts the artifact into the cache.
-        run_transform_job({**request, "TransformJobName": name + "-w"}, s3_client=s3, sagemaker_client=sm, cache_dir=cache)
+        run_transform_job(
+            {**request, "TransformJobName": name + "-w"}, s3_client=s3, sagemaker_client=sm, cache_dir=cache
+        )
         started = time.perf_counter()
         report = run_transform_job(request, s3_client=s3, sagemaker_client=sm, cache_dir=cache)
         elapsed = time.perf_counter() - started
@@ -169,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if "local transform runner (moto, manifest)" in rates:
             ratio = rates["local transform runner (moto, manifest)"] / full
             print(f"runner vs raw decode+preprocess+forward: x{ratio:.2f} (target >= 0.9)")
-        cm.save_json(args.json, {"benchmark": "encode", "machine": cm.machine(), "batch": b, "images": n, "rates": rates})
+        cm.save_json(
+            args.json, {"benchmark": "encode", "machine": cm.machine(), "batch": b, "images": n, "rates": rates}
+        )
     return 0
 
 

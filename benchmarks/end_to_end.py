@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         out.update(cli_s=cli_s, knn_ms=knn_ms, docs=args.docs)
     if args.api_url:
         p50, p95 = api_timings(args.api_url, args.query)
-        print(f"warm API {args.api_url}: p50 {p50:.0f} ms, p95 {p95:.0f} ms (x{cli_s * 1000 / p50:.0f} faster than the CLI)")
+        print(
+            f"warm API {args.api_url}: p50 {p50:.0f} ms, p95 {p95:.0f} ms "
+            f"(x{cli_s * 1000 / p50:.0f} faster than the CLI)"
+        )
         out.update(api_p50_ms=p50, api_p95_ms=p95)
     else:
         print("warm API: not measured here (pass --api-url once issue 12's search API is running)")

@@ -24,10 +24,11 @@ import _common as cm
 
 from catalogue_search import index
 
-
 DATASETS = {
-    "latent": "200 clusters in a 32-d latent space (centres N(0,1), spread 0.5) projected to 512 by a fixed Gaussian matrix",
-    "isotropic": "200 random unit centres + N(0, 1/512) noise in every dimension (hard: a cluster's points nearly equidistant)",
+    "latent": "200 clusters in a 32-d latent space (centres N(0,1), spread 0.5) "
+    "projected to 512 by a fixed Gaussian matrix",
+    "isotropic": "200 random unit centres + N(0, 1/512) noise in every dimension "
+    "(hard: a cluster's points nearly equidistant)",
 }
 
 
@@ -35,25 +36,34 @@ def _parse_hnsw(text: str) -> list[tuple[int, int]]:
     return [tuple(int(x) for x in part.split(":")) for part in text.split(",") if part]  # type: ignore[misc]
 
 
-def _query_round(c, name, queries, truth, candidates: int, filt: str | None, warmup: int = 10):
-    filters = [{"term": {"product_type": filt}}] if filt else None
-    lat, took, recall = [], [], []
+def _query_rounds(c, name, queries, truths: dict, candidates: list[int], filt: str, warmup: int = 10):
+    """Every (candidates, filter) setting for each query in turn (interleaved, so a load spike on
+    this shared machine hits all settings alike); recall@10 and client / server latency per setting."""
+    stats = {(cand, label): {"lat": [], "took": [], "recall": []} for cand in candidates for label in truths}
     for qi, q in enumerate(queries):
-        body = index.knn_query(q.tolist(), 10, filters, candidates=candidates)
-        started = time.perf_counter()
-        resp = c.search(index=name, body=body)
-        elapsed = (time.perf_counter() - started) * 1000
-        if qi >= warmup or len(queries) <= warmup:
-            lat.append(elapsed)
-            took.append(resp["took"])
-        got = {h["_id"] for h in resp["hits"]["hits"]}
-        want = {cm.doc_id(int(i)) for i in truth[qi]}
-        recall.append(len(got & want) / len(want))
+        vector = q.tolist()
+        for cand in candidates:
+            for label, truth in truths.items():
+                filters = [{"term": {"product_type": filt}}] if label != "none" else None
+                body = index.knn_query(vector, 10, filters, candidates=cand)
+                started = time.perf_counter()
+                resp = c.search(index=name, body=body)
+                elapsed = (time.perf_counter() - started) * 1000
+                st = stats[(cand, label)]
+                if qi >= warmup or len(queries) <= warmup:
+                    st["lat"].append(elapsed)
+                    st["took"].append(resp["took"])
+                got = {h["_id"] for h in resp["hits"]["hits"]}
+                want = {cm.doc_id(int(i)) for i in truth[qi]}
+                st["recall"].append(len(got & want) / len(want))
     return {
-        "recall": sum(recall) / len(recall),
-        "p50_ms": cm.percentile(lat, 50),
-        "p95_ms": cm.percentile(lat, 95),
-        "took_p50_ms": cm.percentile(took, 50),
+        key: {
+            "recall": sum(st["recall"]) / len(st["recall"]),
+            "p50_ms": cm.percentile(st["lat"], 50),
+            "p95_ms": cm.percentile(st["lat"], 95),
+            "took_p50_ms": cm.percentile(st["took"], 50),
+        }
+        for key, st in stats.items()
     }
 
 
@@ -129,30 +139,34 @@ def main(argv: list[str] | None = None) -> int:
                     f"-- m={m} ef_construction={efc}: loaded in {load_s:.0f} s ({args.n / load_s:.0f} docs/s), "
                     f"{segs} segments; exact knn_score p50 {exact_ms:.0f} ms"
                 )
-                print(f"   {'candidates':>10} {'filter':>7} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} {'took p50':>8} {'vs exact':>8}")
-                for cand in candidates:
-                    for label, f, t in (("none", None, truth), ("10%", filt, truth_f)):
-                        r = _query_round(c, name, queries, t, cand, f)
-                        row = {
-                            "dataset": kind,
-                            "n": args.n,
-                            "dim": args.dim,
-                            "m": m,
-                            "ef_construction": efc,
-                            "candidates": cand,
-                            "filter": label,
-                            "segments": segs,
-                            "load_s": load_s,
-                            "exact_p50_ms": exact_ms,
-                            **r,
-                        }
-                        results.append(row)
-                        cm.save_json(args.json, {"benchmark": "knn", "machine": cm.machine(), "args": vars(args), "results": results})
-                        print(
-                            f"   {cand:>10} {label:>7} {r['recall']:>9.3f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} "
-                            f"{r['took_p50_ms']:>8.0f} {'x%.0f' % (exact_ms / r['p50_ms']):>8}",
-                            flush=True,
-                        )
+                print(
+                    f"   {'candidates':>10} {'filter':>7} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
+                    f"{'took p50':>8} {'vs exact':>8}"
+                )
+                measured = _query_rounds(c, name, queries, {"none": truth, "10%": truth_f}, candidates, filt)
+                for (cand, label), r in measured.items():
+                    row = {
+                        "dataset": kind,
+                        "n": args.n,
+                        "dim": args.dim,
+                        "m": m,
+                        "ef_construction": efc,
+                        "candidates": cand,
+                        "filter": label,
+                        "segments": segs,
+                        "load_s": load_s,
+                        "exact_p50_ms": exact_ms,
+                        **r,
+                    }
+                    results.append(row)
+                    print(
+                        f"   {cand:>10} {label:>7} {r['recall']:>9.3f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} "
+                        f"{r['took_p50_ms']:>8.0f} {'x%.0f' % (exact_ms / r['p50_ms']):>8}",
+                        flush=True,
+                    )
+                cm.save_json(
+                    args.json, {"benchmark": "knn", "machine": cm.machine(), "args": vars(args), "results": results}
+                )
     cm.save_json(args.json, {"benchmark": "knn", "machine": cm.machine(), "args": vars(args), "results": results})
     return 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import hashlib
 import io
 import json
@@ -210,7 +209,15 @@ def generate(listings: int = ABO_LISTINGS, seed: int = 0, images_per_listing: fl
 
     shards: list[list[tuple[str, str]]] = [[] for _ in range(SHARDS)]
     words = np.array(WORDS, dtype=object)
-    titles = words[word_pick[:, 0]] + " " + words[word_pick[:, 1]] + " " + words[word_pick[:, 2]] + " " + words[word_pick[:, 3]]
+    titles = (
+        words[word_pick[:, 0]]
+        + " "
+        + words[word_pick[:, 1]]
+        + " "
+        + words[word_pick[:, 2]]
+        + " "
+        + words[word_pick[:, 3]]
+    )
     duplicates = set(picks["duplicate"].tolist())
     item_list, image_list, path_list = item_ids.tolist(), image_ids.tolist(), paths.tolist()
     for i in range(unique):
@@ -244,10 +251,18 @@ def generate(listings: int = ABO_LISTINGS, seed: int = 0, images_per_listing: fl
             shards[(shard_of[i] + 1) % SHARDS].append((item_list[i], line))
 
     csv_rows = [
-        (image_list[j], int(heights[j]), int(widths[j]), path_list[j]) for j in range(total_images) if j not in not_in_csv
+        (image_list[j], int(heights[j]), int(widths[j]), path_list[j])
+        for j in range(total_images)
+        if j not in not_in_csv
     ]
     main_rows = np.array([starts[i] for i in range(unique) if i not in no_main])
-    excluded = {"no_title_in_language", "no_main_image", "image_not_in_csv", "image_missing_from_bucket", "corrupt_image"}
+    excluded = {
+        "no_title_in_language",
+        "no_main_image",
+        "image_not_in_csv",
+        "image_missing_from_bucket",
+        "corrupt_image",
+    }
     summary.listing_lines = sum(len(s) for s in shards)
     summary.unique_products = unique
     summary.images_csv_rows = len(csv_rows)
@@ -376,7 +391,9 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
         for key, ids in ex.map(put, range(0, len(paths), chunk)):
             catalogue.add(key, ids, etags, {})
     catalogue.save(s3, settings)
-    log(f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors")
+    log(
+        f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors"
+    )
     return len(paths)
 
 
@@ -396,7 +413,9 @@ def moto_rss_mib(url: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     from catalogue_search_dev.localenv import cache_home
 
-    parser = argparse.ArgumentParser(prog="./dev generate-abo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="./dev generate-abo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--listings", type=int, default=ABO_LISTINGS, help=f"listing lines (ABO: {ABO_LISTINGS:,})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="where the listings and images.csv go")
