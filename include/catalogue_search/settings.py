@@ -90,9 +90,9 @@ class Settings:
     # list. Chosen from the measured trade-off in BENCHMARKS.md (150,000 x 512):
     # with Lucene, a query's `k` is also its candidate-list size (ef_search), so
     # every query asks for max(page, knn_candidates) neighbours and keeps the page.
-    knn_m: int = 32
-    knn_ef_construction: int = 256
-    knn_candidates: int = 200
+    knn_m: int = 16
+    knn_ef_construction: int = 100
+    knn_candidates: int = 100
 
     # --- DAGs ----------------------------------------------------------------
     dag_owner: str = "catalogue-search"
