@@ -37,6 +37,8 @@ from catalogue_search_dev.localenv import cache_home
 
 TOKEN_ENV = "CATSEARCH_TEST_TOKEN"
 TOKEN_PATTERN = re.compile(r"tst[0-9a-f]{5}")
+# Set to 1 when other programs use the same moto/OpenSearch during a test run.
+SHARED_ENV = "CATSEARCH_TEST_SHARED_STACK"
 # Airflow tables a test run must not write into the user's DB.
 AIRFLOW_TABLES = ("dag_run", "task_instance", "asset_event", "dag_version")
 
@@ -213,36 +215,40 @@ def _airflow_counts(home: str) -> tuple[str, dict[str, int]]:
         db.close()
 
 
-def compare(before: Snapshot, after: Snapshot, token: str) -> tuple[list[str], list[str]]:
-    """(problems, notes): problems fail the run, notes are only shown."""
-    problems, notes = [], []
+def compare(before: Snapshot, after: Snapshot, token: str, shared: bool | None = None) -> tuple[list[str], list[str]]:
+    """(problems, notes): problems fail the run, notes are only shown.
+
+    Always a problem: something named with this session's token is left, or the
+    user's Airflow DB changed. A change that names no test token (a bucket, model,
+    endpoint or index added or deleted, an alias moved) is a problem too, unless
+    the stack is shared: `CATSEARCH_TEST_SHARED_STACK=1`, or another test session's
+    resources came or went during the run. Then it cannot be pinned on this run
+    and is only shown.
+    """
+    if shared is None:
+        shared = os.environ.get(SHARED_ENV) == "1"
+    mine, unattributed, notes = [], [], []
     for kind in ("buckets", "models", "endpoint_configs", "endpoints", "indices"):
         was, now = getattr(before, kind), getattr(after, kind)
         new, gone = sorted(now - was), sorted(was - now)
-        ours = [n for n in new if token in n]
-        other_sessions = [n for n in new if token not in n and TOKEN_PATTERN.search(n)]
-        strangers = [n for n in new if not TOKEN_PATTERN.search(n)]
         what = kind.replace("_", " ")
-        if ours:
-            problems.append(f"{what} left by this test run: {ours}")
-        if strangers:
-            problems.append(
-                f"{what} created during the test run, not named with a test token "
-                f"(a test that does not use the `unique` fixture, or another program using the stack): {strangers}"
-            )
-        if gone and [n for n in gone if not TOKEN_PATTERN.search(n)]:
-            problems.append(f"{what} deleted during the test run: {[n for n in gone if not TOKEN_PATTERN.search(n)]}")
-        if other_sessions:
-            notes.append(f"{what} of another test session running at the same time (ignored): {other_sessions}")
+        if ours := [n for n in new if token in n]:
+            mine.append(f"{what} left by this test run: {ours}")
+        if others := [n for n in new + gone if token not in n and TOKEN_PATTERN.search(n)]:
+            shared = True
+            notes.append(f"{what} of another test session running at the same time: {others}")
+        if strangers := [n for n in new if not TOKEN_PATTERN.search(n)]:
+            unattributed.append(f"{what} created during the test run, not named with a test token: {strangers}")
+        if lost := [n for n in gone if not TOKEN_PATTERN.search(n)]:
+            unattributed.append(f"{what} deleted during the test run: {lost}")
     for alias in sorted(set(before.aliases) | set(after.aliases)):
-        if TOKEN_PATTERN.search(alias) and alias not in before.aliases:
-            if token in alias:
-                problems.append(f"alias left by this test run: {alias} -> {after.aliases[alias]}")
+        if TOKEN_PATTERN.search(alias):
+            if token in alias and alias in after.aliases:
+                mine.append(f"alias left by this test run: {alias} -> {after.aliases[alias]}")
             continue
         if before.aliases.get(alias) != after.aliases.get(alias):
-            problems.append(f"alias {alias} changed: {before.aliases.get(alias)} -> {after.aliases.get(alias)}")
-    new_jobs = sorted(after.transform_jobs - before.transform_jobs)
-    if new_jobs:
+            unattributed.append(f"alias {alias} changed: {before.aliases.get(alias)} -> {after.aliases.get(alias)}")
+    if new_jobs := sorted(after.transform_jobs - before.transform_jobs):
         notes.append(f"transform jobs recorded in moto during the run (SageMaker cannot delete them): {new_jobs}")
     if before.airflow != after.airflow:
         changed = {
@@ -250,8 +256,16 @@ def compare(before: Snapshot, after: Snapshot, token: str) -> tuple[list[str], l
             for t in sorted(set(before.airflow) | set(after.airflow))
             if before.airflow.get(t, 0) != after.airflow.get(t, 0)
         }
-        problems.append(f"the user's Airflow DB {after.airflow_db} changed: {changed or 'created'}")
-    return problems, notes
+        mine.append(f"the user's Airflow DB {after.airflow_db} changed: {changed or 'created'}")
+    if shared:
+        notes.extend(f"{u} (the stack is shared: not pinned on this run)" for u in unattributed)
+        return mine, notes
+    if unattributed:
+        unattributed.append(
+            "(a test that does not name what it creates with the `unique` fixture, or another program using "
+            f"the stack at the same time: set {SHARED_ENV}=1 when the stack is shared)"
+        )
+    return mine + unattributed, notes
 
 
 def sweep(token: str) -> dict[str, list[str]]:
