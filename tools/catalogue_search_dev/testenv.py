@@ -275,15 +275,19 @@ def sweep(token: str) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {}
     if _moto_url() and _reachable(_moto_url() + "/moto-api/"):
         s3, sm = _boto("s3"), _boto("sagemaker")
-        for e in _paged(sm.list_endpoints, "Endpoints", NameContains=token):
-            sm.delete_endpoint(EndpointName=e["EndpointName"])
-            done.setdefault("endpoints", []).append(e["EndpointName"])
-        for c in _paged(sm.list_endpoint_configs, "EndpointConfigs", NameContains=token):
-            sm.delete_endpoint_config(EndpointConfigName=c["EndpointConfigName"])
-            done.setdefault("endpoint configs", []).append(c["EndpointConfigName"])
-        for m in _paged(sm.list_models, "Models", NameContains=token):
-            sm.delete_model(ModelName=m["ModelName"])
-            done.setdefault("models", []).append(m["ModelName"])
+        # Names are filtered here: moto ignores NameContains for some listings.
+        for e in _paged(sm.list_endpoints, "Endpoints"):
+            if token in e["EndpointName"]:
+                sm.delete_endpoint(EndpointName=e["EndpointName"])
+                done.setdefault("endpoints", []).append(e["EndpointName"])
+        for c in _paged(sm.list_endpoint_configs, "EndpointConfigs"):
+            if token in c["EndpointConfigName"]:
+                sm.delete_endpoint_config(EndpointConfigName=c["EndpointConfigName"])
+                done.setdefault("endpoint configs", []).append(c["EndpointConfigName"])
+        for m in _paged(sm.list_models, "Models"):
+            if token in m["ModelName"]:
+                sm.delete_model(ModelName=m["ModelName"])
+                done.setdefault("models", []).append(m["ModelName"])
         for b in s3.list_buckets().get("Buckets", []):
             if token in b["Name"]:
                 _delete_bucket(s3, b["Name"])
