@@ -20,8 +20,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from catalogue_search_dev import testenv, ui
 
 START_TIMEOUT = 300  # a cold start on a busy 2-core machine takes about a minute
@@ -67,8 +65,7 @@ def _kill_session(sid: int) -> None:
             pass
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_dev_ui_leaves_no_process_behind(tmp_path, moto_url, opensearch_url, how):
+def test_ctrl_c_on_dev_ui_leaves_no_airflow_process_behind(tmp_path, moto_url, opensearch_url):
     import airflow
 
     home = testenv.fresh_airflow_home(tmp_path)
@@ -107,10 +104,7 @@ def test_dev_ui_leaves_no_process_behind(tmp_path, moto_url, opensearch_url, how
         shown = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout
         assert f"airflow: running at http://127.0.0.1:{port} (started by ./dev ui, pid {airflow_pid}" in shown
 
-        if how == "ctrl-c":
-            os.killpg(sid, signal.SIGINT)  # what the terminal sends to its foreground process group
-        else:
-            os.kill(dev.pid, signal.SIGTERM)
+        os.killpg(sid, signal.SIGINT)  # Ctrl-C: what the terminal sends to its foreground process group
         started = time.monotonic()
         code = dev.wait(timeout=STOP_TIMEOUT)
         took = time.monotonic() - started
@@ -131,3 +125,58 @@ def test_dev_ui_leaves_no_process_behind(tmp_path, moto_url, opensearch_url, how
     assert took < STOP_TIMEOUT
     shown = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout
     assert "airflow: not running" in shown
+
+
+# A stand-in for a hung `airflow standalone`: it ignores SIGINT and SIGTERM, and so do its child in its
+# group and a grandchild in a process group of its own (as Airflow's task processes are) whose parent
+# has exited (an orphan). Only SIGKILL stops them.
+STUBBORN = r"""
+import os, signal, subprocess, sys, time
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)
+ignore = "import signal, time; [signal.signal(s, signal.SIG_IGN) for s in (2, 15)]; time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", ignore])
+orphan_maker = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', sys.argv[1]], process_group=0)"
+subprocess.Popen([sys.executable, "-c", orphan_maker, ignore]).wait()
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+RUNNER = """
+import sys
+from catalogue_search_dev import ui
+sys.exit(ui.run([sys.executable, "-c", sys.argv[1]], dict(__import__("os").environ), grace=2, term=2))
+"""
+
+
+def test_sigterm_stops_processes_that_ignore_it_and_orphans_in_other_groups(tmp_path):
+    env = {**os.environ, "CATSEARCH_HOME": str(tmp_path / "cache")}
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, STUBBORN],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    sid = dev.pid
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in log.read_text():
+            assert dev.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        groups = {pid: os.getpgid(pid) for pid, _ in _session(sid)}
+        assert len(groups) == 4 and len(set(groups.values())) == 3, groups  # runner, stand-in + child, orphan
+        os.kill(dev.pid, signal.SIGTERM)
+        code = dev.wait(timeout=30)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        left = _session(sid)
+        _kill_session(sid)
+    output = log.read_text()
+    assert left == [], f"left running: {left}\n{output}"
+    assert code == 0 and "Traceback" not in output, output
+    assert "sending SIGTERM" in output and "sending SIGKILL" in output
