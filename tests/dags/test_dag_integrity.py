@@ -75,6 +75,9 @@ def test_ingest_dag_shape():
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 
     assert isinstance(encode, SageMakerTransformOperator)
+    from catalogue_search.settings import Settings
+
+    assert encode.check_interval == Settings.from_env().transform_poll_seconds  # 2 s locally, not 30
     order = [
         "filter_shard",
         "copy_images",

@@ -86,6 +86,13 @@ def test_logs_name_what_was_dropped_and_why(first_run, stack_env):
     assert "documents loaded: 773 / 773" in log
 
 
+def test_the_run_logs_no_noise(first_run):
+    """Pools sized to the worker threads, no 4-character connection extra to mask, graphviz installed."""
+    log = first_run.stdout + first_run.stderr
+    for noise in ("Connection pool is full", "too short (<", "Could not import graphviz"):
+        assert noise not in log, f"{noise!r} in the log"
+
+
 def test_an_image_finds_its_own_product_first(stack_env, first_run):
     _, settings, summary = stack_env
     import boto3
