@@ -66,7 +66,7 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -491,6 +491,8 @@ def decode_image(data: bytes | Image.Image, model: ClipModel) -> Image.Image:
     The one safe image decoder: the header is checked first (`open_image`),
     `img.load()` forces the whole decode so a truncated file fails here rather
     than giving a half-grey picture, and any exception becomes an `InputError`.
+    A large image is reduced before its mode is converted (`to_rgb`), so the
+    decoded pixels are the only full-size copy.
     """
     img = data if isinstance(data, Image.Image) else open_image(data, model)
     try:
@@ -500,18 +502,53 @@ def decode_image(data: bytes | Image.Image, model: ClipModel) -> Image.Image:
     except Exception as exc:  # NotImplementedError, MemoryError, struct.error, IndexError...
         raise InputError(f"image could not be decoded: {_describe(exc)}") from exc
     check_image_size(*img.size, model)  # a plugin may pick another frame or size on load
+    orientation = _exif_orientation(img)
     try:
-        img = ImageOps.exif_transpose(img, in_place=True) or img
-    except Exception:  # a broken EXIF block is no reason to refuse the picture
-        pass
-    try:
-        return to_rgb(img)
+        rgb = to_rgb(img, min_side=model.image_size)
     except Exception as exc:
         raise InputError(f"image mode {img.mode!r} cannot be converted to RGB: {_describe(exc)}") from exc
+    return rgb.transpose(orientation) if orientation is not None else rgb
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent pixels become white, 16-bit is scaled."""
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif_orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transpose an EXIF Orientation tag asks for (as `ImageOps.exif_transpose`), if any."""
+    try:
+        return _ORIENTATIONS.get(img.getexif().get(0x0112))  # type: ignore[arg-type]
+    except Exception:  # a broken EXIF block is no reason to refuse the picture
+        return None
+
+
+def to_rgb(img: Image.Image, min_side: int | None = None) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white, 16-bit is scaled.
+
+    With `min_side` (the model's input size), an image whose short side is at
+    least 6 x `min_side` is first reduced by a whole factor (a box filter) to a
+    short side of at least 3 x `min_side`, what Pillow's `reducing_gap=3` does
+    before a resize (its docs: indistinguishable from a direct resize in almost
+    all cases). The mode conversions then work on the small copy.
+    """
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("P", "PA"):
+        alpha = img.mode == "PA" or "transparency" in img.info or getattr(img.palette, "mode", "") == "RGBA"
+        img = img.convert("RGBA" if alpha else "RGB")
+    elif img.mode.startswith("I") and img.mode != "I":  # I;16, I;16B, ...: Image.reduce wants I
+        img = img.convert("I")
+    if min_side:
+        factor = min(img.size) // (3 * min_side)
+        if factor >= 2:
+            img = img.reduce(factor)
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I"):
