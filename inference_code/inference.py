@@ -475,8 +475,10 @@ def open_image(data: bytes, model: ClipModel) -> Image.Image:
         raise InputError(f"image refused by the decompression bomb guard: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise InputError("image data is not in a format PIL can read (corrupt or not an image)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"image header could not be read (truncated or corrupt): {exc}") from exc
     except Exception as exc:  # any plugin's failure: NotImplementedError, struct.error, MemoryError...
-        raise InputError(f"image header could not be read (corrupt or unsupported): {_describe(exc)}") from exc
+        raise InputError(f"image header could not be read (unsupported or corrupt): {_describe(exc)}") from exc
     check_image_size(width, height, model)
     try:
         img.draft(None, (model.image_size, model.image_size))
