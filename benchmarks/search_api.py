@@ -107,8 +107,6 @@ def free_port() -> int:
 
 
 def start_api_server(settings, home: Path) -> tuple[subprocess.Popen, str, str]:
-    from airflow.configuration import conf
-
     (home / "dags").mkdir(parents=True)
     password = secrets.token_urlsafe(12)
     passwords = home / "passwords.json"
@@ -117,7 +115,7 @@ def start_api_server(settings, home: Path) -> tuple[subprocess.Popen, str, str]:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conf.get("database", "sql_alchemy_conn"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "bench:viewer",
@@ -126,6 +124,7 @@ def start_api_server(settings, home: Path) -> tuple[subprocess.Popen, str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
         **settings_env(settings),
     }
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)  # its own DB
     proc = subprocess.Popen(
         ["airflow", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env,

@@ -452,7 +452,12 @@ class SearchClient:
         exclude_item_id: str | None = None,
     ) -> list[Hit]:
         self.check_page(k, offset)
-        body = index.knn_query(vector, offset + k, filter_clauses(product_type=product_type, brand=brand) or None)
+        body = index.knn_query(
+            vector,
+            offset + k,
+            filter_clauses(product_type=product_type, brand=brand) or None,
+            candidates=min(self.settings.knn_candidates, KNN_MAX_K),
+        )
         if exclude_item_id:
             knn = body["query"]["knn"][index.VECTOR_FIELD]
             knn.setdefault("filter", {"bool": {}})["bool"]["must_not"] = [{"ids": {"values": [exclude_item_id]}}]
