@@ -4,7 +4,6 @@ in-process by the tiny model's real handler, loaded with the project's own index
 from __future__ import annotations
 
 import io
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from catalogue_search import index
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
+from catalogue_search_dev import testenv
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 COLOURS = ["red", "blue", "green", "orange", "purple", "black", "teal", "gold"]
@@ -82,7 +82,7 @@ def make_products(n: int) -> list[Product]:
 def build_world(
     moto_url: str, opensearch_url: str, tmp_dir: Path, n: int = 16, model_cache_dir: str | None = None
 ) -> World:
-    token = uuid.uuid4().hex[:8]
+    token = testenv.unique_name_part()  # the session's token: its end-of-session sweep finds what a crash leaves
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,
         opensearch_url=opensearch_url,

@@ -17,6 +17,7 @@ from search_world import build_world
 
 from catalogue_search import endpoints, search
 from catalogue_search.handler import load_handler_from_artifact
+from catalogue_search_dev import testenv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -243,7 +244,7 @@ def _deploy_text_endpoint_in_moto(settings) -> None:
 def test_endpoint_encoder_api_server_imports_no_torch(world, tmp_path):
     """The plugin module, imported as Airflow does, answers a text query through the endpoint encoder
     (moto's runtime, answering the handler's own bytes) in a fresh interpreter that never imports torch."""
-    settings = world.settings.replace(endpoint_prefix=f"nt{uuid.uuid4().hex[:6]}")
+    settings = world.settings.replace(endpoint_prefix=testenv.unique_name_part())
     _deploy_text_endpoint_in_moto(settings)
     query = f"a blue rectangle {uuid.uuid4().hex[:6]}"  # moto caches answers by body
     handler = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=world.s3)
