@@ -52,6 +52,47 @@ def opensearch_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def sagemaker_url(moto_url: str, tmp_path_factory):
+    """A local SageMaker server running this checkout's code, in front of the moto server, on a free port.
+
+    Not the stack's shared one (127.0.0.1:5100), which may run another checkout's code.
+    """
+    from catalogue_search_dev.sagemaker_local import LocalSageMaker, serve_in_thread
+
+    settings = Settings.from_env()
+    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, tmp_path_factory.mktemp("transform-jobs"))
+    server, url = serve_in_thread(state)
+    yield url
+    state.close()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """`aws_env(settings)`: the environment that points a DAG run (a subprocess) at `settings`' moto and
+    SageMaker servers, the AWS connection included."""
+    return _aws_env
+
+
+def _aws_env(settings: Settings) -> dict[str, str]:
+    from catalogue_search_dev import localenv
+
+    env = {
+        "CATSEARCH_AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "CATSEARCH_SAGEMAKER_ENDPOINT_URL": settings.sagemaker_endpoint_url,
+    }
+    env["AIRFLOW_CONN_AWS_DEFAULT"] = localenv.aws_connection(
+        settings.aws_endpoint_url,
+        settings.sagemaker_endpoint_url,
+        region=settings.region,
+        login=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        password=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+    )
+    return env
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique token for bucket, index and job names."""
@@ -59,10 +100,11 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(moto_url: str, unique: str) -> Settings:
-    """Settings pointing at moto with a fresh project bucket (created) for this test."""
+def settings(moto_url: str, sagemaker_url: str, unique: str) -> Settings:
+    """Settings pointing at moto and this checkout's SageMaker server, with a fresh project bucket (created)."""
     s = Settings.from_env(
         aws_endpoint_url=moto_url,
+        sagemaker_endpoint_url=sagemaker_url,
         bucket=f"test-project-{unique}",
         index_alias=f"test-products-{unique}",
     )
@@ -86,4 +128,4 @@ def s3(settings: Settings):
 def sagemaker_client(settings: Settings):
     import boto3
 
-    return boto3.client("sagemaker", **settings.boto3_kwargs())
+    return boto3.client("sagemaker", **settings.boto3_kwargs("sagemaker"))

@@ -2,7 +2,7 @@
 
 ./dev demo                 index the sample catalogue and answer sample queries
 ./dev test [pytest args]   run the whole test suite
-./dev stack up|down|status the local OpenSearch node and moto server
+./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080)
