@@ -146,7 +146,7 @@ def catalogue_ingest():
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
     copied = copy_images(run_plan)
     config = prepare_encoding(run_plan)
-    encode = SageMakerTransformOperator(
+    encode_images = SageMakerTransformOperator(
         task_id="encode_images",
         config=config,
         aws_conn_id=SETTINGS.aws_conn_id,
@@ -162,7 +162,7 @@ def catalogue_ingest():
     )
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
-    chain(filtered, copied, config, encode, loaded, validated, swap_alias(run_plan))
+    chain(filtered, copied, config, encode_images, loaded, validated, swap_alias(run_plan))
 
 
 catalogue_ingest()

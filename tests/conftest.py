@@ -129,3 +129,32 @@ def sagemaker_client(settings: Settings):
     import boto3
 
     return boto3.client("sagemaker", **settings.boto3_kwargs("sagemaker"))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """model.tar.gz of the tiny CLIP config (random weights, saved: every load gives the same vectors)."""
+    from catalogue_search.model_artifact import build_model_artifact
+
+    path = tmp_path_factory.mktemp("tiny-artifact") / "model.tar.gz"
+    build_model_artifact(path, "tiny-clip", "", TINY_MODEL_CONFIG)
+    return path
+
+
+def handler_artifact(path: Path, source: str) -> Path:
+    """A model.tar.gz that ships only its own handler (`code/inference.py` = `source`), as SageMaker allows:
+    for handlers that misbehave on purpose."""
+    import tarfile
+    import textwrap
+
+    code = path.parent / f"{path.name}.inference.py"
+    code.write_text(textwrap.dedent(source))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(code, arcname="code/inference.py")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_handler_artifact():
+    """`make_handler_artifact(path, source)`: see `handler_artifact`."""
+    return handler_artifact

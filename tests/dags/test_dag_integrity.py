@@ -55,6 +55,9 @@ def test_ingest_dag_shape(dagbag):
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 
     assert isinstance(encode, SageMakerTransformOperator)
+    # Deferred while SageMaker works (no worker held for hours), polled long enough for the longest job.
+    assert encode.deferrable is True and encode.wait_for_completion is True
+    assert encode.max_attempts * encode.check_interval >= encode.max_ingestion_time
     order = [
         "filter_shard",
         "copy_images",

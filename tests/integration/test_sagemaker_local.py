@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from botocore.exceptions import ClientError
 from PIL import Image, ImageDraw
 
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
+from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.settings import Settings, boto3_client
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
@@ -33,29 +32,20 @@ def jpeg(colour: str = "red", size: int = 64) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "model.tar.gz"
-    build_model_artifact(path, "tiny-clip", "", TINY)
-    return path
+def crashing_artifact(make_handler_artifact, path: Path, where: str) -> Path:
+    """A model.tar.gz whose own handler raises in `load_model` or in `encode`."""
+    return make_handler_artifact(
+        path,
+        f"""
+        def load_model(model_dir, env):
+            if {where!r} == "load":
+                raise RuntimeError("the weights are corrupt")
+            return object()
 
-
-def crashing_artifact(path: Path, where: str) -> Path:
-    """A model.tar.gz whose own handler (code/inference.py) raises in `load_model` or in `encode`."""
-    code = f"""
-def load_model(model_dir, env):
-    if {where!r} == "load":
-        raise RuntimeError("the weights are corrupt")
-    return object()
-
-def encode(model, payload, content_type, accept):
-    raise RuntimeError("CUDA error: device-side assert triggered")
-"""
-    source = path.parent / "inference.py"
-    source.write_text(code)
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(source, arcname="code/inference.py")
-    return path
+        def encode(model, payload, content_type, accept):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        """,
+    )
 
 
 @pytest.fixture
@@ -118,10 +108,15 @@ def test_text_and_binary_image_requests_answer_exactly_what_the_handler_answers_
         "TEXT": runtime(tiny).invoke_endpoint(
             EndpointName=text_endpoint, ContentType="application/json", Accept="application/json", Body=text
         ),
-        "IMAGE": runtime(tiny).invoke_endpoint(EndpointName=image_endpoint, ContentType="application/x-image", Body=image),
+        "IMAGE": runtime(tiny).invoke_endpoint(
+            EndpointName=image_endpoint, ContentType="application/x-image", Body=image
+        ),
     }
 
-    for encode_type, payload, content_type in (("TEXT", text, "application/json"), ("IMAGE", image, "application/x-image")):
+    for encode_type, payload, content_type in (
+        ("TEXT", text, "application/json"),
+        ("IMAGE", image, "application/x-image"),
+    ):
         handler = load_handler_from_artifact(tiny.artifact_uri, encode_type, s3_client=s3, env={})
         answer = answers[encode_type]
         assert answer["ContentType"] == "application/json"
@@ -174,16 +169,23 @@ def test_payloads_over_the_serverless_limit_are_refused(tiny, sagemaker):
     assert "4 MB limit" in str(err.value)
 
 
-def test_a_missing_artifact_or_a_crashing_handler_is_a_model_error_naming_the_cause(tiny, s3, sagemaker, tmp_path):
-    missing = deploy(sagemaker, tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"), "TEXT", "s3://nowhere-x/m.tar.gz")
+def test_a_missing_artifact_or_a_crashing_handler_is_a_model_error_naming_the_cause(
+    tiny, s3, sagemaker, tmp_path, make_handler_artifact
+):
+    missing = deploy(
+        sagemaker, tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"), "TEXT", "s3://nowhere-x/m.tar.gz"
+    )
     with pytest.raises(ClientError, match="ModelError") as err:
         runtime(tiny).invoke_endpoint(EndpointName=missing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
     assert "s3://nowhere-x/m.tar.gz cannot be loaded" in err.value.response["OriginalMessage"]
 
-    crash = crashing_artifact(tmp_path / "model.tar.gz", "encode")
+    crash = crashing_artifact(make_handler_artifact, tmp_path / "model.tar.gz", "encode")
     s3.upload_file(str(crash), tiny.bucket, "models/crash/model.tar.gz")
     crashing = deploy(
-        sagemaker, tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "c"), "TEXT", f"s3://{tiny.bucket}/models/crash/model.tar.gz"
+        sagemaker,
+        tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "c"),
+        "TEXT",
+        f"s3://{tiny.bucket}/models/crash/model.tar.gz",
     )
     with pytest.raises(ClientError, match="ModelError") as err:
         runtime(tiny).invoke_endpoint(EndpointName=crashing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
@@ -255,9 +257,10 @@ def test_a_transform_job_runs_the_handler_and_reports_its_real_status(tiny, s3, 
     handler = load_handler_from_artifact(tiny.artifact_uri, "IMAGE", s3_client=s3, env={})
     for colour in ("red", "green"):
         out = s3.get_object(Bucket=tiny.bucket, Key=f"out/{name}/{colour}.jpg.out")["Body"].read()
-        assert json.loads(out)["embeddings"] == json.loads(handler.invoke(jpeg(colour), "application/x-image"))[
-            "embeddings"
-        ]
+        assert (
+            json.loads(out)["embeddings"]
+            == json.loads(handler.invoke(jpeg(colour), "application/x-image"))["embeddings"]
+        )
     corrupt = json.loads(s3.get_object(Bucket=tiny.bucket, Key=f"out/{name}/corrupt.jpg.out")["Body"].read())
     assert "error" in corrupt  # the bad record is answered, the job is not failed
     with pytest.raises(ClientError, match="must be unique"):
@@ -265,11 +268,12 @@ def test_a_transform_job_runs_the_handler_and_reports_its_real_status(tiny, s3, 
 
 
 @pytest.mark.parametrize("cause", ["missing artifact", "handler crashes at load"])
-def test_a_job_that_cannot_run_is_failed_with_the_reason(tiny, s3, sagemaker, tmp_path, cause):
+def test_a_job_that_cannot_run_is_failed_with_the_reason(tiny, s3, sagemaker, tmp_path, make_handler_artifact, cause):
     if cause == "missing artifact":
         url, wanted = f"s3://{tiny.bucket}/models/none/model.tar.gz", "models/none/model.tar.gz"
     else:
-        s3.upload_file(str(crashing_artifact(tmp_path / "m.tar.gz", "load")), tiny.bucket, "models/bad/model.tar.gz")
+        bad = crashing_artifact(make_handler_artifact, tmp_path / "m.tar.gz", "load")
+        s3.upload_file(str(bad), tiny.bucket, "models/bad/model.tar.gz")
         url, wanted = f"s3://{tiny.bucket}/models/bad/model.tar.gz", "the weights are corrupt"
     model = deploy(sagemaker, tiny, "IMAGE", url)
     s3.put_object(Bucket=tiny.bucket, Key="in/red.jpg", Body=jpeg("red"))

@@ -162,7 +162,9 @@ class LocalSageMaker:
             variants = [v for v in variants if v.get("VariantName") == target_variant]
         if not variants:
             what = f"variant {target_variant}" if target_variant else "a production variant"
-            raise ServiceError(400, "ValidationError", f"Endpoint {endpoint_name} has no {what} (config {config_name}).")
+            raise ServiceError(
+                400, "ValidationError", f"Endpoint {endpoint_name} has no {what} (config {config_name})."
+            )
         variant = variants[0]
         model = self._describe(self.sagemaker.describe_model, ModelName=variant["ModelName"])
         if model is None:
