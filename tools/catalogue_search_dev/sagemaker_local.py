@@ -295,7 +295,8 @@ class LocalSageMaker:
         return {
             **described,
             "TransformJobStatus": "Failed",
-            "FailureReason": "the local SageMaker server did not run this job (it was started before the server was)",
+            "FailureReason": "the local SageMaker server did not run this job: it was created while the server was "
+            "down, or the server has restarted since",
         }
 
     def start_transform_job(self, request: dict[str, Any]) -> TransformJob:
