@@ -148,9 +148,9 @@ def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env):
 
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    failure = [line for line in log.splitlines() if "Error while running transform job" in line]
+    failure = [line for line in log.splitlines() if line.startswith("RuntimeError: Error while running transform job")]
     assert failure, log[-5000:]
-    assert "'status': 'failed'" in failure[0]
-    assert artifact in failure[0]
+    assert "'status': 'failed'" in failure[0], failure
+    assert artifact in failure[0], failure
     client = index.client_from_settings(settings)
     assert not client.indices.exists_alias(name=broken["CATSEARCH_INDEX_ALIAS"])  # nothing was published
