@@ -43,8 +43,6 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         # moto accepts any role ARN; a real deployment sets its SageMaker execution role.
         "CATSEARCH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/catalogue-search-sagemaker",
         "CATSEARCH_MODEL_CACHE_DIR": str(home / "models"),
-        # moto answers a transform job's status at once: poll it every 2 s, not every 30 s.
-        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
         # moto accepts any credentials; real ones never reach it.
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
