@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 from airflow.sdk import Asset, Param, chain, dag, task
 
 from catalogue_search.settings import Settings
-from catalogue_transform import CatalogueTransformOperator
 
 SETTINGS = Settings.from_env()
+MAX_TRANSFORM_SECONDS = 6 * 3600
 INDEX_ASSET = Asset(
     name=f"catalogue-search-{SETTINGS.index_alias}",
     uri=f"opensearch://{SETTINGS.opensearch_url.split('://')[-1]}/{SETTINGS.index_alias}",
@@ -24,7 +25,9 @@ by text and by image, then points the read alias at it.
 2. **copy_images**: server-side copy into the project bucket, skipping what is
    already there; products whose image is missing are dropped.
 3. **prepare_encoding** / **encode_images**: a SageMaker batch transform over a
-   manifest of the images that have no embedding yet for this model.
+   manifest of the images that have no embedding yet for this model. The task
+   defers while the job runs (no worker slot held); a Failed job fails it with
+   SageMaker's FailureReason.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
 6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
@@ -143,20 +146,23 @@ def catalogue_ingest():
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
     copied = copy_images(run_plan)
     config = prepare_encoding(run_plan)
-    encode = CatalogueTransformOperator(
+    encode_images = SageMakerTransformOperator(
         task_id="encode_images",
         config=config,
         aws_conn_id=SETTINGS.aws_conn_id,
         wait_for_completion=True,
+        # The triggerer polls the job; no worker is held for the hours it may run.
+        deferrable=True,
         check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=6 * 3600,
+        max_ingestion_time=MAX_TRANSFORM_SECONDS,
+        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
         # One job per run; a retry after a half-done job starts a new, timestamped one.
         check_if_job_exists=True,
         action_if_job_exists="timestamp",
     )
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
-    chain(filtered, copied, config, encode, loaded, validated, swap_alias(run_plan))
+    chain(filtered, copied, config, encode_images, loaded, validated, swap_alias(run_plan))
 
 
 catalogue_ingest()

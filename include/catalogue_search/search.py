@@ -1,8 +1,9 @@
 """The query path: encode a text or an image, k-NN search the read alias.
 
-The encoder is either the SageMaker runtime (the serverless endpoints the
-`query_endpoints_deploy` DAG creates) or the same inference handler run in
-this process (the local stack). Both send the same bytes with the same
+The encoder is either the SageMaker runtime (`CATSEARCH_QUERY_ENCODER=endpoint`:
+the serverless endpoints the `query_endpoints_deploy` DAG creates; on the local
+stack, the local SageMaker server) or the same inference handler run in this
+process (`local`: no endpoint needed). Both send the same bytes with the same
 content types to the same handler code, so they give the same vectors.
 
 The CLI and the search page's API share everything here: the page checks
@@ -256,9 +257,9 @@ class LocalEncoder:
 
             s3 = self.s3
             if s3 is None:
-                import boto3
+                from catalogue_search.settings import boto3_client
 
-                s3 = boto3.client("s3", **self.settings.boto3_kwargs())
+                s3 = boto3_client("s3", self.settings)
             try:
                 self._handlers[encode_type] = load_handler_from_artifact(
                     self.settings.artifact_uri, encode_type, s3_client=s3, cache_dir=self.cache_dir
@@ -287,11 +288,11 @@ class EndpointEncoder:
     """Calls the serverless endpoints through the SageMaker runtime."""
 
     def __init__(self, settings: Settings, runtime_client=None, sagemaker_client=None) -> None:
-        import boto3
+        from catalogue_search.settings import boto3_client
 
         self.settings = settings
-        self.runtime = runtime_client or boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
-        self.control = sagemaker_client or boto3.client("sagemaker", **settings.boto3_kwargs())
+        self.runtime = runtime_client or boto3_client("sagemaker-runtime", settings)
+        self.control = sagemaker_client or boto3_client("sagemaker", settings)
         self._in_service: set[str] = set()
 
     def _check_deployed(self, name: str) -> None:

@@ -11,12 +11,11 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 from search_world import build_world
 
-from catalogue_search import endpoints, search
-from catalogue_search.handler import load_handler_from_artifact
+from catalogue_search import search
+from catalogue_search.settings import boto3_client
 from catalogue_search_dev import testenv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,13 +219,18 @@ def test_the_encoder_is_loaded_once_and_shared(airflow_app, http):
     assert warm.client.encoder is encoder and encoder._handlers["TEXT"] is handler
 
 
-def _deploy_text_endpoint_in_moto(settings) -> None:
-    sm = boto3.client("sagemaker", **settings.boto3_kwargs())
+def _deploy_text_endpoint(settings) -> str:
+    """Model, serverless config and endpoint through the local SageMaker server, which answers with the handler."""
+    sm = boto3_client("sagemaker", settings)
     name = settings.endpoint_name(search.TEXT)
     sm.create_model(
         ModelName=name,
-        ExecutionRoleArn=settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/x",
-        PrimaryContainer={"Image": "pytorch-inference:2.6-cpu-py312", "ModelDataUrl": settings.artifact_uri},
+        ExecutionRoleArn=settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/r",
+        PrimaryContainer={
+            "Image": "pytorch-inference:2.6-cpu-py312",
+            "ModelDataUrl": settings.artifact_uri,
+            "Environment": {"ENCODE_TYPE": search.TEXT},
+        },
     )
     sm.create_endpoint_config(
         EndpointConfigName=f"{name}-cfg",
@@ -239,19 +243,17 @@ def _deploy_text_endpoint_in_moto(settings) -> None:
         ],
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+    return name
 
 
 def test_endpoint_encoder_api_server_imports_no_torch(world, tmp_path):
     """The plugin module, imported as Airflow does, answers a text query through the endpoint encoder
-    (moto's runtime, answering the handler's own bytes) in a fresh interpreter that never imports torch."""
+    (the local SageMaker server's runtime) in a fresh interpreter that never imports torch."""
     settings = world.settings.replace(endpoint_prefix=testenv.unique_name_part())
-    _deploy_text_endpoint_in_moto(settings)
-    query = f"a blue rectangle {uuid.uuid4().hex[:6]}"  # moto caches answers by body
-    handler = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=world.s3)
-    answer = handler.invoke(json.dumps({"inputs": [query]}).encode(), "application/json").decode()
-    runtime = boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
-    endpoints.drain_moto_results(runtime)
-    endpoints.queue_moto_results(settings.aws_endpoint_url, settings.region, [answer])
+    name = _deploy_text_endpoint(settings)
+    query = "a blue rectangle"
+    local = search.SearchClient(settings, encoder=search.LocalEncoder(settings, s3_client=world.s3))
+    expected = [h.item_id for h in local.search_text(query, 3)]
     script = textwrap.dedent(
         """
         import importlib.util, json, sys
@@ -280,15 +282,21 @@ def test_endpoint_encoder_api_server_imports_no_torch(world, tmp_path):
         "CATSEARCH_MODEL_NAME": settings.model_name,
         "CATSEARCH_ENDPOINT_PREFIX": settings.endpoint_prefix,
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(REPO / "plugins" / "catalogue_search_page.py"), query],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(REPO / "plugins" / "catalogue_search_page.py"), query],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        sm = boto3_client("sagemaker", settings)
+        sm.delete_endpoint(EndpointName=name)
+        sm.delete_endpoint_config(EndpointConfigName=f"{name}-cfg")
+        sm.delete_model(ModelName=name)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 200, result
-    assert len(result["body"]["hits"]) == 3
+    assert [h["item_id"] for h in result["body"]["hits"]] == expected  # the endpoint's vector is the local one's
     assert result["torch"] == [] and result["open_clip"] is False

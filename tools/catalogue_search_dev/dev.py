@@ -2,7 +2,7 @@
 
 ./dev demo                 index the sample catalogue and answer sample queries
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
-./dev stack up|down|status the local OpenSearch node and moto server
+./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e; see BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
