@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 VECTOR_FIELD = "embedding"
 SELF_MATCH_SCORE = 0.9999  # OpenSearch cosine score is (1 + cos) / 2: 1.0 for the same vector.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Filters on these keyword fields match whatever the case ("animals" finds ANIMALS); each keeps its value as
+# written in a `.raw` sub-field, for display (facet labels).
+NORMALIZED_KEYWORDS = ("product_type", "brand")
+LOWERCASE_NORMALIZER = "catsearch_lowercase"
 
 
 class IndexValidationError(RuntimeError):
@@ -99,6 +103,7 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "number_of_shards": settings.index_shards,
                 "number_of_replicas": 0,
                 "refresh_interval": "-1",
+                "analysis": {"normalizer": {LOWERCASE_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}},
             }
         },
         "mappings": {
@@ -110,8 +115,14 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "image_id": {"type": "keyword"},
                 "main_image_id": {"type": "keyword"},
                 "image_path": {"type": "keyword"},
-                "product_type": {"type": "keyword"},
-                "brand": {"type": "keyword"},
+                **{
+                    name: {
+                        "type": "keyword",
+                        "normalizer": LOWERCASE_NORMALIZER,
+                        "fields": {"raw": {"type": "keyword"}},
+                    }
+                    for name in NORMALIZED_KEYWORDS
+                },
                 "model": {"type": "keyword"},
                 VECTOR_FIELD: {
                     "type": "knn_vector",

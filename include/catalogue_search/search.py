@@ -5,44 +5,184 @@ the serverless endpoints the `query_endpoints_deploy` DAG creates; on the local
 stack, the local SageMaker server) or the same inference handler run in this
 process (`local`: no endpoint needed). Both send the same bytes with the same
 content types to the same handler code, so they give the same vectors.
+
+The CLI and the search page's API share everything here: the page checks
+(k + offset within the engine's limit, before any query), "more like this",
+the facets (a terms aggregation with counts), the cosine similarity, and the
+errors, each with the HTTP status the API answers it with.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Protocol
 
 from catalogue_search import contract, index
 from catalogue_search.contract import IMAGE, TEXT
-from catalogue_search.settings import Settings
+from catalogue_search.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
+# The k-NN plugin refuses a `k` above 10,000, whatever the index settings say.
+KNN_MAX_K = 10_000
+# OpenSearch's default `index.max_result_window` (from + size).
+DEFAULT_MAX_RESULT_WINDOW = 10_000
+# How long a client trusts the alias's max_result_window it read (seconds).
+WINDOW_TTL = 60.0
+# Filters and facets, by their name in the CLI, the API and the index.
+FACETS = {"product_type": "product types", "brand": "brands"}
+
 
 class SearchError(RuntimeError):
-    """A query that cannot be answered, with a message a user can act on."""
+    """A query that cannot be answered, with a message a user can act on.
+
+    `status` is the HTTP status the search API answers with, `code` a stable
+    machine-readable name for it.
+    """
+
+    status = 500
+    code = "search_failed"
 
 
 class EmptyQueryError(SearchError, ValueError):
-    pass
+    status, code = 400, "empty_query"
 
 
 class UnreadableImageError(SearchError, ValueError):
-    pass
+    status, code = 400, "unreadable_image"
+
+
+class OutOfRangeError(SearchError, ValueError):
+    """k or offset outside what the engine can answer."""
+
+    status, code = 400, "out_of_range"
+
+
+class ProductNotFoundError(SearchError, LookupError):
+    status, code = 404, "product_not_found"
 
 
 class IndexMissingError(SearchError):
-    pass
+    status, code = 503, "index_missing"
 
 
 class EndpointNotDeployedError(SearchError):
-    pass
+    status, code = 503, "endpoint_not_deployed"
+
+
+class ModelArtifactMissingError(SearchError):
+    status, code = 503, "model_artifact_missing"
+
+
+class NotConfiguredError(SearchError):
+    status, code = 503, "not_configured"
+
+
+class OpenSearchUnavailableError(SearchError):
+    status, code = 503, "opensearch_unreachable"
+
+
+class QueryRefusedError(SearchError):
+    status, code = 502, "query_refused"
 
 
 class EncoderResponseError(SearchError, contract.EncoderResponseError):
-    pass
+    status, code = 502, "encoder_response"
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """The API's answer to an error: (HTTP status, {"error": code, "detail": one line})."""
+    if isinstance(exc, SearchError):
+        return exc.status, {"error": exc.code, "detail": one_line(str(exc))}
+    if isinstance(exc, SettingsError):
+        return NotConfiguredError.status, {"error": NotConfiguredError.code, "detail": one_line(str(exc))}
+    return 500, {"error": "internal_error", "detail": one_line(f"{type(exc).__name__}: {exc}")}
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A message squeezed onto one line (the CLI prints errors one per line, the API returns them as JSON)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def cosine_similarity(score: float) -> float:
+    """The cosine similarity of a hit: the engine's cosinesimil score is (1 + cos) / 2."""
+    return max(-1.0, min(1.0, 2.0 * float(score) - 1.0))
+
+
+def check_page(k: Any, offset: Any, limit: int = KNN_MAX_K) -> tuple[int, int]:
+    """Refuse k and offset the engine cannot answer, before anything is queried or encoded.
+
+    `limit` is the engine's ceiling on k + offset: the alias's
+    `index.max_result_window` and the k-NN plugin's largest k, whichever is lower.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or isinstance(offset, bool) or not isinstance(offset, int):
+        raise OutOfRangeError("k and offset must be whole numbers")
+    if k < 1:
+        raise OutOfRangeError(f"k must be at least 1, got {_short_int(k)}")
+    if offset < 0:
+        raise OutOfRangeError(f"offset must be 0 or more, got {_short_int(offset)}")
+    if k + offset > limit:
+        raise OutOfRangeError(
+            f"k + offset must be at most {limit} (the engine's limit: index.max_result_window and the k-NN "
+            f"plugin's largest k), got k={_short_int(k)} offset={_short_int(offset)}"
+        )
+    return k, offset
+
+
+def _short_int(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 24 else f"{text[:6]}…({len(text)} digits)"
+
+
+def require_settings(settings: Settings, *names: str) -> None:
+    """The query path's own fail-closed check: only the settings a query needs."""
+    missing = [f"CATSEARCH_{name.upper()}" for name in names if not str(getattr(settings, name)).strip()]
+    if missing:
+        raise NotConfiguredError(
+            "catalogue-search is not configured: " + ", ".join(missing) + " not set (see the README's settings table)"
+        )
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^)'\"\]]+)")
+
+
+@contextmanager
+def opensearch_errors(url: str, alias: str) -> Iterator[None]:
+    """OpenSearch's exceptions as search errors with one readable line."""
+    from opensearchpy import exceptions as osx
+
+    try:
+        yield
+    except osx.ConnectionError as exc:
+        found = _ERRNO.search(str(exc))
+        why = found.group(1).strip() if found else type(getattr(exc, "info", exc)).__name__
+        raise OpenSearchUnavailableError(f"OpenSearch at {url} is unreachable ({why})") from exc
+    except osx.TransportError as exc:
+        kind, reason = _transport_reason(exc)
+        if kind == "index_not_found_exception":
+            raise IndexMissingError(
+                f"index or alias {alias!r} does not exist: run the catalogue_ingest DAG first"
+            ) from exc
+        status = exc.status_code if isinstance(exc.status_code, int) else "?"
+        raise QueryRefusedError(f"OpenSearch refused the query (HTTP {status} {kind}): {reason}") from exc
+
+
+def _transport_reason(exc: Any) -> tuple[str, str]:
+    info = getattr(exc, "info", None)
+    if isinstance(info, dict) and isinstance(info.get("error"), dict):
+        err = info["error"]
+        root = (err.get("root_cause") or [err])[0]
+        caused = err.get("caused_by") or {}
+        reason = caused.get("reason") or root.get("reason") or err.get("reason") or ""
+        return str(root.get("type") or err.get("type") or exc.error), one_line(str(reason), 240)
+    return str(getattr(exc, "error", "error")), one_line(str(info or exc), 240)
 
 
 def parse_embeddings(raw: bytes, source: str) -> list[float]:
@@ -58,16 +198,26 @@ def parse_embeddings(raw: bytes, source: str) -> list[float]:
 @dataclass(frozen=True)
 class Hit:
     rank: int
-    score: float
+    score: float  # the engine's score, (1 + cos) / 2
     item_id: str
     item_name: str
     image_path: str
     image_id: str | None = None
     product_type: str | None = None
     brand: str | None = None
+    similarity: float = field(init=False)  # the cosine similarity, -1 .. 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "similarity", cosine_similarity(self.score))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class FacetValue:
+    value: str  # as written in the catalogue (the most common spelling of the normalised value)
+    count: int
 
 
 class QueryEncoder(Protocol):
@@ -82,8 +232,26 @@ class LocalEncoder:
         self.s3 = s3_client
         self.cache_dir = cache_dir or settings.model_cache
         self._handlers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._executor = None
+
+    def _runner(self):
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catsearch-encoder")
+        return self._executor
 
     def _handler(self, encode_type: str):
+        handler = self._handlers.get(encode_type)
+        if handler is not None:
+            return handler
+        with self._lock:  # concurrent first queries load the model once
+            return self._load(encode_type)
+
+    def _load(self, encode_type: str):
         if encode_type not in self._handlers:
             from catalogue_search.handler import load_handler_from_artifact
 
@@ -98,7 +266,7 @@ class LocalEncoder:
                 )
             except Exception as exc:
                 if "NoSuchKey" in str(exc) or "404" in str(exc) or "NoSuchBucket" in str(exc):
-                    raise SearchError(
+                    raise ModelArtifactMissingError(
                         f"no model artifact at {self.settings.artifact_uri}: run `./dev demo` or build it with "
                         "`python -m catalogue_search.model_artifact build --upload`"
                     ) from exc
@@ -108,7 +276,9 @@ class LocalEncoder:
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         handler = self._handler(encode_type)
         try:
-            raw = handler.invoke(payload, content_type, "application/json")
+            # One thread runs every forward pass: a server's many request threads would each start their own
+            # OpenMP team, and on a small machine those teams spin against each other.
+            raw = self._runner().submit(handler.invoke, payload, content_type, "application/json").result()
         except ValueError as exc:  # the handler's InputError
             raise _input_error(encode_type, exc) from exc
         return parse_embeddings(raw, f"the local {encode_type.lower()} encoder")
@@ -173,16 +343,74 @@ def make_encoder(settings: Settings) -> QueryEncoder:
 
 
 class SearchClient:
-    """`search_text` / `search_image` against the read alias; hits never carry the vector."""
+    """Text, image and "more like this" queries against the read alias; hits never carry the vector.
+
+    One client is safe to share between threads (the search page's API does):
+    the encoders load their model once, on first use.
+    """
 
     def __init__(self, settings: Settings | None = None, *, client=None, encoder: QueryEncoder | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        require_settings(self.settings, "opensearch_url")
         self.client = client or index.client_from_settings(self.settings)
-        self.encoder = encoder or make_encoder(self.settings)
+        self._encoder = encoder
+        self._encoder_lock = threading.Lock()
+        self._window: tuple[float, int] | None = None
 
+    @property
+    def encoder(self) -> QueryEncoder:
+        """Made on the first query that needs one: listing facets or paging errors load no model."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    require_settings(self.settings, "query_encoder")
+                    self._encoder = make_encoder(self.settings)
+        return self._encoder
+
+    @property
+    def alias(self) -> str:
+        return self.settings.index_alias
+
+    @contextmanager
+    def _opensearch(self) -> Iterator[None]:
+        with opensearch_errors(self.settings.opensearch_url, self.alias):
+            yield
+
+    # --- checks ---------------------------------------------------------------
+    def result_limit(self) -> int:
+        """The most hits (k + offset) the alias can answer; also fails early when the alias is missing.
+
+        The lower of `index.max_result_window` (of every index behind the alias)
+        and the k-NN plugin's largest k; cached for WINDOW_TTL seconds.
+        """
+        now = time.monotonic()
+        if self._window is not None and now - self._window[0] < WINDOW_TTL:
+            return self._window[1]
+        with self._opensearch():
+            got = self.client.indices.get_settings(
+                index=self.alias, name="index.max_result_window", include_defaults=True, flat_settings=True
+            )
+        windows = []
+        for info in got.values():
+            value = info.get("settings", {}).get("index.max_result_window") or info.get("defaults", {}).get(
+                "index.max_result_window", DEFAULT_MAX_RESULT_WINDOW
+            )
+            windows.append(int(value))
+        if not windows:
+            raise IndexMissingError(f"index or alias {self.alias!r} does not exist: run the catalogue_ingest DAG first")
+        limit = min(KNN_MAX_K, *windows)
+        self._window = (now, limit)
+        return limit
+
+    def check_page(self, k: int, offset: int = 0) -> None:
+        check_page(k, offset)  # obvious mistakes need no round trip
+        check_page(k, offset, self.result_limit())
+
+    # --- queries ----------------------------------------------------------------
     def search_text(self, query: str, k: int = 5, *, prompt: str | None = None, **options: Any) -> list[Hit]:
         if not isinstance(query, str) or not query.strip():
             raise EmptyQueryError("the text query is empty")
+        self.check_page(k, options.get("offset", 0))
         body: dict[str, Any] = {"inputs": [query.strip()]}
         if prompt:
             body["prompt"] = prompt
@@ -192,8 +420,27 @@ class SearchClient:
     def search_image(self, image_bytes: bytes, k: int = 5, **options: Any) -> list[Hit]:
         if not image_bytes:
             raise UnreadableImageError("the image is empty")
+        self.check_page(k, options.get("offset", 0))
         vector = self.encoder.encode(IMAGE, image_bytes, "application/x-image")
         return self.search_vector(vector, k, **options)
+
+    def more_like_this(self, item_id: str, k: int = 5, **options: Any) -> list[Hit]:
+        """The products nearest to `item_id`'s stored vector, the product itself left out."""
+        self.check_page(k, options.get("offset", 0))
+        return self.search_vector(self.product_vector(item_id), k, exclude_item_id=item_id, **options)
+
+    def product_vector(self, item_id: str) -> list[float]:
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise EmptyQueryError("the product id is empty")
+        body = {"size": 1, "query": {"ids": {"values": [item_id]}}, "_source": {"includes": [index.VECTOR_FIELD]}}
+        with self._opensearch():
+            hits = self.client.search(index=self.alias, body=body)["hits"]["hits"]
+        if not hits:
+            raise ProductNotFoundError(f"no product {item_id!r} in {self.alias!r}")
+        vector = hits[0].get("_source", {}).get(index.VECTOR_FIELD)
+        if not isinstance(vector, list) or not vector:
+            raise QueryRefusedError(f"product {item_id!r} has no stored vector in {self.alias!r}")
+        return vector
 
     def search_vector(
         self,
@@ -203,20 +450,21 @@ class SearchClient:
         offset: int = 0,
         product_type: str | None = None,
         brand: str | None = None,
+        exclude_item_id: str | None = None,
     ) -> list[Hit]:
-        if k < 1 or offset < 0:
-            raise ValueError("k must be >= 1 and offset >= 0")
-        alias = self.settings.index_alias
-        if not self.client.indices.exists(index=alias):
-            raise IndexMissingError(f"index or alias {alias!r} does not exist: run the catalogue_ingest DAG first")
-        filters = []
-        if product_type:
-            filters.append({"term": {"product_type": product_type}})
-        if brand:
-            filters.append({"term": {"brand": brand}})
-        body = index.knn_query(vector, offset + k, filters or None, candidates=self.settings.knn_candidates)
+        self.check_page(k, offset)
+        body = index.knn_query(
+            vector,
+            offset + k,
+            filter_clauses(product_type=product_type, brand=brand) or None,
+            candidates=min(self.settings.knn_candidates, KNN_MAX_K),
+        )
+        if exclude_item_id:
+            knn = body["query"]["knn"][index.VECTOR_FIELD]
+            knn.setdefault("filter", {"bool": {}})["bool"]["must_not"] = [{"ids": {"values": [exclude_item_id]}}]
         body["from"], body["size"] = offset, k
-        hits = self.client.search(index=alias, body=body)["hits"]["hits"]
+        with self._opensearch():
+            hits = self.client.search(index=self.alias, body=body)["hits"]["hits"]
         out = []
         for rank, hit in enumerate(hits, start=offset + 1):
             src = hit["_source"]
@@ -233,6 +481,47 @@ class SearchClient:
                 )
             )
         return out
+
+    def facets(self, *, size: int = 100, **filters: str | None) -> dict[str, list[FacetValue]]:
+        """The values present for each facet, with counts (a terms aggregation).
+
+        Each facet counts the products that match the other facets' filters, so
+        a chip's count is what choosing it would give.
+        """
+        unknown = set(filters) - set(FACETS)
+        if unknown:
+            raise ValueError(f"unknown facet {sorted(unknown)[0]!r}: use one of {', '.join(FACETS)}")
+        aggs = {}
+        for name in FACETS:
+            others = filter_clauses(**{f: v for f, v in filters.items() if f != name})
+            aggs[name] = {
+                "filter": {"bool": {"filter": others}} if others else {"match_all": {}},
+                "aggs": {
+                    "values": {
+                        "terms": {"field": name, "size": size},
+                        "aggs": {"label": {"terms": {"field": f"{name}.raw", "size": 1}}},
+                    }
+                },
+            }
+        with self._opensearch():
+            got = self.client.search(index=self.alias, body={"size": 0, "aggs": aggs})
+        out: dict[str, list[FacetValue]] = {}
+        for name in FACETS:
+            values = []
+            for bucket in got["aggregations"][name]["values"]["buckets"]:
+                labels = bucket.get("label", {}).get("buckets") or [{"key": bucket["key"]}]
+                values.append(FacetValue(value=str(labels[0]["key"]), count=int(bucket["doc_count"])))
+            out[name] = values
+        return out
+
+
+def filter_clauses(*, product_type: str | None = None, brand: str | None = None) -> list[dict[str, Any]]:
+    """Term filters; the index's lowercase normalizer makes them match whatever the case."""
+    clauses = []
+    for name, value in (("product_type", product_type), ("brand", brand)):
+        if value is not None and str(value).strip():
+            clauses.append({"term": {name: str(value).strip()}})
+    return clauses
 
 
 def format_hits(hits: list[Hit]) -> str:
