@@ -225,3 +225,52 @@ def test_outputs_written_elsewhere_fail_naming_the_first_missing_key(stack, s3, 
     assert request["TransformOutput"]["S3OutputPath"].endswith(first["output"].rsplit("/", 1)[0] + "/")
     with pytest.raises(embedding_store.MissingOutputError, match=f"expected s3://{settings.bucket}/{first['output']}"):
         ingest.record_embeddings(settings, s3, plan)
+
+
+def test_endpoint_encoder_of_another_artifact_version_is_refused(settings: Settings, opensearch_url: str, unique):
+    """DescribeEndpoint -> endpoint config -> DescribeModel's ARTIFACT_VERSION, against the index's `_meta`."""
+    import boto3
+
+    from catalogue_search.search import TEXT, EndpointEncoder
+
+    settings = settings.replace(opensearch_url=opensearch_url, endpoint_prefix=f"v{unique}")
+    sm = boto3.client("sagemaker", **settings.boto3_kwargs())
+    name = settings.endpoint_name(TEXT)
+    sm.create_model(
+        ModelName=f"{name}-m",
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/catalogue-search-sagemaker",
+        PrimaryContainer={
+            "Image": IMAGE_URI,
+            "ModelDataUrl": settings.artifact_uri,
+            "Environment": {"ENCODE_TYPE": TEXT, "ARTIFACT_VERSION": "00000000000old01"},
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{name}-c",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": f"{name}-m",
+                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 1},
+            }
+        ],
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-c")
+    client = index.client_from_settings(settings)
+    name_of_index = f"{settings.index_alias}-x"
+    body = index.index_body(settings, alias=settings.index_alias, dimension=4, run_key="t")
+    body["mappings"]["_meta"]["artifact_version"] = "00000000000new02"
+    client.indices.create(index=name_of_index, body=body)
+    try:
+        index.swap_alias(client, settings.index_alias, name_of_index, 0)
+        encoder = EndpointEncoder(settings)
+        assert encoder.artifact_version(TEXT) == "00000000000old01"
+        search = SearchClient(settings, client=client, encoder=encoder)
+        assert search.index_artifact_version() == "00000000000new02"
+        with pytest.raises(ModelVersionMismatchError, match="runs model artifact 00000000000old01"):
+            search.search_text("a red flower")
+    finally:
+        client.indices.delete(index=name_of_index)
+        sm.delete_endpoint(EndpointName=name)
+        sm.delete_endpoint_config(EndpointConfigName=f"{name}-c")
+        sm.delete_model(ModelName=f"{name}-m")
