@@ -15,7 +15,7 @@ each chunk once and streams its rows. New weights, a new model config or a
 changed handler give a new artifact version, hence an empty store: every
 image is encoded again.
 
-The run's side (`<run prefix>encode/`): the input chunks (`chunks/NNNNN.jsonl`),
+The run's side (`<run prefix>encode/`): the input chunks (`chunks/NNNNN-<digest of their ids>.jsonl`),
 the ManifestFile naming them, `plan.json` (the version, the chunk -> output
 pairs, the ETags of what was sent) and `report.json` (what was encoded, what
 failed and why).
@@ -24,6 +24,7 @@ failed and why).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -214,7 +215,10 @@ def write_chunks(
     bodies = []
     for number, start in enumerate(range(0, len(paths), chunk_size)):
         ids = paths[start : start + chunk_size]
-        name = f"{number:05d}.jsonl"
+        # Named by content: a rerun that sends other images writes other outputs, never
+        # overwriting one the catalogue already points at; the same images, the same name.
+        digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:10]
+        name = f"{number:05d}-{digest}.jsonl"
         plan.chunks.append({"input": chunk_prefix + name, "output": out_prefix + name + OUTPUT_SUFFIX, "ids": ids})
         bodies.append((chunk_prefix + name, chunk_body(settings, ids)))
     limit = settings.transform_max_payload_mb * 1024 * 1024

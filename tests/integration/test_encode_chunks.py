@@ -151,7 +151,9 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     version = artifacts[0].artifact_version
     out_prefix = embedding_store.run_output_prefix(settings, version, plan.prefix)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix=out_prefix)["Contents"])
-    assert keys == [f"{out_prefix}{n:05d}.jsonl.out" for n in range(n_chunks)]
+    encode = embedding_store.read_plan(s3, settings, plan.prefix)
+    assert keys == sorted(c["output"] for c in encode.chunks) and len(keys) == n_chunks
+    assert all(key.startswith(f"{out_prefix}{n:05d}-") and key.endswith(".jsonl.out") for n, key in enumerate(keys))
     seen = {}
     for key in keys:
         out = embedding_store.parse_output(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read(), key)
@@ -197,9 +199,27 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     assert load_calls["GetObject"] == n_chunks + 3, load_calls  # each chunk once + plan, catalogue, products
     assert sum(load_calls.values()) < len(images)
 
+    # a replaced image, re-encoded by a rerun of the same run: a new chunk name, the old outputs untouched
+    images["00/img0.jpg"] = jpeg(1000)
+    s3.put_object(Bucket=settings.bucket, Key=settings.images_prefix + "00/img0.jpg", Body=images["00/img0.jpg"])
+    rerun = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
+    (chunk,) = embedding_store.read_plan(s3, settings, plan.prefix).chunks
+    assert chunk["ids"] == ["00/img0.jpg"] and chunk["output"] not in keys
+    assert run_transform_job(rerun, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache).records == 1
+    ingest.record_embeddings(settings, s3, plan)
+    assert ingest.load_index(settings, s3, client, plan2)["indexed"] == N_GOOD  # every old chunk still readable
+    doc = next(
+        h["_source"]
+        for h in client.search(index=plan2.index, body={"query": {"term": {"image_path": "00/img0.jpg"}}})["hits"][
+            "hits"
+        ]
+    )
+    single = json.loads(handler.invoke(images["00/img0.jpg"], "application/x-image"))["embeddings"][0]
+    np.testing.assert_allclose(doc[index.VECTOR_FIELD], single, atol=1e-5)
+
     # the query side: the index's version matches the local encoder's
     search = SearchClient(settings, client=client, encoder=LocalEncoder(settings, s3_client=s3, cache_dir=cache))
-    assert search.search_image(images["00/img0.jpg"], 3)[0].score == pytest.approx(1.0, abs=1e-4)
+    assert search.search_image(images["01/img1.jpg"], 3)[0].score == pytest.approx(1.0, abs=1e-4)
 
     # new weights (another seed): a new version, every image encoded again, old queries refused
     upload_model_artifact(settings, s3, artifacts[1].path)
