@@ -6,7 +6,7 @@ Writes N random unit vectors as chunk outputs (`.npz`, as batch transform
 writes them) plus the store's catalogue and N products to a fresh bucket on
 the local moto server, then runs `load_index` in a child process against the
 real OpenSearch node and reports the child's peak RSS (its high-water mark,
-`ru_maxrss`), its RSS before `load_index` started (interpreter + imports) and
+`VmHWM`), its RSS before `load_index` started (interpreter + imports) and
 the wall time. The target is a peak under 1 GB at 150,000 x 512. Everything
 the run created (bucket, index) is removed afterwards.
 
@@ -105,10 +105,26 @@ def write_store(settings, s3, n: int, dim: int, chunk: int) -> None:
     s3.put_object(Bucket=settings.bucket, Key=store.plan_key(plan.prefix), Body=encode.as_json())
 
 
+def _memory(field: str) -> int:
+    """This process's `VmRSS` (now) or `VmHWM` (peak), in bytes.
+
+    Not `ru_maxrss`: on Linux it carries over the parent's peak across fork
+    and exec, so a child would report the data generator's memory.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(bucket: str, alias: str) -> None:
     """Run load_index alone in this process and print its figures as JSON."""
     import logging
-    import resource
 
     import boto3
 
@@ -119,11 +135,11 @@ def child(bucket: str, alias: str) -> None:
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     client = index.client_from_settings(settings)
     client.info()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _memory("VmRSS")
     started = time.monotonic()
     loaded = ingest.load_index(settings, s3, client, _plan(settings))
     seconds = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _memory("VmHWM")
     print(json.dumps({"indexed": loaded["indexed"], "rss_before": before, "rss_peak": peak, "seconds": seconds}))
 
 
