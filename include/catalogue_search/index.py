@@ -116,7 +116,12 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 VECTOR_FIELD: {
                     "type": "knn_vector",
                     "dimension": dimension,
-                    "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"},
+                    "method": {
+                        "name": "hnsw",
+                        "engine": "lucene",
+                        "space_type": "cosinesimil",
+                        "parameters": {"m": settings.knn_m, "ef_construction": settings.knn_ef_construction},
+                    },
                 },
             },
         },
@@ -204,8 +209,18 @@ def finish_loading(client, index: str, replicas: int) -> None:
     client.indices.refresh(index=index)
 
 
-def knn_query(vector: list[float], k: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": k}
+def knn_query(
+    vector: list[float], k: int, filters: list[dict[str, Any]] | None = None, *, candidates: int = 0
+) -> dict[str, Any]:
+    """A k-NN query for the top `k`, searching `candidates` neighbours (at least k).
+
+    With the Lucene engine the query's `k` is also HNSW's candidate list
+    (ef_search): asking for only 10 out of 150,000 vectors misses true
+    neighbours. The query asks for max(k, candidates) and `size` keeps the top k.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": max(k, candidates)}
     if filters:
         knn["filter"] = {"bool": {"filter": filters}}
     return {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
@@ -217,14 +232,18 @@ def validate(
     *,
     expected_count: int,
     samples: list[tuple[str, list[float]]],
+    candidates: int = 0,
     logger: logging.Logger = log,
 ) -> dict[str, Any]:
-    """Raise IndexValidationError unless the count matches and every sample finds itself first."""
+    """Raise IndexValidationError unless the count matches and every sample finds itself first.
+
+    Self-match queries use the same candidate count as searches (`candidates`).
+    """
     count = client.count(index=index)["count"]
     if count != expected_count:
         raise IndexValidationError(f"index {index} holds {count} documents, expected {expected_count}")
     for item_id, vector in samples:
-        hits = client.search(index=index, body=knn_query(vector, 5))["hits"]["hits"]
+        hits = client.search(index=index, body=knn_query(vector, 5, candidates=candidates))["hits"]["hits"]
         if not hits:
             raise IndexValidationError(f"self-match query for {item_id} returned nothing")
         top = hits[0]["_score"]
