@@ -24,10 +24,11 @@ by text and by image, then points the read alias at it.
    chosen language and a known main image; drops are counted by reason.
 2. **copy_images**: server-side copy into the project bucket, skipping what is
    already there; products whose image is missing are dropped.
-3. **prepare_encoding** / **encode_images**: a SageMaker batch transform over a
-   manifest of the images that have no embedding yet for this model. The task
-   defers while the job runs (no worker slot held); a Failed job fails it with
-   SageMaker's FailureReason.
+3. **prepare_encoding** / **encode_images** / **record_embeddings**: JSON Lines
+   chunks of the images with no embedding yet for this artifact version, one
+   SageMaker batch transform over them (one chunk per request, batched forward
+   passes), then a check that every chunk has its output and a run report of
+   the images that could not be encoded.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
 6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
@@ -111,6 +112,13 @@ def catalogue_ingest():
         )
 
     @task(trigger_rule="none_failed")
+    def record_embeddings(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.record_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+
+    @task(trigger_rule="none_failed")
     def load_index(run_plan: dict) -> dict:
         from catalogue_search import airflow_clients, ingest
 
@@ -160,9 +168,10 @@ def catalogue_ingest():
         check_if_job_exists=True,
         action_if_job_exists="timestamp",
     )
+    recorded = record_embeddings(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
-    chain(filtered, copied, config, encode_images, loaded, validated, swap_alias(run_plan))
+    chain(filtered, copied, config, encode_images, recorded, loaded, validated, swap_alias(run_plan))
 
 
 catalogue_ingest()

@@ -46,10 +46,6 @@ class RunPlan:
     def shard_key(self, shard: str) -> str:
         return f"{self.prefix}shards/listings_{shard}.jsonl"
 
-    @property
-    def transform_manifest_key(self) -> str:
-        return f"{self.prefix}transform.manifest"
-
 
 _SHARD = re.compile(r"listings_([0-9a-f])\.json\.gz$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
@@ -146,57 +142,104 @@ def products(settings: Settings, s3, plan: RunPlan) -> list[dict[str, Any]]:
 def prepare_encoding(
     settings: Settings, s3, sagemaker, plan: RunPlan, image_uri: str, logger: logging.Logger = log
 ) -> dict[str, Any] | None:
-    """Step 3a: the transform request over the images with no embedding yet (None: nothing to do)."""
+    """Step 3a: chunks of the images the store lacks for this artifact version, and the
+    transform request over them (None: nothing to do).
+
+    Costs one HEAD (the artifact's version), one GET (the store's catalogue)
+    and one listing of the images, whatever the catalogue's size.
+    """
+    from catalogue_search import embedding_store as store
+    from catalogue_search.model_artifact import read_artifact_version
+
+    version = read_artifact_version(s3, settings.artifact_uri)
+    catalogue = store.Catalogue.load(s3, settings, version)
+    etags = store.image_etags(s3, settings)
     items = products(settings, s3, plan)
-    pending = transform.pending_paths(
-        items, transform.encoded_paths(s3, settings), transform.image_paths(s3, settings), plan.force_reencode
-    )
+    pending = store.pending_paths((p["path"] for p in items), catalogue, etags, plan.force_reencode)
     logger.info(
-        "%d of %d images need encoding with %s%s",
+        "%d of %d images need encoding with %s, artifact version %s (%d in its store)%s",
         len(pending),
         len(items),
         settings.model_name,
+        version,
+        len(catalogue.images),
         " (force_reencode)" if plan.force_reencode else "",
     )
+    encode = store.write_chunks(s3, settings, plan.prefix, version, pending, etags, settings.transform_chunk_size)
     if not pending:
-        logger.info("nothing new to encode: every image already has an embedding for %s", settings.model_name)
+        logger.info("nothing new to encode: every image already has an embedding for artifact %s", version)
         return None
-    put_bytes(
-        s3, settings.bucket, plan.transform_manifest_key, transform.manifest(settings, pending), "application/json"
-    )
-    what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.IMAGE, image_uri))
+    what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.IMAGE, image_uri, version))
     logger.info("SageMaker model %s: %s", settings.sagemaker_model_name(transform.IMAGE), what)
+    logger.info("%d chunks of up to %d images", len(encode.chunks), settings.transform_chunk_size)
     return transform.transform_request(
         settings,
-        job=transform.job_name(settings, plan.run_key),
-        manifest_uri=f"s3://{settings.bucket}/{plan.transform_manifest_key}",
+        job=transform.job_name(settings, f"{plan.run_key}/{version}"),
+        manifest_uri=f"s3://{settings.bucket}/{store.manifest_key(plan.prefix)}",
+        output_uri=f"s3://{settings.bucket}/{encode.output_prefix}",
     )
+
+
+def record_embeddings(settings: Settings, s3, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 3c: every chunk has its output (else fail naming the first missing key); the
+    store's catalogue learns what was encoded; failed images are counted in the run report."""
+    from catalogue_search import embedding_store as store
+
+    report = store.record_outputs(s3, settings, plan.prefix, logger=logger)
+    summary = report.as_dict()
+    summary.pop("errors")
+    summary["report"] = f"s3://{settings.bucket}/{store.report_key(plan.prefix)}"
+    return summary
 
 
 def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
-    """Step 4: create the run's index and bulk-load every product that has an embedding."""
+    """Step 4: create the run's index and bulk-load every product that has an embedding.
+
+    Vectors stream from the store chunk by chunk (float32), so memory does
+    not grow with the number of vectors.
+    """
+    from catalogue_search import embedding_store as store
+
+    version = store.read_plan(s3, settings, plan.prefix).version
+    catalogue = store.Catalogue.load(s3, settings, version)
     items = products(settings, s3, plan)
-    emb = transform.read_embeddings(s3, settings, [p["path"] for p in items], logger=logger)
-    for path, err in sorted(emb.errors.items()):
-        logger.warning("image %s could not be encoded, its product is dropped: %s", path, err)
-    for path in emb.missing:
-        logger.warning("image %s has no embedding, its product is dropped", path)
-    ready = [p for p in items if p["path"] in emb.vectors]
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for p in items:
+        by_path.setdefault(p["path"], []).append(p)
+    dropped: list[str] = []
+    for path in sorted(by_path):
+        if path not in catalogue.images:
+            dropped.append(path)
+            reason = catalogue.errors.get(path, ("", "no embedding in the store"))[1]
+            logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
+    ready = sum(len(by_path[p]) for p in by_path if p in catalogue.images)
     if not ready:
-        raise RuntimeError("no product has an embedding: nothing to index")
-    dimension = len(next(iter(emb.vectors.values())))
+        raise RuntimeError(f"no product has an embedding for artifact {version}: nothing to index")
+    vectors = store.iter_vectors(s3, settings, catalogue, by_path)
+    first_path, first_vector = next(vectors)
+    dimension = int(first_vector.shape[0])
     body = index.index_body(settings, alias=plan.alias, dimension=dimension, run_key=plan.run_key)
+    body["mappings"]["_meta"]["artifact_version"] = version
     logger.info("index %s: %s", plan.index, index.create_index(client, plan.index, body))
-    docs = (index.document(p, emb.vectors[p["path"]], settings.model_name) for p in ready)
-    report = index.bulk_load(client, plan.index, docs, total=len(ready), logger=logger)
+
+    def docs():
+        import itertools
+
+        for path, vector in itertools.chain([(first_path, first_vector)], vectors):
+            row = vector.tolist()
+            for product in by_path[path]:
+                yield index.document(product, row, settings.model_name)
+
+    report = index.bulk_load(client, plan.index, docs(), total=ready, logger=logger)
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
     index.finish_loading(client, plan.index, settings.index_replicas)
     return {
         "index": plan.index,
         "indexed": report.indexed,
-        "dropped_no_embedding": sorted(set(emb.errors) | set(emb.missing)),
+        "dropped_no_embedding": dropped,
         "dimension": dimension,
+        "artifact_version": version,
     }
 
 

@@ -185,6 +185,12 @@ def _transport_reason(exc: Any) -> tuple[str, str]:
     return str(getattr(exc, "error", "error")), one_line(str(info or exc), 240)
 
 
+class ModelVersionMismatchError(SearchError):
+    """The query encoder's model is not the one that encoded the index's images."""
+
+    status, code = 409, "model_version_mismatch"
+
+
 def parse_embeddings(raw: bytes, source: str) -> list[float]:
     """The contract's parser, with its errors as search errors."""
     try:
@@ -222,6 +228,9 @@ class FacetValue:
 
 class QueryEncoder(Protocol):
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]: ...
+
+    # Optional: `artifact_version(encode_type) -> str`, the model.tar.gz version the
+    # encoder runs; the search client compares it with the index's before encoding.
 
 
 class LocalEncoder:
@@ -273,6 +282,10 @@ class LocalEncoder:
                 raise
         return self._handlers[encode_type]
 
+    def artifact_version(self, encode_type: str) -> str:
+        """The loaded artifact's version (the file inside model.tar.gz)."""
+        return self._handler(encode_type).artifact_version
+
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         handler = self._handler(encode_type)
         try:
@@ -294,6 +307,7 @@ class EndpointEncoder:
         self.runtime = runtime_client or boto3_client("sagemaker-runtime", settings)
         self.control = sagemaker_client or boto3_client("sagemaker", settings)
         self._in_service: set[str] = set()
+        self._versions: dict[str, str] = {}
 
     def _check_deployed(self, name: str) -> None:
         """One DescribeEndpoint per endpoint and client: a clear error beats a cryptic invoke failure."""
@@ -308,6 +322,21 @@ class EndpointEncoder:
         if status not in {"InService", "Updating"}:
             raise EndpointNotDeployedError(f"endpoint {name} is {status}, not InService")
         self._in_service.add(name)
+        self._versions[name] = self._model_version(described)
+
+    def _model_version(self, described: dict[str, Any]) -> str:
+        """ARTIFACT_VERSION in the environment of the model the endpoint serves ("" if none)."""
+        config = self.control.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+        variants = config.get("ProductionVariants") or [{}]
+        model = self.control.describe_model(ModelName=variants[0]["ModelName"])
+        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        return (container.get("Environment") or {}).get("ARTIFACT_VERSION", "")
+
+    def artifact_version(self, encode_type: str) -> str:
+        """The endpoint model's ARTIFACT_VERSION (DescribeEndpoint -> config -> DescribeModel, once)."""
+        name = self.settings.endpoint_name(encode_type)
+        self._check_deployed(name)
+        return self._versions.get(name, "")
 
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         name = self.settings.endpoint_name(encode_type)
@@ -356,6 +385,7 @@ class SearchClient:
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
         self._window: tuple[float, int] | None = None
+        self._version: tuple[float, str] | None = None
 
     @property
     def encoder(self) -> QueryEncoder:
@@ -414,6 +444,7 @@ class SearchClient:
         body: dict[str, Any] = {"inputs": [query.strip()]}
         if prompt:
             body["prompt"] = prompt
+        self.check_model_version(TEXT)
         vector = self.encoder.encode(TEXT, json.dumps(body).encode(), "application/json")
         return self.search_vector(vector, k, **options)
 
@@ -421,6 +452,7 @@ class SearchClient:
         if not image_bytes:
             raise UnreadableImageError("the image is empty")
         self.check_page(k, options.get("offset", 0))
+        self.check_model_version(IMAGE)
         vector = self.encoder.encode(IMAGE, image_bytes, "application/x-image")
         return self.search_vector(vector, k, **options)
 
@@ -441,6 +473,40 @@ class SearchClient:
         if not isinstance(vector, list) or not vector:
             raise QueryRefusedError(f"product {item_id!r} has no stored vector in {self.alias!r}")
         return vector
+
+    def index_artifact_version(self) -> str:
+        """The artifact version recorded in the `_meta` of the index behind the alias ("" if none).
+
+        Cached for WINDOW_TTL seconds, like the result window: an alias swap is seen within that time.
+        """
+        now = time.monotonic()
+        if self._version is not None and now - self._version[0] < WINDOW_TTL:
+            return self._version[1]
+        alias = self.alias
+        with self._opensearch():
+            mappings = self.client.indices.get_mapping(index=alias)
+        versions = {(m.get("mappings") or {}).get("_meta", {}).get("artifact_version", "") for m in mappings.values()}
+        if len(versions) > 1:
+            raise ModelVersionMismatchError(f"alias {alias!r} spans indices of several artifact versions: {versions}")
+        version = versions.pop() if versions else ""
+        self._version = (now, version)
+        return version
+
+    def check_model_version(self, encode_type: str) -> None:
+        """Refuse to encode a query with a model other than the one that encoded the index."""
+        version_of = getattr(self.encoder, "artifact_version", None)
+        if version_of is None:
+            return
+        wanted = self.index_artifact_version()
+        if not wanted:  # an index loaded before versions were recorded
+            return
+        have = version_of(encode_type)
+        if have != wanted:
+            raise ModelVersionMismatchError(
+                f"the {encode_type.lower()} query encoder runs model artifact {have or '(unversioned)'} but index "
+                f"{self.alias!r} was encoded with artifact {wanted}: the vectors are not comparable. "
+                "Deploy the index's artifact (query_endpoints_deploy) or re-run catalogue_ingest with the new one."
+            )
 
     def search_vector(
         self,

@@ -75,8 +75,12 @@ class Deployment:
 
 
 def put_artifact(s3, settings: Settings, path: Path) -> None:
+    """An artifact with its own handler, tagged with a version as model_artifact's upload does."""
+    import hashlib
+
     bucket, key = parse_s3_uri(settings.artifact_uri)
-    s3.upload_file(str(path), bucket, key)
+    version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"artifact-version": version}})
 
 
 @pytest.fixture
@@ -173,7 +177,7 @@ def test_teardown_deletes_endpoints_configs_and_models_and_can_run_again(deploym
         deployment.sagemaker.create_endpoint_config(**old.endpoint_config)
         assert len(deployment.config_names(encode_type)) == len(deployment.model_names(encode_type)) == 2
     # batch transform's model, which the tear-down must leave alone
-    deployment.sagemaker.create_model(**model_request(settings, IMAGE, IMAGE_URI))
+    deployment.sagemaker.create_model(**model_request(settings, IMAGE, IMAGE_URI, "v1"))
 
     output = deployment.run_ok("query_endpoints_teardown")
 
