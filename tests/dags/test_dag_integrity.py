@@ -30,6 +30,7 @@ def test_every_dag_file_imports_without_errors(dagbag):
 def test_expected_dags_exist(dagbag):
     assert "catalogue_ingest" in dagbag.dag_ids
     assert {"query_endpoints_deploy", "query_endpoints_teardown"} <= set(dagbag.dag_ids)
+    assert "catalogue_rollback" in dagbag.dag_ids
 
 
 def test_dags_have_tags_owner_and_retries(dagbag):
@@ -50,7 +51,14 @@ def test_ingest_dag_shape(dagbag):
     dag = dagbag.dags["catalogue_ingest"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
-    assert set(dag.params.keys()) >= {"shards", "language_tag", "max_products", "alias", "force_reencode"}
+    assert set(dag.params.keys()) >= {
+        "shards",
+        "language_tag",
+        "max_products",
+        "alias",
+        "force_reencode",
+        "allow_shrink",
+    }
     encode = dag.get_task("encode_images")
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 
@@ -67,6 +75,10 @@ def test_ingest_dag_shape(dagbag):
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
     assert dag.get_task("swap_alias").outlets, "swap_alias does not declare the index Asset"
+    # The clean-up runs whatever happened (a teardown: ALL_DONE semantics) and never decides the run's state.
+    clean_up = dag.get_task("clean_up")
+    assert clean_up.is_teardown and "clean_up" in dag.get_task("swap_alias").downstream_task_ids
+    assert str(clean_up.trigger_rule) in {"all_done_setup_success", "TriggerRule.ALL_DONE_SETUP_SUCCESS"}
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])

@@ -30,7 +30,8 @@ TEXT_QUERY = "two people in front of a swimming pool"
 INTERESTING = re.compile(
     r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|transform \S+: \d+ / \d+ inputs|"
     r"local transform:|documents loaded:|self-match ok|alias \S+: |deleted superseded|could not be encoded|"
-    r"has no embedding|is missing|more than one shard|\[error|Traceback|DagRun Finished)"
+    r"has no embedding|is missing|more than one shard|builds on|serves nothing yet|ANN recall|shrink guard|"
+    r"clean-up of|\[error|Traceback|DagRun Finished)"
 )
 STRUCTLOG = re.compile(r"^\S+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: \S+=\S+)*)?$")
 
