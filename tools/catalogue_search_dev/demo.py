@@ -157,14 +157,23 @@ def answer_queries(settings: Settings, summary, k: int = 5) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__)
-    parser.add_argument("--max-products", type=int, default=0, help="index at most this many products (0 = all)")
+    parser.add_argument(
+        "--max-products",
+        type=int,
+        default=0,
+        help="a trial: index at most this many products (0 = all), on the alias <alias>-trial",
+    )
     parser.add_argument("--skip-dag", action="store_true", help="only answer the queries (the index exists)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     started = time.monotonic()
     summary, _ = prepare(settings)
+    conf: dict[str, Any] = {}
+    if args.max_products:  # a partial catalogue never goes to the default alias
+        settings = settings.replace(index_alias=f"{settings.index_alias}-trial")
+        conf = {"max_products": args.max_products, "alias": settings.index_alias}
     if not args.skip_dag:
-        code = run_dag("catalogue_ingest", {"max_products": args.max_products})
+        code = run_dag("catalogue_ingest", conf)
         if code != 0:
             return code
     ok = answer_queries(settings, summary)
