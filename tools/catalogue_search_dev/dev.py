@@ -106,6 +106,9 @@ def cmd_rollback(args: list[str]) -> int:
     except PermanentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # e.g. the project bucket or OpenSearch is not there: one line, not a traceback
+        print(f"error: rollback of alias {alias} failed: {exc}", file=sys.stderr)
+        return 1
     print(f"alias {result['alias']}: {result['from']} -> {result['to']}")
     return 0
 
