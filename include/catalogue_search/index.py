@@ -24,7 +24,6 @@ SELF_MATCH_SCORE = 0.9999  # OpenSearch cosine score is (1 + cos) / 2: 1.0 for t
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_INDEX_NAME_BYTES = 255
 RECALL_K = 10
-RECALL_CANDIDATES = 100  # the ANN candidate list of the recall check (Lucene: k is the candidate count)
 
 
 class IndexValidationError(PermanentError, RuntimeError):
@@ -121,7 +120,12 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 VECTOR_FIELD: {
                     "type": "knn_vector",
                     "dimension": dimension,
-                    "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"},
+                    "method": {
+                        "name": "hnsw",
+                        "engine": "lucene",
+                        "space_type": "cosinesimil",
+                        "parameters": {"m": settings.knn_m, "ef_construction": settings.knn_ef_construction},
+                    },
                 },
             },
         },
@@ -215,8 +219,18 @@ def finish_loading(client, index: str, replicas: int) -> None:
     client.indices.refresh(index=index)
 
 
-def knn_query(vector: list[float], k: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": k}
+def knn_query(
+    vector: list[float], k: int, filters: list[dict[str, Any]] | None = None, *, candidates: int = 0
+) -> dict[str, Any]:
+    """A k-NN query for the top `k`, searching `candidates` neighbours (at least k).
+
+    With the Lucene engine the query's `k` is also HNSW's candidate list
+    (ef_search): asking for only 10 out of 150,000 vectors misses true
+    neighbours. The query asks for max(k, candidates) and `size` keeps the top k.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": max(k, candidates)}
     if filters:
         knn["filter"] = {"bool": {"filter": filters}}
     return {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
@@ -230,6 +244,7 @@ def validate(
     expected: dict[str, list[float]],
     queries: list[list[float]] | None = None,
     min_recall: float = 0.0,
+    candidates: int = 0,
     logger: logging.Logger = log,
 ) -> dict[str, Any]:
     """Raise IndexValidationError unless the index is fit to serve.
@@ -239,7 +254,8 @@ def validate(
       with exactly that vector: a k-NN query filtered on its item_id scores 1.0, so
       products that share an image, or a big index, cannot hide it;
     - recall@10 of the ANN search against exact cosine search, over `queries`, is at
-      least `min_recall` (ties at the 10th score count as found).
+      least `min_recall` (ties at the 10th score count as found), with the candidate
+      count searches use (`candidates`).
     """
     count = client.count(index=index)["count"]
     if count != expected_count:
@@ -258,7 +274,7 @@ def validate(
         logger.info("self-match ok: %d sampled products hold exactly their stored embedding", len(expected))
     report: dict[str, Any] = {"count": count, "self_matches": len(expected)}
     if queries:
-        recall = ann_recall(client, index, queries, k=min(RECALL_K, count))
+        recall = ann_recall(client, index, queries, k=min(RECALL_K, count), candidates=candidates)
         report.update(recall=round(recall, 4), recall_queries=len(queries))
         logger.info("ANN recall@%d against exact search: %.4f over %d queries", RECALL_K, recall, len(queries))
         if recall < min_recall:
@@ -285,15 +301,15 @@ def exact_query(vector: list[float], k: int) -> dict[str, Any]:
     return {"size": k, "_source": False, "query": {"script_score": {"query": {"match_all": {}}, "script": script}}}
 
 
-def ann_recall(client, index: str, queries: list[list[float]], k: int = RECALL_K) -> float:
+def ann_recall(client, index: str, queries: list[list[float]], k: int = RECALL_K, candidates: int = 0) -> float:
     """Mean recall@k of the k-NN (HNSW) search against exact search, ties included."""
     if k <= 0 or not queries:
         return 1.0
     total = 0.0
     for vector in queries:
         exact = client.search(index=index, body=exact_query(vector, k))["hits"]["hits"]
-        body = knn_query(vector, max(k, RECALL_CANDIDATES))
-        body.update(size=k, _source=False)
+        body = knn_query(vector, k, candidates=candidates)
+        body["_source"] = False
         ann = client.search(index=index, body=body)["hits"]["hits"]
         if not exact:
             total += 1.0

@@ -213,7 +213,7 @@ class SearchClient:
             filters.append({"term": {"product_type": product_type}})
         if brand:
             filters.append({"term": {"brand": brand}})
-        body = index.knn_query(vector, offset + k, filters or None)
+        body = index.knn_query(vector, offset + k, filters or None, candidates=self.settings.knn_candidates)
         body["from"], body["size"] = offset, k
         hits = self.client.search(index=alias, body=body)["hits"]["hits"]
         out = []

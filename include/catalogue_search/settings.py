@@ -69,6 +69,9 @@ class Settings:
     transform_instance_count: int = 1
     transform_max_concurrent: int = 4
     transform_max_payload_mb: int = 6
+    # Seconds between two status checks of a running transform job (SageMaker jobs take minutes;
+    # the local stand-in reports Completed at once, so localenv.py sets a short interval).
+    transform_poll_seconds: int = 30
 
     # --- Query endpoints -----------------------------------------------------
     endpoint_prefix: str = "catalogue-search"
@@ -98,6 +101,13 @@ class Settings:
     recall_sample: int = 50
     # The lowest recall@10 (ANN vs exact cosine search) an index may publish with, in percent.
     min_recall_percent: int = 90
+    # HNSW graph of the k-NN field (Lucene engine), and the query-time candidate
+    # list. Chosen from the measured trade-off in BENCHMARKS.md (150,000 x 512):
+    # with Lucene, a query's `k` is also its candidate-list size (ef_search), so
+    # every query asks for max(page, knn_candidates) neighbours and keeps the page.
+    knn_m: int = 16
+    knn_ef_construction: int = 100
+    knn_candidates: int = 100
 
     # --- DAGs ----------------------------------------------------------------
     dag_owner: str = "catalogue-search"
@@ -199,7 +209,9 @@ class Settings:
         }
 
     def boto3_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"region_name": self.region}
+        from catalogue_search.s3util import client_config
+
+        kwargs: dict[str, Any] = {"region_name": self.region, "config": client_config(self.copy_workers)}
         if self.aws_endpoint_url:
             kwargs["endpoint_url"] = self.aws_endpoint_url
         return kwargs

@@ -31,7 +31,7 @@ from test_catalogue_ingest_dag import TINY, _all_ids, _dags_test
 
 from catalogue_search import index, state
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo
+from catalogue_search_dev import demo, testenv
 
 LISTINGS = "listings/metadata/listings_{shard}.json.gz"
 
@@ -106,10 +106,11 @@ def _empty_bucket(s3, bucket: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(moto_url, opensearch_url, tmp_path_factory):
-    token = os.urandom(4).hex()
-    home = tmp_path_factory.mktemp("airflow-home")
+    token = testenv.unique_name_part()  # the session's sweep removes whatever a failure leaves behind
+    # A private AIRFLOW_HOME for this sequence of runs (a migrated, empty DB).
+    home = testenv.fresh_airflow_home(tmp_path_factory.mktemp("airflow"))
     env = {
-        "AIRFLOW_HOME": str(home),
+        **testenv.airflow_home_env(home),
         "CATSEARCH_BUCKET": f"e2e9-project-{token}",
         "CATSEARCH_SOURCE_BUCKET": f"e2e9-source-{token}",
         "CATSEARCH_INDEX_ALIAS": f"e2e9-products-{token}",
@@ -120,14 +121,6 @@ def world(moto_url, opensearch_url, tmp_path_factory):
         "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
     }
-    migrate = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
     settings = Settings.from_env({**os.environ, **env})
     summary, _ = demo.prepare(settings, model_cfg_path=TINY)
     w = World(env, settings, summary, tmp_path_factory.mktemp("dag-runs"))
