@@ -43,3 +43,13 @@ def test_sample_ids_are_seeded_by_the_run():
     assert index.sample_ids(ids, 10, seed="run-1") == index.sample_ids(list(reversed(ids)), 10, seed="run-1")
     assert index.sample_ids(ids, 10, seed="run-1") != index.sample_ids(ids, 10, seed="run-2")
     assert index.sample_ids(ids[:3], 10, seed="x") == ids[:3]
+
+
+def test_a_shard_with_no_listings_filters_to_no_products():
+    import pandas as pd
+
+    from catalogue_search import catalogue
+
+    images = pd.DataFrame({"image_id": ["a"], "height": [10], "width": [10], "path": ["aa/a.jpg"]})
+    products, report = catalogue.filter_listings([], images, language_tag="en_US", shard="1")
+    assert products == [] and report.kept == 0
