@@ -30,12 +30,56 @@ by text and by image, then points the read alias at it.
    passes), then a check that every chunk has its output and a run report of
    the images that could not be encoded.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
-5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
-6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
+5. **validate_index**: the count, sampled products holding exactly their stored
+   embedding, and ANN recall@10 against exact search; a failure leaves the alias alone.
+6. **swap_alias**: the shrink guard, then one atomic `_aliases` call; served
+   indices beyond the retention are deleted.
+7. **clean_up** (teardown, runs whatever happened): removes the indices of the
+   alias that never served, this run's included when it failed.
 
-Trigger with Params to backfill chosen shards (`shards: ["0", "3"]`), another
-language, a product limit or a forced re-encode.
+A run publishes the whole catalogue: the shards it processes plus every other
+shard as last published under the alias. Trigger with Params to backfill chosen
+shards (`shards: ["0", "3"]`), another language, a forced re-encode, or
+`allow_shrink` for an intended large shrink. `max_products` is for trials on
+another alias. Unknown conf keys fail the run at once. Roll back with the
+`catalogue_rollback` DAG.
 """
+
+PARAMS = {
+    "shards": Param(
+        [],
+        type="array",
+        items={"type": "string", "pattern": "^[0-9a-fA-F]$"},
+        description="Listing shards to process (0..f); empty = every shard found. Other shards keep their "
+        "published products.",
+    ),
+    "language_tag": Param(
+        SETTINGS.language_tag,
+        type="string",
+        pattern="^[a-z]{2,3}(_[A-Z]{2})?$",
+        description="ABO language tag of the titles to index.",
+    ),
+    "max_products": Param(
+        0,
+        type="integer",
+        minimum=0,
+        description="Trials only: index at most this many products (0 = all); refused on the default alias.",
+    ),
+    "alias": Param(
+        SETTINGS.index_alias,
+        type="string",
+        pattern="^[a-z0-9][a-z0-9_-]*$",
+        description="The read alias to point at the new index.",
+    ),
+    "force_reencode": Param(
+        False, type="boolean", description="Encode every image again, even those that have an embedding."
+    ),
+    "allow_shrink": Param(
+        False,
+        type="boolean",
+        description="Publish even when the catalogue shrinks by more than CATSEARCH_SHRINK_GUARD_PERCENT.",
+    ),
+}
 
 
 @dag(
@@ -46,38 +90,23 @@ language, a product limit or a forced re-encode.
     default_args=SETTINGS.dag_default_args(),
     tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
     doc_md=DOC,
-    params={
-        "shards": Param(
-            [],
-            type="array",
-            items={"type": "string", "pattern": "^[0-9a-fA-F]$"},
-            description="Listing shards to index (0..f); empty = every shard found.",
-        ),
-        "language_tag": Param(
-            SETTINGS.language_tag,
-            type="string",
-            pattern="^[a-z]{2,3}(_[A-Z]{2})?$",
-            description="ABO language tag of the titles to index.",
-        ),
-        "max_products": Param(0, type="integer", minimum=0, description="Index at most this many products (0 = all)."),
-        "alias": Param(
-            SETTINGS.index_alias,
-            type="string",
-            pattern="^[a-z0-9][a-z0-9_-]*$",
-            description="The read alias to point at the new index.",
-        ),
-        "force_reencode": Param(
-            False, type="boolean", description="Encode every image again, even those that have an embedding."
-        ),
-    },
+    params=PARAMS,
 )
 def catalogue_ingest():
     @task
-    def plan(params=None, run_id=None) -> dict:
+    def plan(params=None, run_id=None, dag_run=None) -> dict:
         from catalogue_search import airflow_clients, ingest
 
-        settings = airflow_clients.checked_settings()
-        return ingest.plan_run(settings, airflow_clients.s3(settings), run_id=run_id, params=params).as_dict()
+        with airflow_clients.fail_fast():
+            ingest.check_conf(dag_run.conf, PARAMS)
+            settings = airflow_clients.checked_settings()
+            return ingest.plan_run(
+                settings,
+                airflow_clients.s3(settings),
+                airflow_clients.opensearch(settings),
+                run_id=run_id,
+                params=params,
+            ).as_dict()
 
     @task
     def shards_of(run_plan: dict) -> list[str]:
@@ -88,14 +117,18 @@ def catalogue_ingest():
         from catalogue_search import airflow_clients, ingest
 
         settings = Settings.from_env()
-        return ingest.filter_shard(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan), shard)
+        with airflow_clients.fail_fast():
+            return ingest.filter_shard(
+                settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan), shard
+            )
 
     @task
     def copy_images(run_plan: dict) -> dict:
         from catalogue_search import airflow_clients, ingest
 
         settings = Settings.from_env()
-        return ingest.copy_run_images(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+        with airflow_clients.fail_fast():
+            return ingest.copy_run_images(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def prepare_encoding(run_plan: dict) -> dict | None:
@@ -123,32 +156,56 @@ def catalogue_ingest():
         from catalogue_search import airflow_clients, ingest
 
         settings = Settings.from_env()
-        return ingest.load_index(
-            settings,
-            airflow_clients.s3(settings),
-            airflow_clients.opensearch(settings),
-            ingest.RunPlan.from_dict(run_plan),
-        )
+        with airflow_clients.fail_fast():
+            return ingest.load_index(
+                settings,
+                airflow_clients.s3(settings),
+                airflow_clients.opensearch(settings),
+                ingest.RunPlan.from_dict(run_plan),
+            )
 
     @task
     def validate_index(run_plan: dict, loaded: dict) -> dict:
         from catalogue_search import airflow_clients, ingest
 
         settings = Settings.from_env()
-        return ingest.validate_index(
-            settings,
-            airflow_clients.s3(settings),
-            airflow_clients.opensearch(settings),
-            ingest.RunPlan.from_dict(run_plan),
-            loaded,
-        )
+        with airflow_clients.fail_fast():
+            return ingest.validate_index(
+                settings,
+                airflow_clients.s3(settings),
+                airflow_clients.opensearch(settings),
+                ingest.RunPlan.from_dict(run_plan),
+                loaded,
+            )
 
     @task(outlets=[INDEX_ASSET])
     def swap_alias(run_plan: dict) -> dict:
         from catalogue_search import airflow_clients, ingest
 
         settings = Settings.from_env()
-        return ingest.publish(settings, airflow_clients.opensearch(settings), ingest.RunPlan.from_dict(run_plan))
+        with airflow_clients.fail_fast():
+            return ingest.publish(
+                settings,
+                airflow_clients.s3(settings),
+                airflow_clients.opensearch(settings),
+                ingest.RunPlan.from_dict(run_plan),
+            )
+
+    # A teardown: runs whatever happened upstream (with no setup task, its trigger rule
+    # ALL_DONE_SETUP_SUCCESS is ALL_DONE) and, unlike a plain ALL_DONE leaf, does not
+    # turn a failed run into a successful one.
+    @task
+    def clean_up(params=None) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        with airflow_clients.fail_fast():
+            return ingest.clean_up(
+                settings,
+                airflow_clients.s3(settings),
+                airflow_clients.opensearch(settings),
+                params["alias"],
+            )
 
     run_plan = plan()
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
@@ -171,7 +228,9 @@ def catalogue_ingest():
     recorded = record_embeddings(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
-    chain(filtered, copied, config, encode_images, recorded, loaded, validated, swap_alias(run_plan))
+    published = swap_alias(run_plan)
+    chain(filtered, copied, config, encode_images, recorded, loaded, validated, published)
+    published >> clean_up().as_teardown()
 
 
 catalogue_ingest()

@@ -10,8 +10,11 @@ for Amazon OpenSearch Service. Without that connection the settings' URL is used
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from catalogue_search import index
+from catalogue_search.errors import PermanentError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,17 @@ def checked_settings() -> Settings:
     try:
         return Settings.from_env().check()
     except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Turn a `PermanentError` (a retry cannot fix it) into AirflowFailException: no retries, the message shown."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except PermanentError as exc:
         raise AirflowFailException(str(exc)) from exc
 
 

@@ -181,7 +181,7 @@ def filter_listings(
     unknown = joined["path"].isna()
     drops[DROP_UNKNOWN_IMAGE] += int(unknown.sum())
     joined = joined[~unknown]
-    sized = joined["height"].map(_valid_size) & joined["width"].map(_valid_size)
+    sized = (joined["height"].map(_valid_size) & joined["width"].map(_valid_size)).astype(bool)
     drops[DROP_BAD_IMAGE_SIZE] += int((~sized).sum())
     joined = joined[sized].sort_values("item_id")
     products = []

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
+from catalogue_search.errors import PermanentError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,11 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # written in a `.raw` sub-field, for display (facet labels).
 NORMALIZED_KEYWORDS = ("product_type", "brand")
 LOWERCASE_NORMALIZER = "catsearch_lowercase"
+MAX_INDEX_NAME_BYTES = 255
+RECALL_K = 10
 
 
-class IndexValidationError(RuntimeError):
+class IndexValidationError(PermanentError, RuntimeError):
     """The new index is not fit to serve: the alias stays where it was."""
 
 
@@ -139,9 +143,15 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
     }
 
 
-def create_index(client, name: str, body: dict[str, Any]) -> str:
-    """Create the index; an index left by an earlier attempt of the same run is reused."""
+def create_index(client, name: str, body: dict[str, Any], served: Iterable[str] = ()) -> str:
+    """Create the index; an index left by an earlier attempt of the same run is reused.
+
+    An index that serves or has served (`served`) is never touched: "served" is
+    returned and the caller must not load into it (a rerun of a finished run).
+    """
     if client.indices.exists(index=name):
+        if name in set(served):
+            return "served"
         mapping = client.indices.get_mapping(index=name)[name]["mappings"]
         want = body["mappings"]["properties"][VECTOR_FIELD]["dimension"]
         have = mapping.get("properties", {}).get(VECTOR_FIELD, {}).get("dimension")
@@ -242,40 +252,98 @@ def validate(
     index: str,
     *,
     expected_count: int,
-    samples: list[tuple[str, list[float]]],
+    expected: dict[str, list[float]],
+    queries: list[list[float]] | None = None,
+    min_recall: float = 0.0,
     candidates: int = 0,
     logger: logging.Logger = log,
 ) -> dict[str, Any]:
-    """Raise IndexValidationError unless the count matches and every sample finds itself first.
+    """Raise IndexValidationError unless the index is fit to serve.
 
-    Self-match queries use the same candidate count as searches (`candidates`).
+    - the document count is `expected_count`;
+    - every product of `expected` (item_id -> its stored embedding) is in the index
+      with exactly that vector: a k-NN query filtered on its item_id scores 1.0, so
+      products that share an image, or a big index, cannot hide it;
+    - recall@10 of the ANN search against exact cosine search, over `queries`, is at
+      least `min_recall` (ties at the 10th score count as found), with the candidate
+      count searches use (`candidates`).
     """
     count = client.count(index=index)["count"]
     if count != expected_count:
         raise IndexValidationError(f"index {index} holds {count} documents, expected {expected_count}")
-    for item_id, vector in samples:
-        hits = client.search(index=index, body=knn_query(vector, 5, candidates=candidates))["hits"]["hits"]
+    for item_id, vector in expected.items():
+        hits = client.search(index=index, body=self_match_query(vector, item_id))["hits"]["hits"]
         if not hits:
-            raise IndexValidationError(f"self-match query for {item_id} returned nothing")
-        top = hits[0]["_score"]
-        perfect = {h["_id"] for h in hits if h["_score"] >= SELF_MATCH_SCORE}
-        if top < SELF_MATCH_SCORE or item_id not in perfect:
+            raise IndexValidationError(f"self-match failed: product {item_id} is not in index {index}")
+        score = hits[0]["_score"]
+        if hits[0]["_id"] != item_id or score < SELF_MATCH_SCORE:
             raise IndexValidationError(
-                f"self-match failed for {item_id}: top hit {hits[0]['_id']} scored {top:.6f}, expected {item_id} at 1.0"
+                f"self-match failed for {item_id}: its indexed vector scores {score:.6f} against its stored "
+                f"embedding, expected 1.0 (the index holds a wrong vector for it)"
             )
-        logger.info("self-match ok: %s scored %.6f", item_id, top)
-    return {"count": count, "self_matches": len(samples)}
+    if expected:
+        logger.info("self-match ok: %d sampled products hold exactly their stored embedding", len(expected))
+    report: dict[str, Any] = {"count": count, "self_matches": len(expected)}
+    if queries:
+        recall = ann_recall(client, index, queries, k=min(RECALL_K, count), candidates=candidates)
+        report.update(recall=round(recall, 4), recall_queries=len(queries))
+        logger.info("ANN recall@%d against exact search: %.4f over %d queries", RECALL_K, recall, len(queries))
+        if recall < min_recall:
+            raise IndexValidationError(
+                f"ANN recall@{RECALL_K} of index {index} is {recall:.4f}, below the minimum {min_recall:.2f} "
+                "(CATSEARCH_MIN_RECALL_PERCENT)"
+            )
+    return report
 
 
-def sample_ids(item_ids: Iterable[str], n: int) -> list[str]:
-    """A deterministic spread-out sample (by hash, not by position)."""
-    return sorted(item_ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:n]
+def self_match_query(vector: list[float], item_id: str) -> dict[str, Any]:
+    """k-NN restricted to one item_id: Lucene searches the filtered documents exactly."""
+    knn = {"vector": list(map(float, vector)), "k": 1, "filter": {"term": {"item_id": item_id}}}
+    return {"size": 1, "_source": False, "query": {"knn": {VECTOR_FIELD: knn}}}
+
+
+def exact_query(vector: list[float], k: int) -> dict[str, Any]:
+    """Exact cosine search over every document (the k-NN plugin's scoring script)."""
+    script = {
+        "source": "knn_score",
+        "lang": "knn",
+        "params": {"field": VECTOR_FIELD, "query_value": list(map(float, vector)), "space_type": "cosinesimil"},
+    }
+    return {"size": k, "_source": False, "query": {"script_score": {"query": {"match_all": {}}, "script": script}}}
+
+
+def ann_recall(client, index: str, queries: list[list[float]], k: int = RECALL_K, candidates: int = 0) -> float:
+    """Mean recall@k of the k-NN (HNSW) search against exact search, ties included."""
+    if k <= 0 or not queries:
+        return 1.0
+    total = 0.0
+    for vector in queries:
+        exact = client.search(index=index, body=exact_query(vector, k))["hits"]["hits"]
+        body = knn_query(vector, k, candidates=candidates)
+        body["_source"] = False
+        ann = client.search(index=index, body=body)["hits"]["hits"]
+        if not exact:
+            total += 1.0
+            continue
+        floor = exact[-1]["_score"] - 1e-6
+        wanted = {h["_id"] for h in exact}
+        found = sum(1 for h in ann if h["_id"] in wanted or h["_score"] >= floor)
+        total += min(found, len(exact)) / len(exact)
+    return total / len(queries)
+
+
+def sample_ids(item_ids: Iterable[str], n: int, seed: str = "") -> list[str]:
+    """`n` ids drawn at random with a seed (the run), so every run checks other products."""
+    ids = sorted(set(item_ids))
+    rng = random.Random(hashlib.sha256(seed.encode()).hexdigest())
+    return sorted(rng.sample(ids, min(n, len(ids))))
 
 
 def indices_for_alias(client, alias: str) -> list[dict[str, Any]]:
-    """Indices this project created for `alias` (by their `_meta`), oldest first."""
+    """Indices this project created for `alias` (`<alias>-*` with `_meta.alias`), oldest first."""
     out = []
-    for name, info in client.indices.get(index="*", expand_wildcards="open").items():
+    found = client.indices.get(index=f"{alias}-*", expand_wildcards="open,closed", allow_no_indices=True)
+    for name, info in found.items():
         meta = info.get("mappings", {}).get("_meta", {})
         if meta.get("alias") == alias:
             created = int(info["settings"]["index"]["creation_date"])
@@ -283,21 +351,38 @@ def indices_for_alias(client, alias: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda x: (x["created"], x["index"]))
 
 
-def swap_alias(client, alias: str, index: str, retention: int, logger: logging.Logger = log) -> dict[str, Any]:
-    """Point `alias` at `index` atomically; keep `retention` older indices, delete the rest."""
-    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
-        raise RuntimeError(f"{alias!r} is a concrete index, not an alias: rename it before swapping")
-    current = []
+def alias_targets(client, alias: str) -> list[str]:
+    """The indices `alias` points at (none before the first publish)."""
     if client.indices.exists_alias(name=alias):
-        current = sorted(client.indices.get_alias(name=alias).keys())
+        return sorted(client.indices.get_alias(name=alias).keys())
+    if client.indices.exists(index=alias):
+        raise PermanentError(f"{alias!r} is a concrete index, not an alias: rename it before publishing")
+    return []
+
+
+def live_count(client, alias: str) -> int | None:
+    """How many documents the alias serves now (None: the alias does not exist yet)."""
+    if not alias_targets(client, alias):
+        return None
+    return int(client.count(index=alias)["count"])
+
+
+def swap_alias(client, alias: str, index: str, logger: logging.Logger = log) -> list[str]:
+    """Point `alias` at `index` and at nothing else, in one atomic `_aliases` call; return the old targets."""
+    current = alias_targets(client, alias)
     actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current if old != index]
     actions.append({"add": {"index": index, "alias": alias}})
     client.indices.update_aliases(body={"actions": actions})
-    logger.info("alias %s: %s -> %s", alias, current or "(none)", index)
-    older = [i["index"] for i in indices_for_alias(client, alias) if i["index"] != index]
-    keep = older[-retention:] if retention > 0 else []
-    deleted = [name for name in older if name not in keep]
-    for name in deleted:
-        client.indices.delete(index=name)
-        logger.info("deleted superseded index %s", name)
-    return {"alias": alias, "index": index, "previous": current, "kept": keep, "deleted": deleted}
+    logger.info("alias %s: %s -> %s", alias, ", ".join(current) or "(none)", index)
+    return current
+
+
+def delete_index(client, name: str, logger: logging.Logger = log) -> bool:
+    """Delete an index that serves nothing (refuses one an alias points at)."""
+    if not client.indices.exists(index=name):
+        return False
+    if client.indices.get_alias(index=name).get(name, {}).get("aliases"):
+        raise PermanentError(f"index {name} is an alias target: it is never deleted")
+    client.indices.delete(index=name)
+    logger.info("deleted index %s", name)
+    return True

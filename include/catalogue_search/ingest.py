@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
 
-from catalogue_search import catalogue, index, transform
+from catalogue_search import catalogue, index, state, transform
+from catalogue_search.errors import PermanentError
 from catalogue_search.s3util import copy_images, get_bytes, list_objects, put_bytes
 from catalogue_search.settings import Settings
 
@@ -31,6 +32,11 @@ class RunPlan:
     force_reencode: bool
     index: str
     prefix: str
+    # The published state this run builds on: the index the alias served when the run was planned,
+    # and the shards this run takes from it unchanged (every shard it does not process itself).
+    base_index: str | None = None
+    base_shards: list[str] = field(default_factory=list)
+    allow_shrink: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,37 +62,113 @@ def available_shards(s3, settings: Settings) -> list[str]:
     return sorted(m.group(1) for k in keys if (m := _SHARD.search(k)))
 
 
-def plan_run(settings: Settings, s3, *, run_id: str, params: dict[str, Any]) -> RunPlan:
-    """Validate the Params and fix what this run will do. Bad input fails here, clearly."""
+def check_conf(conf: dict[str, Any] | None, valid: Iterable[str]) -> None:
+    """Reject conf keys that are not Params (a misspelt `shard` must not index every shard)."""
+    unknown = sorted(set(conf or {}) - set(valid))
+    if unknown:
+        raise PermanentError(
+            f"unknown conf key(s) {', '.join(map(repr, unknown))}: valid Params are {', '.join(sorted(valid))}"
+        )
+
+
+def plan_run(
+    settings: Settings,
+    s3,
+    client=None,
+    *,
+    run_id: str,
+    params: dict[str, Any],
+    logger: logging.Logger = log,
+) -> RunPlan:
+    """Validate the Params and fix what this run will do. Bad input fails here, clearly, before any work.
+
+    With an OpenSearch `client`, the run builds on the published state of the
+    index the alias serves now: the shards it does not process come from there.
+    """
     language = str(params.get("language_tag") or settings.language_tag)
     if not _LANGUAGE.match(language):
-        raise ValueError(f"language_tag {language!r} is not an ABO language tag such as en_US")
+        raise PermanentError(f"language_tag {language!r} is not an ABO language tag such as en_US")
     alias = str(params.get("alias") or settings.index_alias)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", alias):
-        raise ValueError(f"alias {alias!r} must be lower-case letters, digits, '-' or '_'")
+        raise PermanentError(f"alias {alias!r} must be lower-case letters, digits, '-' or '_'")
     max_products = params.get("max_products")
     if max_products in ("", 0, None):
         max_products = None
     elif int(max_products) < 0:
-        raise ValueError(f"max_products must be positive, got {max_products}")
+        raise PermanentError(f"max_products must be positive, got {max_products}")
+    if max_products and alias == settings.index_alias:
+        raise PermanentError(
+            f"max_products={max_products} is for trials and would publish a partial catalogue to the default "
+            f'alias {alias!r}: trigger again with another alias (e.g. {{"alias": "{alias}-trial"}}) '
+            "or without max_products"
+        )
+    run_key = f"{settings.model_slug}/{run_id}"
+    name = index.index_name(alias, settings.model_slug, run_key)
+    if len(name.encode()) > index.MAX_INDEX_NAME_BYTES:
+        raise PermanentError(
+            f"alias {alias!r} is too long: its index names ({name[:40]}..., {len(name.encode())} bytes) "
+            f"exceed OpenSearch's {index.MAX_INDEX_NAME_BYTES} bytes"
+        )
     available = available_shards(s3, settings)
     if not available:
-        raise ValueError(f"no listings under s3://{settings.source_bucket}/{settings.source_prefix}listings/metadata/")
+        raise PermanentError(
+            f"no listings under s3://{settings.source_bucket}/{settings.source_prefix}listings/metadata/"
+        )
     wanted = [str(s).lower() for s in (params.get("shards") or [])] or available
     unknown = sorted(set(wanted) - set(available))
     if unknown:
-        raise ValueError(f"listing shards {unknown} do not exist; available: {available}")
-    run_key = f"{settings.model_slug}/{run_id}"
+        raise PermanentError(f"listing shards {unknown} do not exist; available: {available}")
+    shards = sorted(set(wanted))
+    base_index, base_shards = None, []
+    if client is not None:
+        base_index, base_shards = _base_state(settings, s3, client, alias, shards, language, name, logger)
     return RunPlan(
         run_key=run_key,
-        shards=sorted(set(wanted)),
+        shards=shards,
         language_tag=language,
         max_products=int(max_products) if max_products else None,
         alias=alias,
         force_reencode=bool(params.get("force_reencode", False)),
-        index=index.index_name(alias, settings.model_slug, run_key),
+        index=name,
         prefix=settings.run_prefix(run_id),
+        base_index=base_index,
+        base_shards=base_shards,
+        allow_shrink=bool(params.get("allow_shrink", False)),
     )
+
+
+def _base_state(
+    settings: Settings, s3, client, alias: str, shards: list[str], language: str, own_index: str, logger
+) -> tuple[str | None, list[str]]:
+    """The index the alias serves and the shards to take from its state (those this run does not process)."""
+    targets = index.alias_targets(client, alias)
+    if not targets:
+        logger.info("alias %s serves nothing yet: the run publishes shards %s only", alias, ", ".join(shards))
+        return None, []
+    base = targets[0]
+    record = state.read_manifest(s3, settings, alias, base)
+    if record is None:
+        logger.warning(
+            "alias %s serves %s, which has no recorded catalogue state: the run publishes shards %s only",
+            alias,
+            base,
+            ", ".join(shards),
+        )
+        return base, []
+    others = sorted(set(record["shards"]) - set(shards))
+    if others and record["language_tag"] != language and base != own_index:
+        raise PermanentError(
+            f"language_tag {language} differs from the published catalogue's ({record['language_tag']}, index "
+            f"{base}), whose shards {others} this run would keep: run every shard, or use another alias"
+        )
+    logger.info(
+        "builds on %s (published state of alias %s): processes shards %s, keeps shards %s as published",
+        base,
+        alias,
+        ", ".join(shards),
+        ", ".join(others) or "none",
+    )
+    return base, others
 
 
 def filter_shard(settings: Settings, s3, plan: RunPlan, shard: str, logger: logging.Logger = log) -> dict[str, Any]:
@@ -109,11 +191,22 @@ def filter_shard(settings: Settings, s3, plan: RunPlan, shard: str, logger: logg
 
 
 def copy_run_images(settings: Settings, s3, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
-    """Step 2: merge the shards, copy their images into the project bucket, write the run's products."""
-    shards = [catalogue.from_jsonl(get_bytes(s3, settings.bucket, plan.shard_key(s))) for s in plan.shards]
-    merged, duplicates = catalogue.merge_products(shards, plan.max_products)
+    """Step 2: this run's shards + the other shards as published, copy their images, write the run's products.
+
+    The per-shard lists are also written as the state of this run's index; they
+    become the published state when the alias moves to it.
+    """
+    lists = {s: catalogue.from_jsonl(get_bytes(s3, settings.bucket, plan.shard_key(s))) for s in plan.shards}
+    for shard in plan.base_shards:
+        assert plan.base_index is not None
+        lists[shard] = state.read_shard(s3, settings, plan.alias, plan.base_index, shard)
+        logger.info("shard %s: %d products as published in %s", shard, len(lists[shard]), plan.base_index)
+    tagged = [[{**p, "shard": shard} for p in lists[shard]] for shard in sorted(lists)]
+    merged, duplicates = catalogue.merge_products(tagged, plan.max_products)
     if duplicates:
         logger.info("dropped %d products listed in more than one shard (%s)", duplicates, catalogue.DROP_DUPLICATE)
+    if not merged:
+        raise PermanentError(f"no products left after filtering shards {', '.join(sorted(lists))}: nothing to index")
     kept, report = copy_images(
         s3,
         merged,
@@ -124,6 +217,8 @@ def copy_run_images(settings: Settings, s3, plan: RunPlan, logger: logging.Logge
         workers=settings.copy_workers,
         logger=logger,
     )
+    if not kept:
+        raise PermanentError("no products left: the source images of every product are missing")
     put_bytes(s3, settings.bucket, plan.products_key, catalogue.to_jsonl(kept), "application/jsonlines")
     logger.info(
         "images: %d copied, %d already present, %d missing at the source (products dropped: %s)",
@@ -132,6 +227,15 @@ def copy_run_images(settings: Settings, s3, plan: RunPlan, logger: logging.Logge
         len(report.missing),
         ", ".join(report.missing) or "none",
     )
+    if plan.index in served_indices(settings, s3, None, plan.alias):
+        logger.info("index %s has served: its recorded state is left as it is", plan.index)
+    else:
+        by_shard: dict[str, list[dict[str, Any]]] = {shard: [] for shard in lists}
+        for product in merged:
+            by_shard[product["shard"]].append({k: v for k, v in product.items() if k != "shard"})
+        state.write_state(
+            s3, settings, plan.alias, plan.index, by_shard, language_tag=plan.language_tag, run_key=plan.run_key
+        )
     return {"products": len(kept), "cross_shard_duplicates": duplicates, **report.as_dict()}
 
 
@@ -220,7 +324,19 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
     dimension = int(first_vector.shape[0])
     body = index.index_body(settings, alias=plan.alias, dimension=dimension, run_key=plan.run_key)
     body["mappings"]["_meta"]["artifact_version"] = version
-    logger.info("index %s: %s", plan.index, index.create_index(client, plan.index, body))
+    created = index.create_index(client, plan.index, body, served=served_indices(settings, s3, client, plan.alias))
+    logger.info("index %s: %s", plan.index, created)
+    if created == "served":
+        # A rerun of a finished run: the index serves (or served) readers and is never modified.
+        logger.info("index %s has served alias %s: left unchanged, nothing loaded", plan.index, plan.alias)
+        return {
+            "index": plan.index,
+            "indexed": int(client.count(index=plan.index)["count"]),
+            "dropped_no_embedding": dropped,
+            "dimension": dimension,
+            "artifact_version": version,
+            "served": True,
+        }
 
     def docs():
         import itertools
@@ -244,24 +360,151 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
 
 
 def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[str, Any], logger: logging.Logger = log):
-    """Step 5: the count matches and sampled products find themselves first with score 1.0."""
+    """Step 5: the count matches, sampled products hold exactly their stored embedding, ANN recall is high.
+
+    The samples are drawn with the run as seed, so successive runs check other products.
+    """
     items = {p["item_id"]: p for p in products(settings, s3, plan)}
     dropped = set(loaded["dropped_no_embedding"])
     indexed = [i for i, p in items.items() if p["path"] not in dropped]
-    samples = []
-    for item_id in index.sample_ids(indexed, settings.validation_sample):
-        doc = client.get(index=plan.index, id=item_id)["_source"]
-        samples.append((item_id, doc[index.VECTOR_FIELD]))
+    checked = index.sample_ids(indexed, settings.validation_sample, seed=f"self-match/{plan.run_key}")
+    queried = index.sample_ids(indexed, settings.recall_sample, seed=f"recall/{plan.run_key}")
+    paths = sorted({items[i]["path"] for i in {*checked, *queried}})
+    from catalogue_search import embedding_store as store
+
+    version = loaded.get("artifact_version") or store.read_plan(s3, settings, plan.prefix).version
+    catalogue = store.Catalogue.load(s3, settings, version)
+    vectors = {path: vector.tolist() for path, vector in store.iter_vectors(s3, settings, catalogue, paths)}
+    missing = [p for p in paths if p not in vectors]
+    if missing:
+        raise index.IndexValidationError(f"sampled images {missing[:5]} have no stored embedding to check against")
     return index.validate(
         client,
         plan.index,
         expected_count=len(indexed),
-        samples=samples,
+        expected={i: vectors[items[i]["path"]] for i in checked},
+        queries=[vectors[items[i]["path"]] for i in queried],
+        min_recall=settings.min_recall_percent / 100,
         candidates=settings.knn_candidates,
         logger=logger,
     )
 
 
-def publish(settings: Settings, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
-    """Step 6: move the read alias to the validated index; keep `index_retention` older ones."""
-    return index.swap_alias(client, plan.alias, plan.index, settings.index_retention, logger=logger)
+def served_indices(settings: Settings, s3, client, alias: str) -> set[str]:
+    """Indices that serve or have served `alias` (recorded in the bucket, plus the alias's targets)."""
+    names = set(state.served(s3, settings, alias))
+    if client is not None:
+        names.update(index.alias_targets(client, alias))
+    return names
+
+
+def check_shrink(settings: Settings, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Refuse to publish an index much smaller than what the alias serves now (unless allowed for this run)."""
+    new = int(client.count(index=plan.index)["count"])
+    live = index.live_count(client, plan.alias)
+    out = {"new_count": new, "live_count": live}
+    if not live or new >= live:
+        return out
+    shrink = 100.0 * (live - new) / live
+    out["shrink_percent"] = round(shrink, 2)
+    if shrink <= settings.shrink_guard_percent:
+        logger.info("catalogue shrinks by %.1f%% (%d -> %d): within the guard", shrink, live, new)
+        return out
+    if plan.allow_shrink:
+        logger.warning("catalogue shrinks by %.1f%% (%d -> %d): allowed for this run (allow_shrink)", shrink, live, new)
+        return out
+    raise PermanentError(
+        f"shrink guard: index {plan.index} holds {new} products, alias {plan.alias} serves {live} now; "
+        f"publishing would shrink the catalogue by {shrink:.1f}%, more than the {settings.shrink_guard_percent}% "
+        "allowed (CATSEARCH_SHRINK_GUARD_PERCENT). The alias stays where it is. If the shrink is intended, "
+        'trigger the run again with {"allow_shrink": true}.'
+    )
+
+
+def publish(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 6: move the read alias to the validated index, record it as served, apply the retention.
+
+    Refused (alias untouched) when the catalogue would shrink too much, when the
+    alias moved since the run was planned, or when this run's index already served
+    and was superseded (a cleared old run must not roll the catalogue back: use the
+    rollback DAG).
+    """
+    targets = index.alias_targets(client, plan.alias)
+    served = state.served(s3, settings, plan.alias)
+    if targets != [plan.index]:
+        if plan.index in served:
+            raise PermanentError(
+                f"index {plan.index} already served alias {plan.alias} and was superseded by {', '.join(targets)}: "
+                "a rerun of an old run does not move the alias back (use the catalogue_rollback DAG)"
+            )
+        base = [plan.base_index] if plan.base_index else []
+        if targets != base:
+            raise PermanentError(
+                f"alias {plan.alias} moved to {', '.join(targets) or '(none)'} after this run was planned on "
+                f"{plan.base_index or '(none)'}: its catalogue is stale; trigger a new run"
+            )
+    guard = check_shrink(settings, client, plan, logger)
+    previous = index.swap_alias(client, plan.alias, plan.index, logger=logger)
+    served = [name for name in served if name != plan.index] + [plan.index]
+    keep = served[-(settings.index_retention + 1) :]
+    retired = [name for name in served if name not in keep]
+    state.write_served(s3, settings, plan.alias, keep)
+    for name in retired:
+        index.delete_index(client, name, logger=logger)
+        state.delete_index_state(s3, settings, plan.alias, name)
+        logger.info("retention %d: removed the older served index %s", settings.index_retention, name)
+    return {
+        "alias": plan.alias,
+        "index": plan.index,
+        "previous": previous,
+        "kept": keep[:-1],
+        "deleted": retired,
+        **guard,
+    }
+
+
+def clean_up(settings: Settings, s3, client, alias: str, logger: logging.Logger = log) -> dict[str, Any]:
+    """Remove the indices of `alias` that never served (failed or refused runs, this one included).
+
+    Runs whatever happened to the run. Lists only `<alias>-*`; never touches an
+    index the alias points at or one recorded as served (the rollback targets).
+    """
+    keep = served_indices(settings, s3, client, alias)
+    removed = []
+    for info in index.indices_for_alias(client, alias):
+        name = info["index"]
+        if name in keep or info["aliased"]:
+            continue
+        index.delete_index(client, name, logger=logger)
+        state.delete_index_state(s3, settings, alias, name)
+        removed.append(name)
+    logger.info(
+        "clean-up of alias %s: removed %s; kept the served %s",
+        alias,
+        ", ".join(removed) or "nothing",
+        ", ".join(sorted(keep)) or "none",
+    )
+    return {"alias": alias, "removed": removed, "kept": sorted(keep)}
+
+
+def rollback(settings: Settings, s3, client, alias: str, logger: logging.Logger = log) -> dict[str, Any]:
+    """Move `alias` back to the previous served index in one atomic `_aliases` call.
+
+    The index rolled back from is no longer a rollback target: the next run's
+    clean-up removes it. Its per-shard state goes with it; the previous index's
+    state becomes the published one again.
+    """
+    targets = index.alias_targets(client, alias)
+    served = state.served(s3, settings, alias)
+    current = targets[0] if targets else None
+    earlier = served[: served.index(current)] if current in served else [n for n in served if n != current]
+    previous = next((n for n in reversed(earlier) if client.indices.exists(index=n)), None)
+    if previous is None:
+        raise PermanentError(
+            f"alias {alias} serves {current or '(nothing)'} and has no earlier served index to roll back to "
+            f"(served: {', '.join(served) or 'none recorded'})"
+        )
+    index.swap_alias(client, alias, previous, logger=logger)
+    state.write_served(s3, settings, alias, served[: served.index(previous) + 1])
+    logger.info("rolled back alias %s: %s -> %s", alias, current, previous)
+    return {"alias": alias, "from": current, "to": previous}

@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
+# User metadata on each copied image: the source object's ETag when it was copied.
+SOURCE_ETAG = "source-etag"
+
 # Threads that share one S3 client: the image copy, the embedding reads, the catalogue upload.
 S3_WORKERS = 16
 
@@ -86,6 +89,16 @@ class CopyReport:
         return asdict(self)
 
 
+def _same_copy(s3, bucket: str, key: str, there: dict[str, Any] | None, source_etag: str, size: int) -> bool:
+    """Is the object at `key` a copy of the source object with ETag `source_etag`?"""
+    if not there or there["size"] != size:
+        return False
+    recorded = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(SOURCE_ETAG)
+    if recorded is not None:
+        return recorded == source_etag
+    return there["etag"] == source_etag
+
+
 def copy_images(
     s3,
     products: Iterable[dict[str, Any]],
@@ -99,9 +112,13 @@ def copy_images(
 ) -> tuple[list[dict[str, Any]], CopyReport]:
     """Server-side copy of each product's image; skip what is already there.
 
-    An object already at the destination with the same size and ETag is not
-    copied again. A product whose source image is missing is dropped (and
-    named in the report), not an error: the run goes on without it.
+    Each copy records the source's ETag in its metadata (`source-etag`), and an
+    object already at the destination whose recorded source ETag (and size) match
+    the source's is not copied again. The copy's own ETag is not compared: it
+    differs from the source's under SSE-KMS default encryption or for multipart
+    sources. Copies made before the metadata existed fall back to equal ETags.
+    A product whose source image is missing is dropped (and named in the
+    report), not an error: the run goes on without it.
     """
     products = list(products)
     existing = list_objects(s3, dest_bucket, dest_prefix)
@@ -127,8 +144,8 @@ def copy_images(
             )
             progress.tick()
             return False
-        there = existing.get(dest_key)
-        if there and there["size"] == head["ContentLength"] and there["etag"] == head["ETag"].strip('"'):
+        etag = head["ETag"].strip('"')
+        if _same_copy(s3, dest_bucket, dest_key, existing.get(dest_key), etag, head["ContentLength"]):
             with lock:
                 report.skipped += 1
         else:
@@ -137,6 +154,7 @@ def copy_images(
                 Key=dest_key,
                 CopySource={"Bucket": source_bucket, "Key": src_key},
                 ContentType="image/jpeg",
+                Metadata={SOURCE_ETAG: etag},
                 MetadataDirective="REPLACE",
             )
             with lock:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from catalogue_search.errors import PermanentError
+
 ENV_PREFIX = "CATSEARCH_"
 
 
@@ -48,6 +50,8 @@ class Settings:
     manifests_prefix: str = "manifests/"
     embeddings_prefix: str = "embeddings/"
     models_prefix: str = "models/"
+    # The catalogue's state across runs (per-shard product lists, served indices), keyed by alias.
+    state_prefix: str = "state/"
 
     # --- Model ---------------------------------------------------------------
     model_name: str = "ViT-B-32"
@@ -92,9 +96,17 @@ class Settings:
     index_alias: str = "products"
     index_shards: int = 1
     index_replicas: int = 0
-    # How many superseded indices to keep for rollback after an alias swap.
+    # How many earlier served indices (former alias targets) to keep for rollback.
     index_retention: int = 1
-    validation_sample: int = 5
+    # Refuse to move the alias when the new index holds more than this percentage
+    # fewer documents than the live one (the `allow_shrink` Param overrides it for one run).
+    shrink_guard_percent: int = 10
+    # Validation: products whose indexed vector must equal their stored embedding
+    # (exact, filtered k-NN), and queries of the ANN recall@10 check against exact search.
+    validation_sample: int = 20
+    recall_sample: int = 50
+    # The lowest recall@10 (ANN vs exact cosine search) an index may publish with, in percent.
+    min_recall_percent: int = 90
     # HNSW graph of the k-NN field (Lucene engine), and the query-time candidate
     # list. Chosen from the measured trade-off in BENCHMARKS.md (150,000 x 512):
     # with Lucene, a query's `k` is also its candidate-list size (ef_search), so
@@ -214,7 +226,7 @@ class Settings:
         return kwargs
 
 
-class SettingsError(ValueError):
+class SettingsError(PermanentError, ValueError):
     """A required setting is missing or has a value the code cannot use."""
 
 

@@ -43,7 +43,9 @@ def test_dag_file_imports_without_errors(dag_file):
 
 def test_the_dags_folder_holds_the_expected_dags():
     assert import_errors() == {}, import_errors()  # also files that are not in DAG_FILES
-    assert {"catalogue_ingest", "query_endpoints_deploy", "query_endpoints_teardown"} <= set(DAG_IDS)
+    assert {"catalogue_ingest", "catalogue_rollback", "query_endpoints_deploy", "query_endpoints_teardown"} <= set(
+        DAG_IDS
+    )
 
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)
@@ -70,7 +72,14 @@ def test_ingest_dag_shape():
     dag = dagbag().dags["catalogue_ingest"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
-    assert set(dag.params.keys()) >= {"shards", "language_tag", "max_products", "alias", "force_reencode"}
+    assert set(dag.params.keys()) >= {
+        "shards",
+        "language_tag",
+        "max_products",
+        "alias",
+        "force_reencode",
+        "allow_shrink",
+    }
     encode = dag.get_task("encode_images")
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 
@@ -96,6 +105,10 @@ def test_ingest_dag_shape():
     assert dag.get_task("swap_alias").outlets, "swap_alias does not declare the index Asset"
     # runs when the encode step was skipped (nothing new): it still writes the run report
     assert dag.get_task("record_embeddings").trigger_rule == "none_failed"
+    # The clean-up runs whatever happened (a teardown: ALL_DONE semantics) and never decides the run's state.
+    clean_up = dag.get_task("clean_up")
+    assert clean_up.is_teardown and "clean_up" in dag.get_task("swap_alias").downstream_task_ids
+    assert str(clean_up.trigger_rule) in {"all_done_setup_success", "TriggerRule.ALL_DONE_SETUP_SUCCESS"}
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])

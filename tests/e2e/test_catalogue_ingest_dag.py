@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
 
 
-def _dags_test(env: dict[str, str], conf: str = "{}") -> subprocess.CompletedProcess:
+def _dags_test(env: dict[str, str], conf: str = "{}", dag_id: str = "catalogue_ingest") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "catalogue_ingest", "--conf", conf],
+        [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", conf],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -71,7 +71,7 @@ def world(tiny_artifact, moto_url, sagemaker_url, opensearch_url):
         docs.append(index.document(product, vec.tolist(), settings.model_name))
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)
-    index.swap_alias(client, settings.index_alias, name, retention=0)
+    index.swap_alias(client, settings.index_alias, name)
     yield settings, s3, images
     client.indices.delete(index=name, ignore_unavailable=True)
 

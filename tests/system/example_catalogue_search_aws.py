@@ -75,6 +75,12 @@ def settings_for(env: dict[str, str]):
     return Settings.from_env({**os.environ, **env})
 
 
+def trial_settings_for(env: dict[str, str]):
+    """The run is a trial (max_products), so it publishes to `<alias>-trial`, never to the default alias."""
+    s = settings_for(env)
+    return s.replace(index_alias=f"{s.index_alias}-trial")
+
+
 def _pipeline_credentials() -> dict[str, str]:
     """Credentials of CATSEARCH_SYSTEM_TEST_ROLE_ARN for the pipeline processes (none: the runner's own)."""
     role = os.environ.get("CATSEARCH_SYSTEM_TEST_ROLE_ARN", "")
@@ -136,7 +142,7 @@ with DAG(dag_id=DAG_ID, schedule="@once", start_date=datetime(2026, 1, 1), catch
 
     @task
     def run_catalogue_ingest(context: dict) -> None:
-        s = settings_for(context["env"])
+        s = trial_settings_for(context["env"])
         dags_test(
             "catalogue_ingest", context["env"], {"shards": [SHARD], "max_products": PRODUCTS, "alias": s.index_alias}
         )
@@ -150,7 +156,7 @@ with DAG(dag_id=DAG_ID, schedule="@once", start_date=datetime(2026, 1, 1), catch
         from catalogue_search import index
         from catalogue_search.search import SearchClient
 
-        s = settings_for(context["env"])
+        s = trial_settings_for(context["env"])
         client = index.client_from_settings(s)
         count = client.count(index=s.index_alias)["count"]
         if count != PRODUCTS:
@@ -187,7 +193,7 @@ with DAG(dag_id=DAG_ID, schedule="@once", start_date=datetime(2026, 1, 1), catch
     def delete_indices(context: dict) -> None:
         from catalogue_search import index
 
-        s = settings_for(context["env"])
+        s = trial_settings_for(context["env"])
         client = index.client_from_settings(s)
         for name in [i["index"] for i in index.indices_for_alias(client, s.index_alias)]:
             client.indices.delete(index=name)

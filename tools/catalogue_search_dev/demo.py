@@ -30,7 +30,8 @@ TEXT_QUERY = "two people in front of a swimming pool"
 INTERESTING = re.compile(
     r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|SageMaker job \S+ completed|"
     r"Error while running transform job|documents loaded:|self-match ok|alias \S+: |deleted superseded|"
-    r"could not be encoded|has no embedding|is missing|more than one shard|\[error|Traceback|DagRun Finished)"
+    r"could not be encoded|has no embedding|is missing|more than one shard|builds on|serves nothing yet|ANN recall|"
+    r"shrink guard|clean-up of|\[error|Traceback|DagRun Finished)"
 )
 STRUCTLOG = re.compile(r"^\S+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: \S+=\S+)*)?$")
 
@@ -156,14 +157,23 @@ def answer_queries(settings: Settings, summary, k: int = 5) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__)
-    parser.add_argument("--max-products", type=int, default=0, help="index at most this many products (0 = all)")
+    parser.add_argument(
+        "--max-products",
+        type=int,
+        default=0,
+        help="a trial: index at most this many products (0 = all), on the alias <alias>-trial",
+    )
     parser.add_argument("--skip-dag", action="store_true", help="only answer the queries (the index exists)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     started = time.monotonic()
     summary, _ = prepare(settings)
+    conf: dict[str, Any] = {}
+    if args.max_products:  # a partial catalogue never goes to the default alias
+        settings = settings.replace(index_alias=f"{settings.index_alias}-trial")
+        conf = {"max_products": args.max_products, "alias": settings.index_alias}
     if not args.skip_dag:
-        code = run_dag("catalogue_ingest", {"max_products": args.max_products})
+        code = run_dag("catalogue_ingest", conf)
         if code != 0:
             return code
     ok = answer_queries(settings, summary)

@@ -4,6 +4,7 @@
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
+./dev rollback [--alias A] move the alias back to the previous served index
 ./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e; see BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
@@ -136,6 +137,37 @@ def cmd_search(args: list[str]) -> int:
     return cli.main(["search", *args])
 
 
+def cmd_rollback(args: list[str]) -> int:
+    """The catalogue_rollback DAG's step, run directly against the configured stack."""
+    import argparse
+
+    import boto3
+
+    from catalogue_search import index, ingest
+    from catalogue_search.errors import PermanentError
+    from catalogue_search.settings import Settings
+
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(
+        prog="./dev rollback", description="Move the alias back to the previous served index."
+    )
+    parser.add_argument(
+        "--alias", default=settings.index_alias, help=f"the read alias (default {settings.index_alias})"
+    )
+    alias = parser.parse_args(args).alias
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    try:
+        result = ingest.rollback(settings, s3, index.client_from_settings(settings), alias)
+    except PermanentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. the project bucket or OpenSearch is not there: one line, not a traceback
+        print(f"error: rollback of alias {alias} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"alias {result['alias']}: {result['from']} -> {result['to']}")
+    return 0
+
+
 def cmd_airflow(args: list[str]) -> int:
     ensure_airflow_db()
     return subprocess.run(["airflow", *args]).returncode
@@ -211,6 +243,7 @@ COMMANDS = {
     "stack": cmd_stack,
     "search": cmd_search,
     "airflow": cmd_airflow,
+    "rollback": cmd_rollback,
     "ui": cmd_ui,
 }
 

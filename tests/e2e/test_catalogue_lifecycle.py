@@ -1,0 +1,326 @@
+"""The catalogue across runs, end to end: `airflow dags test` runs in sequence on one alias.
+
+One module-scoped sequence (each run costs minutes, most of it Airflow), in
+file order, each step a fixture that builds on the one before:
+
+0. a misspelt conf key fails the run at its first task, on the first try;
+1. a full run publishes index A (every clean product);
+2. shard 0's listing changes (a product added, one renamed, one removed), and a
+   backfill of shard 0 on the default alias publishes B: the whole catalogue,
+   with shard 0's changes;
+3. re-running B's finished `load_index` leaves the served index as it was;
+4. a full run whose index would be half the size is refused by the shrink guard;
+5. a run that fails validation leaves no index behind;
+6. a full run publishes E; B, served before the two failed runs, is kept (retention 1);
+7. the rollback DAG moves the alias back to B.
+
+A private source bucket (the listing files are edited), project bucket, alias
+and AIRFLOW_HOME; everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_catalogue_ingest_dag import TINY, _all_ids, _dags_test
+
+from catalogue_search import index, state
+from catalogue_search.settings import Settings
+from catalogue_search_dev import demo, testenv
+
+LISTINGS = "listings/metadata/listings_{shard}.json.gz"
+
+
+def _log(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def _tail(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-6000:] + result.stderr[-3000:]
+
+
+def _settings_of(client, name: str) -> dict:
+    found = client.indices.get_settings(index=name)[name]["settings"]["index"]
+    return {k: found.get(k) for k in ("refresh_interval", "number_of_replicas", "uuid", "creation_date")}
+
+
+class World:
+    """The module's stack: names, clients, and helpers to edit the source listings."""
+
+    def __init__(self, env: dict[str, str], settings: Settings, summary, logs) -> None:
+        import boto3
+
+        self.env, self.settings, self.summary, self.logs = env, settings, summary, logs
+        self.runs = 0
+        self.alias = settings.index_alias
+        self.s3 = boto3.client("s3", **settings.boto3_kwargs())
+        self.os = index.client_from_settings(settings)
+
+    def run(self, conf: dict | None = None, **env: str) -> subprocess.CompletedProcess:
+        result = _dags_test({**self.env, **env}, json.dumps(conf or {}))
+        self.runs += 1
+        (self.logs / f"run-{self.runs}.log").write_text(_log(result))  # kept by pytest's tmp_path retention
+        return result
+
+    def target(self) -> str:
+        return index.alias_targets(self.os, self.alias)[0]
+
+    def count(self) -> int:
+        return self.os.count(index=self.alias)["count"]
+
+    def names(self) -> dict[str, str]:
+        resp = self.os.search(
+            index=self.alias, body={"size": 10000, "_source": ["item_name"], "query": {"match_all": {}}}
+        )
+        return {h["_id"]: h["_source"]["item_name"] for h in resp["hits"]["hits"]}
+
+    def indices(self) -> set[str]:
+        return {i["index"] for i in index.indices_for_alias(self.os, self.alias)}
+
+    def listings(self, shard: str) -> list[dict]:
+        key = self.settings.source_prefix + LISTINGS.format(shard=shard)
+        raw = self.s3.get_object(Bucket=self.settings.source_bucket, Key=key)["Body"].read()
+        return [json.loads(line) for line in gzip.decompress(raw).decode().splitlines() if line.strip()]
+
+    def put_listings(self, shard: str, rows: list[dict]) -> None:
+        body = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+        key = self.settings.source_prefix + LISTINGS.format(shard=shard)
+        self.s3.put_object(Bucket=self.settings.source_bucket, Key=key, Body=body)
+
+
+def _empty_bucket(s3, bucket: str) -> None:
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=bucket)
+    except Exception:
+        pass
+
+
+@pytest.fixture(scope="module")
+def world(moto_url, opensearch_url, tmp_path_factory):
+    token = testenv.unique_name_part()  # the session's sweep removes whatever a failure leaves behind
+    # A private AIRFLOW_HOME for this sequence of runs (a migrated, empty DB).
+    home = testenv.fresh_airflow_home(tmp_path_factory.mktemp("airflow"))
+    env = {
+        **testenv.airflow_home_env(home),
+        "CATSEARCH_BUCKET": f"e2e9-project-{token}",
+        "CATSEARCH_SOURCE_BUCKET": f"e2e9-source-{token}",
+        "CATSEARCH_INDEX_ALIAS": f"e2e9-products-{token}",
+        "CATSEARCH_INDEX_RETENTION": "1",
+        "CATSEARCH_SHRINK_GUARD_PERCENT": "10",
+        "CATSEARCH_MODEL_NAME": "tiny-clip",
+        "CATSEARCH_MODEL_PRETRAINED": "",
+        "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
+        "CATSEARCH_OPENSEARCH_URL": opensearch_url,
+    }
+    settings = Settings.from_env({**os.environ, **env})
+    summary, _ = demo.prepare(settings, model_cfg_path=TINY)
+    w = World(env, settings, summary, tmp_path_factory.mktemp("dag-runs"))
+    yield w
+    for name in w.indices():
+        w.os.indices.delete(index=name, ignore_unavailable=True)
+    _empty_bucket(w.s3, settings.bucket)
+    _empty_bucket(w.s3, settings.source_bucket)
+
+
+# --- 0. an unknown conf key ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def misspelt(world):
+    return world.run({"shard": ["0"]})
+
+
+def test_an_unknown_conf_key_fails_the_first_task_on_its_first_try(world, misspelt):
+    log = _log(misspelt)
+    assert misspelt.returncode != 0
+    assert "unknown conf key(s) 'shard'" in log
+    assert "valid Params are alias, allow_shrink, force_reencode, language_tag, max_products, shards" in log
+    assert "new_state=failed" in log and "up_for_retry" not in log.lower()  # AirflowFailException: no second try
+    assert "listings, kept" not in log  # no shard was filtered: the run stopped at `plan`
+    assert not world.indices()
+
+
+# --- 1. a full run ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_a(world, misspelt):
+    result = world.run()
+    assert result.returncode == 0, _tail(result)
+    return world.target()
+
+
+def test_a_full_run_publishes_every_clean_product_and_records_its_state(world, run_a):
+    assert _all_ids(world.os, world.alias) == set(world.summary.clean_item_ids)
+    record = state.read_manifest(world.s3, world.settings, world.alias, run_a)
+    assert record["shards"].keys() == {"0", "1"} and record["language_tag"] == "en_US"
+    assert state.served(world.s3, world.settings, world.alias) == [run_a]
+
+
+# --- 2. a backfill of shard 0 on the default alias ------------------------------
+
+
+@pytest.fixture(scope="module")
+def backfill(world, run_a):
+    clean = set(world.summary.clean_item_ids) - set(world.summary.duplicate) - set(world.summary.multiple_en_us_titles)
+    rows = world.listings("0")
+    candidates = [r for r in rows if r["item_id"] in clean]
+    removed, renamed, donor = candidates[0], candidates[1], candidates[2]
+    added = {
+        **donor,
+        "item_id": "B9ADDED000",
+        # Shares its main image with `donor`: both score 1.0 for that image.
+        "item_name": [{"language_tag": "en_US", "value": "A product added between runs"}],
+    }
+    new_rows = []
+    for row in rows:
+        if row["item_id"] == removed["item_id"]:
+            continue
+        if row["item_id"] == renamed["item_id"]:
+            row = {**row, "item_name": [{"language_tag": "en_US", "value": "A product renamed between runs"}]}
+        new_rows.append(row)
+    world.put_listings("0", new_rows + [added])
+    result = world.run({"shards": ["0"]})
+    assert result.returncode == 0, _tail(result)
+    return {
+        "result": result,
+        "index": world.target(),
+        "removed": removed["item_id"],
+        "renamed": renamed["item_id"],
+        "added": added["item_id"],
+        "shared_with": donor["item_id"],
+    }
+
+
+def test_a_backfill_of_one_shard_publishes_the_whole_catalogue_with_its_changes(world, run_a, backfill):
+    expected = set(world.summary.clean_item_ids) - {backfill["removed"]} | {backfill["added"]}
+    assert backfill["index"] != run_a
+    assert world.count() == len(world.summary.clean_item_ids)  # one added, one removed
+    names = world.names()
+    assert set(names) == expected
+    assert names[backfill["renamed"]] == "A product renamed between runs"
+    assert names[backfill["added"]] == "A product added between runs"
+    log = _log(backfill["result"])
+    assert "keeps shards 1 as published" in log
+    assert world.os.indices.exists(index=run_a)  # the previous served index, for rollback
+
+
+def test_products_sharing_an_image_both_find_it(world, backfill):
+    from catalogue_search.search import SearchClient
+
+    doc = world.os.get(index=world.alias, id=backfill["shared_with"])["_source"]
+    key = world.settings.images_prefix + doc["image_path"]
+    image = world.s3.get_object(Bucket=world.settings.bucket, Key=key)["Body"].read()
+    hits = SearchClient(world.settings).search_image(image, 5)
+    perfect = {h.item_id for h in hits if h.score >= 0.9999}
+    assert {backfill["shared_with"], backfill["added"]} <= perfect
+
+
+# --- 3. re-running a finished run's load_index ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def rerun_load(world, backfill):
+    served = backfill["index"]
+    before = (world.os.count(index=served)["count"], _settings_of(world.os, served))
+    run_id = world.os.indices.get_mapping(index=served)[served]["mappings"]["_meta"]["run"].split("/", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "tasks", "test", "catalogue_ingest", "load_index", run_id],
+        env={**os.environ, **world.env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    after = (world.os.count(index=served)["count"], _settings_of(world.os, served))
+    return result, before, after
+
+
+def test_rerunning_load_index_of_a_finished_run_leaves_the_served_index_unchanged(world, backfill, rerun_load):
+    result, before, after = rerun_load
+    assert result.returncode == 0, _tail(result)
+    assert "left unchanged, nothing loaded" in _log(result)
+    assert after == before
+    assert before[1]["refresh_interval"] != "-1"
+    assert world.target() == backfill["index"]
+
+
+# --- 4. the shrink guard ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shrink(world, rerun_load, backfill):
+    original = world.listings("1")
+    world.put_listings("1", [])  # shard 1 loses every product: about half the catalogue
+    before = world.indices()
+    try:
+        result = world.run()
+    finally:
+        world.put_listings("1", original)
+    return result, before
+
+
+def test_a_run_that_would_halve_the_catalogue_is_refused(world, backfill, shrink):
+    result, before = shrink
+    assert result.returncode != 0
+    log = _log(result)
+    assert "shrink guard" in log and 'trigger the run again with {"allow_shrink": true}' in log
+    assert world.target() == backfill["index"]
+    assert world.count() == len(world.summary.clean_item_ids)
+    assert world.indices() == before  # the refused run's index was cleaned up
+
+
+# --- 5. a run that fails validation --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def invalid(world, shrink):
+    before = world.indices()
+    # An impossible recall floor: validation fails like it would on a broken index.
+    return world.run(CATSEARCH_MIN_RECALL_PERCENT="101"), before
+
+
+def test_a_run_that_fails_validation_leaves_no_index_behind(world, backfill, invalid):
+    result, before = invalid
+    assert result.returncode != 0
+    assert "below the minimum" in _log(result)
+    assert "up_for_retry" not in _log(result).lower()
+    assert world.indices() == before
+    assert world.target() == backfill["index"]
+
+
+# --- 6. the served index survives the failed runs ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_e(world, invalid):
+    result = world.run()
+    assert result.returncode == 0, _tail(result)
+    return world.target()
+
+
+def test_the_previous_served_index_survives_failed_runs_with_retention_1(world, run_a, backfill, run_e):
+    assert run_e != backfill["index"]
+    # B served before the refused and the failed run; with retention 1 it is E's rollback target.
+    assert world.indices() == {run_e, backfill["index"]}
+    assert not world.os.indices.exists(index=run_a)
+    assert state.served(world.s3, world.settings, world.alias) == [backfill["index"], run_e]
+
+
+# --- 7. rollback ------------------------------------------------------------------
+
+
+def test_the_rollback_dag_returns_the_alias_to_the_previous_served_index(world, backfill, run_e):
+    result = _dags_test(world.env, "{}", dag_id="catalogue_rollback")
+    assert result.returncode == 0, _tail(result)
+    assert world.target() == backfill["index"]
+    assert world.count() == len(world.summary.clean_item_ids)
+    assert state.served(world.s3, world.settings, world.alias) == [backfill["index"]]
