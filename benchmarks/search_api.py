@@ -96,7 +96,7 @@ def build_index(settings, images: list[bytes], s3) -> str:
         docs.append(index.document(product, vec.tolist(), settings.model_name))
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)
-    index.swap_alias(client, settings.index_alias, name, retention=0)
+    index.swap_alias(client, settings.index_alias, name)
     return name
 
 

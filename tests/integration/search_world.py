@@ -127,5 +127,5 @@ def build_world(
     ]
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)
-    index.swap_alias(client, settings.index_alias, name, retention=0)
+    index.swap_alias(client, settings.index_alias, name)
     return World(settings=settings, products=products, index_name=name, artifact=artifact, s3=s3)
