@@ -28,6 +28,9 @@ by text and by image, then points the read alias at it.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
 6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
+7. **report_duplicates** (beside the swap): groups of near-duplicate products (same
+   image id, or image vectors with cosine >= the threshold) as a JSON report in the
+   run's prefix of the project bucket, counts in the log.
 
 Trigger with Params to backfill chosen shards (`shards: ["0", "3"]`), another
 language, a product limit or a forced re-encode.
@@ -139,6 +142,18 @@ def catalogue_ingest():
         settings = Settings.from_env()
         return ingest.publish(settings, airflow_clients.opensearch(settings), ingest.RunPlan.from_dict(run_plan))
 
+    @task
+    def report_duplicates(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.report_duplicates(
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.opensearch(settings),
+            ingest.RunPlan.from_dict(run_plan),
+        )
+
     run_plan = plan()
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
     copied = copy_images(run_plan)
@@ -157,6 +172,7 @@ def catalogue_ingest():
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
     chain(filtered, copied, config, encode, loaded, validated, swap_alias(run_plan))
+    validated >> report_duplicates(run_plan)
 
 
 catalogue_ingest()

@@ -17,7 +17,12 @@ from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VECTOR_FIELD = "embedding"
+VECTOR_FIELD = "embedding"  # the product image, encoded by the IMAGE model
+NAME_VECTOR_FIELD = "name_vector"  # the product's item_name, encoded by the TEXT model
+VECTOR_FIELDS = (VECTOR_FIELD, NAME_VECTOR_FIELD)
+TITLE_ANALYZER = "product_title"
+TITLE_JOINED_ANALYZER = "product_title_joined"
+OPTIONAL_FILTERS = ("asciifolding",)
 SELF_MATCH_SCORE = 0.9999  # OpenSearch cosine score is (1 + cos) / 2: 1.0 for the same vector.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
@@ -90,8 +95,77 @@ def index_name(alias: str, model_slug: str, run_key: str) -> str:
     return f"{alias}-{model_slug}-{digest}"
 
 
+def title_analysis() -> dict[str, Any]:
+    """Analyzers for product titles (BM25 on `item_name`).
+
+    `product_title`: standard tokenizer + lowercase + asciifolding ("Crème"
+    finds "creme"). `product_title_joined` (the `item_name.joined` subfield)
+    adds shingles of 2-3 words joined with no separator, so a model number
+    written apart or together matches: "WH-1000XM4", "wh1000xm4", "ZX 200" and
+    "zx200" give the same token. Shingles and lowercase are core Lucene
+    filters; asciifolding comes from OpenSearch's analysis-common module, which
+    every distribution has but the local integ-test node lacks: `create_index`
+    leaves it out there (and says so).
+    """
+    return {
+        "filter": {
+            "title_joined": {
+                "type": "shingle",
+                "min_shingle_size": 2,
+                "max_shingle_size": 3,
+                "output_unigrams": False,
+                "token_separator": "",
+            }
+        },
+        "analyzer": {
+            TITLE_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]},
+            TITLE_JOINED_ANALYZER: {
+                "type": "custom",
+                "tokenizer": "standard",
+                "filter": ["lowercase", "asciifolding", "title_joined"],
+            },
+        },
+    }
+
+
+def adapt_to_node(client, body: dict[str, Any], logger: logging.Logger = log) -> dict[str, Any]:
+    """`body` without the optional token filters the node lacks (see `title_analysis`)."""
+    import copy
+
+    from opensearchpy.exceptions import RequestError
+
+    missing = []
+    for name in OPTIONAL_FILTERS:
+        try:
+            client.indices.analyze(body={"tokenizer": "standard", "filter": [name], "text": "a"})
+        except RequestError:
+            missing.append(name)
+    if not missing:
+        return body
+    logger.warning(
+        "the OpenSearch node lacks the token filters %s (analysis-common module): titles are indexed without them",
+        missing,
+    )
+    body = copy.deepcopy(body)
+    for analyzer in body.get("settings", {}).get("analysis", {}).get("analyzer", {}).values():
+        analyzer["filter"] = [f for f in analyzer.get("filter", []) if f not in missing]
+    return body
+
+
+def _knn_field(dimension: int) -> dict[str, Any]:
+    return {
+        "type": "knn_vector",
+        "dimension": dimension,
+        "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"},
+    }
+
+
 def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) -> dict[str, Any]:
-    """Settings and mapping of a new index, in its loading state (no refresh, no replicas)."""
+    """Settings and mapping of a new index, in its loading state (no refresh, no replicas).
+
+    Two vector fields of the same dimension (CLIP's image and text towers share
+    the embedding space): `embedding` (the image) and `name_vector` (the title).
+    """
     return {
         "settings": {
             "index": {
@@ -99,25 +173,35 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "number_of_shards": settings.index_shards,
                 "number_of_replicas": 0,
                 "refresh_interval": "-1",
-            }
+            },
+            "analysis": title_analysis(),
         },
         "mappings": {
             "_meta": {"alias": alias, "model": settings.model_name, "run": run_key},
             "dynamic": "strict",
             "properties": {
                 "item_id": {"type": "keyword"},
-                "item_name": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 512}}},
+                "item_name": {
+                    "type": "text",
+                    "analyzer": TITLE_ANALYZER,
+                    "fields": {
+                        "keyword": {"type": "keyword", "ignore_above": 512},
+                        # Queries are analysed as plain words: "zx200" meets the indexed shingle "zx200".
+                        "joined": {
+                            "type": "text",
+                            "analyzer": TITLE_JOINED_ANALYZER,
+                            "search_analyzer": TITLE_ANALYZER,
+                        },
+                    },
+                },
                 "image_id": {"type": "keyword"},
                 "main_image_id": {"type": "keyword"},
                 "image_path": {"type": "keyword"},
                 "product_type": {"type": "keyword"},
                 "brand": {"type": "keyword"},
                 "model": {"type": "keyword"},
-                VECTOR_FIELD: {
-                    "type": "knn_vector",
-                    "dimension": dimension,
-                    "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"},
-                },
+                VECTOR_FIELD: _knn_field(dimension),
+                NAME_VECTOR_FIELD: _knn_field(dimension),
             },
         },
     }
@@ -133,12 +217,15 @@ def create_index(client, name: str, body: dict[str, Any]) -> str:
             raise RuntimeError(f"index {name} exists with vector dimension {have}, expected {want}")
         client.indices.put_settings(index=name, body={"index": {"refresh_interval": "-1", "number_of_replicas": 0}})
         return "reused"
-    client.indices.create(index=name, body=body)
+    client.indices.create(index=name, body=adapt_to_node(client, body))
     return "created"
 
 
-def document(product: dict[str, Any], vector: list[float], model: str) -> dict[str, Any]:
-    return {
+def document(
+    product: dict[str, Any], vector: list[float], model: str, name_vector: list[float] | None = None
+) -> dict[str, Any]:
+    """An index document; `name_vector` (the title's TEXT embedding) may come later, by an update."""
+    doc = {
         "item_id": product["item_id"],
         "item_name": product["item_name"],
         "image_id": product["image_id"],
@@ -149,6 +236,9 @@ def document(product: dict[str, Any], vector: list[float], model: str) -> dict[s
         "model": model,
         VECTOR_FIELD: vector,
     }
+    if name_vector is not None:
+        doc[NAME_VECTOR_FIELD] = name_vector
+    return doc
 
 
 @dataclass
@@ -204,11 +294,29 @@ def finish_loading(client, index: str, replicas: int) -> None:
     client.indices.refresh(index=index)
 
 
-def knn_query(vector: list[float], k: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def knn_query(
+    vector: list[float], k: int, filters: list[dict[str, Any]] | None = None, *, field: str = VECTOR_FIELD
+) -> dict[str, Any]:
+    """k-NN on `field` (`embedding`: image vectors, `name_vector`: title vectors); no vector in `_source`."""
     knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": k}
     if filters:
         knn["filter"] = {"bool": {"filter": filters}}
-    return {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
+    return {"size": k, "query": {"knn": {field: knn}}, "_source": {"excludes": list(VECTOR_FIELDS)}}
+
+
+def title_query(text: str, size: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """BM25 on the title: words (`item_name`), words joined (`item_name.joined`: model numbers
+    written apart or together), and a boost for the exact phrase, so the title that says what
+    the shopper typed comes first."""
+    should = [
+        {"match": {"item_name": {"query": text}}},
+        {"match": {"item_name.joined": {"query": text}}},
+        {"match_phrase": {"item_name": {"query": text, "boost": 2.0}}},
+    ]
+    query: dict[str, Any] = {"bool": {"should": should, "minimum_should_match": 1}}
+    if filters:
+        query["bool"]["filter"] = filters
+    return {"size": size, "query": query, "_source": {"excludes": list(VECTOR_FIELDS)}}
 
 
 def validate(

@@ -47,6 +47,10 @@ class RunPlan:
         return f"{self.prefix}shards/listings_{shard}.jsonl"
 
     @property
+    def duplicates_key(self) -> str:
+        return f"{self.prefix}duplicates.json"
+
+    @property
     def transform_manifest_key(self) -> str:
         return f"{self.prefix}transform.manifest"
 
@@ -206,6 +210,42 @@ def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[s
         doc = client.get(index=plan.index, id=item_id)["_source"]
         samples.append((item_id, doc[index.VECTOR_FIELD]))
     return index.validate(client, plan.index, expected_count=len(indexed), samples=samples, logger=logger)
+
+
+def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """The run's near-duplicate groups (same image id, or image vectors with cosine >= the
+    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log."""
+    import json
+
+    from catalogue_search import duplicates
+
+    total = client.count(index=plan.index)["count"]
+    report = duplicates.find_duplicates(
+        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD),
+        total=total,
+        threshold=settings.duplicate_cosine_threshold,
+        block_rows=settings.duplicate_block_rows,
+        logger=logger,
+    )
+    body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
+    put_bytes(s3, settings.bucket, plan.duplicates_key, body, "application/json")
+    counts = report.counts
+    logger.info(
+        "near-duplicates: %d groups (%d same image id, %d near-identical vectors, cosine >= %.2f) holding %d of %d "
+        "products; folding would hide %d. Report: s3://%s/%s",
+        counts["groups"],
+        counts["same_image_groups"],
+        counts["near_vector_groups"],
+        report.threshold,
+        counts["products_in_groups"],
+        counts["products"],
+        counts["folded_away"],
+        settings.bucket,
+        plan.duplicates_key,
+    )
+    for group in report.groups[:20]:
+        logger.info("  %s: %s", group.reason, ", ".join(f"{i} ({n})" for i, n in zip(group.item_ids, group.item_names)))
+    return {**counts, "report": f"s3://{settings.bucket}/{plan.duplicates_key}"}
 
 
 def publish(settings: Settings, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
