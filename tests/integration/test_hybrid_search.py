@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from pathlib import Path
 
@@ -237,3 +238,78 @@ def test_an_index_without_title_vectors_is_a_clear_error(world, opensearch_url):
             searcher.search_text("zebra", mode="name")
     finally:
         client.indices.delete(index=old, ignore_unavailable=True)
+
+
+def test_cli_hybrid_flag(world, monkeypatch, capsys):
+    from catalogue_search import cli
+
+    settings = world[0]
+    env = {
+        "CATSEARCH_AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "CATSEARCH_OPENSEARCH_URL": settings.opensearch_url,
+        "CATSEARCH_BUCKET": settings.bucket,
+        "CATSEARCH_INDEX_ALIAS": settings.index_alias,
+        "CATSEARCH_MODEL_NAME": settings.model_name,
+        "CATSEARCH_QUERY_ENCODER": "local",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # An exact title is first in BM25 and in the title vectors: first in hybrid, whatever the images say.
+    assert cli.main(["search", "Stainless steel kettle 1.7 litre", "--hybrid", "--json", "-k", "2"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert first["item_id"] == "B0KETTLE02" and first["score"] >= 2 / 61
+    assert cli.main(["search", "Fireman figure", "--mode", "name", "--fold", "--fold-threshold", "0.9999"]) == 0
+    assert "+1 with the same image" in capsys.readouterr().out
+    assert cli.main(["search", "zebra", "--hybrid", "--rank-constant", "0"]) == 1
+    assert "rank_constant" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sample_world(world, tmp_path_factory):
+    """The sample catalogue's products whose pictures are identical, plus 30 others, indexed in-process."""
+    from catalogue_search_dev import sample_index
+
+    settings, client, _, _, _ = world
+    layout = sample_index.layout_dir()
+    products = sample_index.sample_products(layout)
+    groups = sample_index.identical_image_groups(layout, products)
+    in_groups = {i for g in groups for i in g}
+    chosen = [p for p in products if p["item_id"] in in_groups] + [
+        p for p in products if p["item_id"] not in in_groups
+    ][:30]
+    tmp = tmp_path_factory.mktemp("sample-artifact")
+    build_model_artifact(tmp / "model.tar.gz", "tiny-clip", "", TINY)
+    encoded = sample_index.encode(layout, chosen, tmp / "model.tar.gz", cache_dir=tmp / "cache")
+    alias = f"{settings.index_alias}-sample"
+    name = f"{alias}-v1"
+    sample_index.load(client, settings.replace(index_alias=alias), name, alias, encoded)
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    searcher = search.SearchClient(
+        settings.replace(index_alias=alias), client=client, encoder=search.LocalEncoder(settings, s3_client=s3)
+    )
+    yield layout, groups, encoded, name, searcher
+    client.indices.delete(index=name, ignore_unavailable=True)
+
+
+def test_sample_catalogue_products_that_share_an_image_fold_into_one_hit(sample_world):
+    layout, groups, encoded, _, searcher = sample_world
+    assert groups, "the sample catalogue has no two products with the same picture any more"
+    paths = {p["item_id"]: p["path"] for p in encoded.products}
+    for group in groups:
+        picture = (layout / "images/small" / paths[group[0]]).read_bytes()
+        plain = searcher.search_image(picture, k=len(group))
+        assert {h.item_id for h in plain} == set(group)
+        folded = searcher.search_image(picture, k=3, fold=True, fold_threshold=IDENTICAL)
+        assert {folded[0].item_id, *folded[0].duplicate_ids} >= set(group)
+        assert not {h.item_id for h in folded[1:]} & set(group)
+
+
+def test_sample_catalogue_duplicate_report_lists_them(sample_world, world):
+    _, groups, encoded, name, _ = sample_world
+    client = world[1]
+    report = duplicates.find_duplicates(
+        duplicates.index_vectors(client, name, index.VECTOR_FIELD), total=len(encoded.products), threshold=IDENTICAL
+    )
+    listed = [set(g.item_ids) for g in report.groups]
+    for group in groups:
+        assert any(set(group) <= found for found in listed), (group, listed)

@@ -94,3 +94,14 @@ def identical_image_groups(layout: Path, products: list[dict[str, Any]]) -> list
         digest = hashlib.sha256((Path(layout) / "images/small" / p["path"]).read_bytes()).hexdigest()
         by_digest.setdefault(digest, []).append(p["item_id"])
     return sorted(sorted(ids) for ids in by_digest.values() if len(ids) > 1)
+
+
+def layout_dir(out_dir: Path | None = None) -> Path:
+    """The sample catalogue's local build (the one `./dev demo` uses), built once if missing."""
+    from catalogue_search_dev import sample_catalogue as sc
+    from catalogue_search_dev.localenv import cache_home
+
+    out_dir = Path(out_dir or cache_home() / "sample-catalogue")
+    if not (out_dir / sc.SUMMARY_FILENAME).exists():
+        sc.build_sample_catalogue(sc.fetch_tuxpaint(sc.default_cache_dir()), out_dir)
+    return out_dir
