@@ -163,7 +163,7 @@ def catalogue_ingest():
         config=config,
         aws_conn_id=SETTINGS.aws_conn_id,
         wait_for_completion=True,
-        check_interval=30,
+        check_interval=SETTINGS.transform_poll_seconds,
         max_ingestion_time=6 * 3600,
         # One job per run; a retry after a half-done job starts a new, timestamped one.
         check_if_job_exists=True,

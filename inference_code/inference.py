@@ -11,13 +11,26 @@ One container encodes one kind of input, chosen by the environment:
 - `ENCODE_TYPE`: `IMAGE` (default) or `TEXT`.
 - `MODEL_NAME`: optional; must equal `model_name` in `clip_config.json`.
 - `MAX_BATCH_SIZE` (default 64): most inputs in one request.
-- `MAX_IMAGE_PIXELS` (default 50,000,000): decompression-bomb cap.
+- `MAX_IMAGE_PIXELS` (default 50,000,000): most pixels in one image
+  (decompression-bomb cap), checked on the header before anything is decoded.
+- `MAX_IMAGE_ASPECT_RATIO` (default 20): longest side over shortest side. The
+  preprocessing scales the short side up to the model's size, so a 1 x 20,000
+  image would become 224 x 4,480,000; thinner images are refused unread.
+- `MAX_REQUEST_PIXELS` (default 200,000,000): pixels all images of one
+  request may decode to (after JPEG draft scaling), summed over the headers
+  before any image is decoded: a per-request time budget.
+- `MAX_TEXT_CHARS` (default 20,000): longest text (CLIP reads 77 tokens).
 - `TEXT_PROMPT`: optional template such as `this is a {}` applied to texts.
 - `ERROR_MODE`: `raise` (default) or `record`. With `record`, a request whose
   inputs cannot be encoded (a corrupt image, an empty text) is answered with
   `{"error": "..."}` instead of failing, so one bad image does not fail a whole
   batch-transform job and its `.out` says why. Malformed requests (unknown
   content type, invalid JSON) still fail.
+
+Every failure to read, parse, decode or preprocess an input, whatever PIL or
+the JSON parser raised, becomes an `InputError` naming the problem. Request
+bodies are parsed as strict JSON (no NaN/Infinity), so whatever is echoed
+(ids) is strict JSON too; JSON lines are split on "\n" only.
 
 Requests (`Content-Type`):
 - `application/x-image`: the raw bytes of one image.
@@ -36,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import json
@@ -43,8 +57,7 @@ import logging
 import os
 import re
 import tempfile
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +66,7 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +76,9 @@ ENCODE_TYPES = ("IMAGE", "TEXT")
 ERROR_MODES = ("raise", "record")
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_IMAGE_ASPECT_RATIO = 20
+DEFAULT_MAX_REQUEST_PIXELS = 200_000_000
+DEFAULT_MAX_TEXT_CHARS = 20_000
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -95,6 +111,10 @@ class ClipModel:
     device: torch.device
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_aspect_ratio: int = DEFAULT_MAX_IMAGE_ASPECT_RATIO
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    image_size: int = 224
     text_prompt: str | None = None
     pretrained: str = ""
     error_mode: str = "raise"
@@ -232,6 +252,8 @@ def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None 
     pp = dict(model.visual.preprocess_cfg)
     if isinstance(pp.get("size"), list):
         pp["size"] = tuple(pp["size"])
+    size = pp.get("size") or 224
+    image_size = max(size) if isinstance(size, tuple) else int(size)
     preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
     pretrained = config.get("pretrained") or ""
     if not pretrained:
@@ -252,6 +274,10 @@ def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None 
         device=device,
         max_batch_size=_env_int(env, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE),
         max_image_pixels=_env_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        max_image_aspect_ratio=_env_int(env, "MAX_IMAGE_ASPECT_RATIO", DEFAULT_MAX_IMAGE_ASPECT_RATIO),
+        max_request_pixels=_env_int(env, "MAX_REQUEST_PIXELS", DEFAULT_MAX_REQUEST_PIXELS),
+        max_text_chars=_env_int(env, "MAX_TEXT_CHARS", DEFAULT_MAX_TEXT_CHARS),
+        image_size=image_size,
         text_prompt=text_prompt,
         pretrained=pretrained,
         error_mode=error_mode,
@@ -284,6 +310,52 @@ def _as_text(body: bytes | bytearray | str, content_type: str) -> str:
         raise InputError(f"{content_type} body is not UTF-8 text: {exc}") from exc
 
 
+class _NotStrictJSON(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotStrictJSON(f"{name} is not allowed (strict JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _NotStrictJSON(f"{text[:40]} is out of range for a JSON number")
+    return value
+
+
+def parse_json(text: str, where: str) -> Any:
+    """The one JSON parser for request data: strict JSON, and any failure is an `InputError`.
+
+    NaN, Infinity and numbers that overflow a float are refused, so whatever the
+    handler echoes (ids) is strict JSON again. Too deep nesting (RecursionError),
+    over-long integers (ValueError) and MemoryError are input errors like a
+    syntax error, naming `where`.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise InputError(f"{where} is nested too deeply to parse") from exc
+    except MemoryError as exc:
+        raise InputError(f"{where} is too large to parse") from exc
+    except Exception as exc:  # JSONDecodeError, _NotStrictJSON, int digit limit, anything else
+        raise InputError(f"{where} is not valid JSON: {exc}") from exc
+
+
+def jsonlines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) for each non-blank line, split on "\n" only.
+
+    `str.splitlines()` also splits on U+2028, U+0085 and other characters that a
+    JSON string may hold unescaped; only JSON whitespace counts as blank.
+    """
+    lines = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip(" \t\r"):
+            lines.append((number, line))
+    return lines
+
+
 def _check_inputs_value(value: Any, where: str) -> list[Any]:
     if isinstance(value, str):
         return [value]
@@ -301,11 +373,7 @@ def input_fn(request_body: bytes | bytearray | str, request_content_type: str | 
         return Batch(items=[bytes(request_body)], kind="image")
 
     if ctype in _JSON_TYPES:
-        text = _as_text(request_body, ctype)
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"request body is not valid JSON: {exc}") from exc
+        doc = parse_json(_as_text(request_body, ctype), "request body")
         if isinstance(doc, list):
             return Batch(items=doc, kind="string")
         if not isinstance(doc, dict) or "inputs" not in doc:
@@ -321,13 +389,8 @@ def input_fn(request_body: bytes | bytearray | str, request_content_type: str | 
         text = _as_text(request_body, ctype)
         items: list[Any] = []
         ids: list[Any] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"jsonlines line {number} is not valid JSON: {exc}") from exc
+        for number, line in jsonlines(text):
+            record = parse_json(line, f"jsonlines line {number}")
             if isinstance(record, str):
                 items.append(record)
                 ids.append(None)
@@ -357,59 +420,137 @@ def _looks_like_base64_image(text: str) -> bool:
     return raw.startswith(_IMAGE_MAGIC)
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _decode_base64(item: Any, index: int) -> bytes:
     if not isinstance(item, str):
         raise InputError(f"input {index}: expected a base64 string, got {type(item).__name__}")
     data = _DATA_URI_RE.sub("", item.strip(), count=1)
     try:
         return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
+    except Exception as exc:  # binascii.Error, non-ASCII text, MemoryError
         raise InputError(
             f"input {index} is not base64: this model encodes IMAGE, so send images as base64 "
             "strings (texts go to the TEXT model)"
         ) from exc
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Fully decode image bytes into an RGB PIL image, or raise `InputError`.
+def check_image_size(width: int, height: int, model: ClipModel) -> None:
+    """Refuse, from the header alone, an image whose decoding or preprocessing would exhaust memory."""
+    if width < 1 or height < 1:
+        raise InputError(f"image is {width}x{height}: it has no pixels")
+    if width * height > model.max_image_pixels:
+        raise InputError(
+            f"image is {width}x{height} = {width * height} pixels, above the "
+            f"MAX_IMAGE_PIXELS cap of {model.max_image_pixels} (decompression bomb guard)"
+        )
+    short, long = sorted((width, height))
+    if long > model.max_image_aspect_ratio * short:
+        scaled = -(-long * model.image_size // short)
+        raise InputError(
+            f"image is {width}x{height}, thinner than the MAX_IMAGE_ASPECT_RATIO cap of "
+            f"{model.max_image_aspect_ratio}:1 (scaling its short side to {model.image_size} px "
+            f"would make it {model.image_size}x{scaled})"
+        )
 
-    `img.load()` forces the whole decode, so a truncated file fails here rather
-    than giving a half-grey picture. Images above `max_pixels` are refused
-    before decoding (decompression bombs).
+
+def open_image(data: bytes, model: ClipModel) -> Image.Image:
+    """Open image bytes lazily and check the header before any pixel is decoded.
+
+    Refuses empty data, images above MAX_IMAGE_PIXELS and images thinner than
+    MAX_IMAGE_ASPECT_RATIO with an `InputError`, as it does whatever PIL raises
+    while reading the header. A JPEG is set to decode at the smallest DCT scale
+    still at least the model's input size (draft mode: a 50 MP photo decodes
+    to a 64th of its pixels), so `img.size` is what `load()` will allocate.
     """
     if not data:
         raise InputError("image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise InputError(
-                    f"image is {width}x{height} = {width * height} pixels, above the "
-                    f"MAX_IMAGE_PIXELS cap of {max_pixels} (decompression bomb guard)"
-                )
-            img.load()
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+    except Image.DecompressionBombError as exc:
         raise InputError(f"image refused by the decompression bomb guard: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise InputError("image data is not in a format PIL can read (corrupt or not an image)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"image header could not be read (truncated or corrupt): {exc}") from exc
+    except Exception as exc:  # any plugin's failure: NotImplementedError, struct.error, MemoryError...
+        raise InputError(f"image header could not be read (unsupported or corrupt): {_describe(exc)}") from exc
+    check_image_size(width, height, model)
+    try:
+        img.draft(None, (model.image_size, model.image_size))
+    except Exception as exc:
+        raise InputError(f"image could not be prepared for decoding: {_describe(exc)}") from exc
+    return img
+
+
+def decode_image(data: bytes | Image.Image, model: ClipModel) -> Image.Image:
+    """Fully decode image bytes (or an image from `open_image`) into an RGB PIL image.
+
+    The one safe image decoder: the header is checked first (`open_image`),
+    `img.load()` forces the whole decode so a truncated file fails here rather
+    than giving a half-grey picture, and any exception becomes an `InputError`.
+    A large image is reduced before its mode is converted (`to_rgb`), so the
+    decoded pixels are the only full-size copy.
+    """
+    img = data if isinstance(data, Image.Image) else open_image(data, model)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
+    except Exception as exc:  # NotImplementedError, MemoryError, struct.error, IndexError...
+        raise InputError(f"image could not be decoded: {_describe(exc)}") from exc
+    check_image_size(*img.size, model)  # a plugin may pick another frame or size on load
+    orientation = _exif_orientation(img)
     try:
-        img = ImageOps.exif_transpose(img)
+        rgb = to_rgb(img, min_side=model.image_size)
+    except Exception as exc:
+        raise InputError(f"image mode {img.mode!r} cannot be converted to RGB: {_describe(exc)}") from exc
+    return rgb.transpose(orientation) if orientation is not None else rgb
+
+
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif_orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transpose an EXIF Orientation tag asks for (as `ImageOps.exif_transpose`), if any."""
+    try:
+        return _ORIENTATIONS.get(img.getexif().get(0x0112))  # type: ignore[arg-type]
     except Exception:  # a broken EXIF block is no reason to refuse the picture
-        pass
-    try:
-        return to_rgb(img)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"image mode {img.mode!r} cannot be converted to RGB: {exc}") from exc
+        return None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent pixels become white, 16-bit is scaled."""
+def to_rgb(img: Image.Image, min_side: int | None = None) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white, 16-bit is scaled.
+
+    With `min_side` (the model's input size), an image whose short side is at
+    least 6 x `min_side` is first reduced by a whole factor (a box filter) to a
+    short side of at least 3 x `min_side`, what Pillow's `reducing_gap=3` does
+    before a resize (its docs: indistinguishable from a direct resize in almost
+    all cases). The mode conversions then work on the small copy.
+    """
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("P", "PA"):
+        alpha = img.mode == "PA" or "transparency" in img.info or getattr(img.palette, "mode", "") == "RGBA"
+        img = img.convert("RGBA" if alpha else "RGB")
+    elif img.mode.startswith("I") and img.mode != "I":  # I;16, I;16B, ...: Image.reduce wants I
+        img = img.convert("I")
+    if min_side:
+        factor = min(img.size) // (3 * min_side)
+        if factor >= 2:
+            img = img.reduce(factor)
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I"):
@@ -425,6 +566,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_tensor(data: bytes | Image.Image, model: ClipModel) -> torch.Tensor:
+    """One image (bytes, or an image from `open_image`) -> the model's input tensor, or `InputError`."""
+    img = decode_image(data, model)
+    try:
+        return model.preprocess(img)
+    except Exception as exc:
+        raise InputError(f"image could not be preprocessed: {_describe(exc)}") from exc
+
+
+def check_request_pixels(images: Sequence[Image.Image], model: ClipModel) -> None:
+    """Refuse a request whose opened images would decode to more than MAX_REQUEST_PIXELS in all."""
+    total = sum(img.size[0] * img.size[1] for img in images)
+    if total > model.max_request_pixels:
+        raise InputError(
+            f"the request's {len(images)} images hold {total} pixels, above MAX_REQUEST_PIXELS="
+            f"{model.max_request_pixels}: send fewer or smaller images per request"
+        )
+
+
 def _texts(batch: Batch, model: ClipModel) -> list[str]:
     prompt = batch.prompt or model.text_prompt
     texts = []
@@ -434,6 +594,11 @@ def _texts(batch: Batch, model: ClipModel) -> list[str]:
         text = item.strip()
         if not text:
             raise InputError(f"input {index} is an empty or whitespace-only text")
+        if len(text) > model.max_text_chars:
+            raise InputError(
+                f"input {index} is {len(text)} characters long, above MAX_TEXT_CHARS={model.max_text_chars} "
+                "(the model reads only the first few dozen words)"
+            )
         if _looks_like_base64_image(text):
             raise InputError(
                 f"input {index} looks like a base64-encoded image but this model encodes TEXT: "
@@ -443,11 +608,38 @@ def _texts(batch: Batch, model: ClipModel) -> list[str]:
     return texts
 
 
+def tokenize(texts: list[str], model: ClipModel) -> torch.Tensor:
+    """Texts -> token ids; a text the tokenizer fails on is an `InputError` naming it."""
+    try:
+        return model.tokenizer(texts)
+    except Exception as exc:
+        for index, text in enumerate(texts):
+            try:
+                model.tokenizer([text])
+            except Exception as one:
+                raise InputError(f"input {index} could not be tokenised: {_describe(one)}") from one
+        raise InputError(f"the texts could not be tokenised: {_describe(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _naming_input(index: int, batch: Batch) -> Iterator[None]:
+    """Prefix an `InputError` with the input it is about (when there are several)."""
+    try:
+        yield
+    except InputError as exc:
+        message = f"input {index}: {exc}" if len(batch.items) > 1 else str(exc)
+        if batch.kind == "string" and isinstance(exc.__cause__, UnidentifiedImageError):
+            message += " (this model encodes IMAGE: JSON inputs must be base64-encoded images)"
+        raise InputError(message) from exc
+
+
 def prepare(batch: Batch, model: ClipModel) -> torch.Tensor:
     """Validate a batch and turn it into the model's input tensor (pixels or tokens).
 
     Split from `predict_fn` so in-process callers can prepare several requests
     apart (one bad request does not sink the others) and run them in one pass.
+    Images are opened and their headers checked, against the per-image caps and
+    then against the request's pixel budget, before any of them is decoded.
     """
     if not batch.items:
         raise InputError("request has no inputs")
@@ -461,7 +653,7 @@ def prepare(batch: Batch, model: ClipModel) -> torch.Tensor:
                 "this model encodes TEXT but the request is an image: send texts as "
                 f"{JSON} or {JSONLINES}, or send the image to the IMAGE model"
             )
-        return model.tokenizer(_texts(batch, model))
+        return tokenize(_texts(batch, model), model)
 
     if batch.prompt:
         raise InputError('"prompt" applies to texts, but this model encodes IMAGE')
@@ -469,16 +661,16 @@ def prepare(batch: Batch, model: ClipModel) -> torch.Tensor:
         blobs = list(batch.items)
     else:
         blobs = [_decode_base64(item, index) for index, item in enumerate(batch.items)]
-    pixels = []
+    opened: list[Image.Image | None] = []
     for index, blob in enumerate(blobs):
-        try:
-            img = decode_image(blob, model.max_image_pixels)
-        except InputError as exc:
-            message = f"input {index}: {exc}" if len(blobs) > 1 else str(exc)
-            if batch.kind == "string":
-                message += " (this model encodes IMAGE: JSON inputs must be base64-encoded images)"
-            raise InputError(message) from exc
-        pixels.append(model.preprocess(img))
+        with _naming_input(index, batch):
+            opened.append(open_image(blob, model))
+    check_request_pixels(opened, model)
+    pixels = []
+    for index in range(len(opened)):
+        with _naming_input(index, batch):
+            pixels.append(image_tensor(opened[index], model))
+        opened[index] = None  # free the decoded pixels before the next image is decoded
     return torch.stack(pixels)
 
 
@@ -534,20 +726,20 @@ def output_fn(prediction: Prediction, accept: str | None) -> bytes:
     """
     kind = negotiate_accept(accept)
     if prediction.error is not None:
-        return json.dumps({"error": prediction.error}).encode("utf-8")
+        return json.dumps({"error": prediction.error}, allow_nan=False).encode("utf-8")
     rows = prediction.embeddings.tolist()
     ids = prediction.ids
     if kind == JSON:
         doc: dict[str, Any] = {"embeddings": rows}
         if ids is not None:
             doc["ids"] = ids
-        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
     lines = []
     for index, row in enumerate(rows):
         record: dict[str, Any] = {"embedding": row}
         if ids is not None and ids[index] is not None:
             record["id"] = ids[index]
-        lines.append(json.dumps(record, separators=(",", ":")))
+        lines.append(json.dumps(record, separators=(",", ":"), allow_nan=False))
     return "\n".join(lines).encode("utf-8")
 
 

@@ -30,9 +30,12 @@ def checked_settings() -> Settings:
 
 
 def s3(settings: Settings):
+    """An S3 client whose connection pool fits the tasks' worker threads (copy, embedding reads)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return S3Hook(aws_conn_id=settings.aws_conn_id).get_conn()
+    from catalogue_search.s3util import client_config
+
+    return S3Hook(aws_conn_id=settings.aws_conn_id, config=client_config(settings.copy_workers)).get_conn()
 
 
 def sagemaker(settings: Settings):

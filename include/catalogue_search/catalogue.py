@@ -3,7 +3,9 @@
 Keeps the products that have an `item_name` in the chosen language (the first
 value wins, as the original sample did), joins them with `images.csv.gz` on
 `main_image_id`, drops duplicates by `item_id`, and counts every product it
-drops and why.
+drops and why. The files come from a data provider, not from us: a row that is
+not a JSON object, has no usable `item_id`, or whose image has no valid size is
+dropped and counted; an error that stops the shard names the file and line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import gzip
 import io
 import json
 import logging
+import math
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -35,10 +39,14 @@ PRODUCT_FIELDS = [
     "brand",
 ]
 
+DROP_NOT_OBJECT = "not_a_json_object"
+DROP_NO_ITEM_ID = "no_item_id"
 DROP_NO_TITLE = "no_title_in_language"
 DROP_NO_IMAGE = "no_main_image"
 DROP_UNKNOWN_IMAGE = "image_id_unknown"
+DROP_BAD_IMAGE_SIZE = "image_size_invalid"
 DROP_DUPLICATE = "duplicate_item_id"
+MAX_IMAGE_SIDE = 2**31 - 1  # sizes are stored as 32-bit integers downstream
 
 
 @dataclass
@@ -67,38 +75,73 @@ def first_value(entries: Any, language_tag: str | None = None) -> str | None:
     return None
 
 
-def read_listings(raw: bytes) -> list[dict[str, Any]]:
-    """Parse a gzipped JSON-lines listings file; a bad line is an error naming its number."""
+def read_listings(raw: bytes, source: str = "listings") -> list[Any]:
+    """Parse a gzipped JSON-lines listings file into its rows (any JSON value: `filter_listings` sorts them).
+
+    Lines are split on "\n" only. A file that is not gzip, is cut short, or has a
+    line that is not UTF-8 or not JSON stops the shard with a `ValueError`
+    naming `source` and the line.
+    """
     rows = []
-    with gzip.open(io.BytesIO(raw), "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"listings line {number} is not valid JSON: {exc}") from exc
+    number = 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            for number, raw_line in enumerate(fh, start=1):
+                if not raw_line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(raw_line.decode("utf-8")))
+                except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, too long an int, too deep
+                    raise ValueError(f"{source} line {number} is not valid JSON: {exc}") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
+        raise ValueError(f"{source} cannot be read at line {number + 1}: {exc}") from exc
     return rows
 
 
-def read_images_csv(raw: bytes):
+def read_images_csv(raw: bytes, source: str = IMAGES_CSV_KEY):
+    """Parse `images.csv.gz`; sizes that are missing or not numbers become NaN (their products are dropped)."""
     import pandas as pd
 
-    frame = pd.read_csv(io.BytesIO(raw), compression="gzip", dtype={"image_id": str, "path": str})
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), compression="gzip", dtype={"image_id": str, "path": str})
+    except Exception as exc:  # not gzip, truncated, a row with too many fields ("... in line 7 ...")
+        raise ValueError(f"{source} cannot be read: {exc}") from exc
     missing = {"image_id", "height", "width", "path"} - set(frame.columns)
     if missing:
-        raise ValueError(f"images.csv.gz lacks the columns {sorted(missing)}")
+        raise ValueError(f"{source} lacks the columns {sorted(missing)}")
+    for column in ("height", "width"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    bad = int((~(frame["height"].map(_valid_size) & frame["width"].map(_valid_size))).sum())
+    if bad:
+        log.warning(
+            "%s: %d image rows have a missing or invalid height or width (%s)", source, bad, DROP_BAD_IMAGE_SIZE
+        )
     return frame.drop_duplicates("image_id")
 
 
+def _valid_size(value: Any) -> bool:
+    """A height or width: a whole number of pixels, 1 to MAX_IMAGE_SIDE (NaN, '', 'abc', 0, 2.5 are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return False
+    return math.isfinite(value) and value == int(value) and 1 <= value <= MAX_IMAGE_SIDE
+
+
 def filter_listings(
-    listings: Iterable[dict[str, Any]],
+    listings: Iterable[Any],
     images,
     *,
     language_tag: str,
     shard: str = "?",
 ) -> tuple[list[dict[str, Any]], FilterReport]:
-    """Products with a title in `language_tag` and a known main image, one per item_id."""
+    """Products with a title in `language_tag` and a known main image, one per item_id.
+
+    Rows that are not JSON objects, rows without a usable `item_id` (missing,
+    null, blank, not a string) and products whose image has no valid size are
+    dropped and counted like the others.
+    """
     import pandas as pd
 
     report = FilterReport(shard=shard)
@@ -106,6 +149,13 @@ def filter_listings(
     rows = []
     for listing in listings:
         report.listings += 1
+        if not isinstance(listing, dict):
+            drops[DROP_NOT_OBJECT] += 1
+            continue
+        item_id = listing.get("item_id")
+        if not isinstance(item_id, str) or not item_id.strip():
+            drops[DROP_NO_ITEM_ID] += 1
+            continue
         name = first_value(listing.get("item_name"), language_tag)
         if name is None:
             drops[DROP_NO_TITLE] += 1
@@ -116,7 +166,7 @@ def filter_listings(
             continue
         rows.append(
             {
-                "item_id": str(listing.get("item_id")),
+                "item_id": item_id,
                 "item_name": name,
                 "main_image_id": image_id,
                 "product_type": first_value(listing.get("product_type")),
@@ -130,7 +180,10 @@ def filter_listings(
     joined = frame.merge(images, how="left", left_on="main_image_id", right_on="image_id")
     unknown = joined["path"].isna()
     drops[DROP_UNKNOWN_IMAGE] += int(unknown.sum())
-    joined = joined[~unknown].sort_values("item_id")
+    joined = joined[~unknown]
+    sized = joined["height"].map(_valid_size) & joined["width"].map(_valid_size)
+    drops[DROP_BAD_IMAGE_SIZE] += int((~sized).sum())
+    joined = joined[sized].sort_values("item_id")
     products = []
     for rec in joined.to_dict("records"):
         products.append(
@@ -181,4 +234,5 @@ def to_jsonl(records: Iterable[dict[str, Any]]) -> bytes:
 
 
 def from_jsonl(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    """Rows of `to_jsonl`, split on "\n" only: its strings may hold U+2028 or U+0085 unescaped."""
+    return [json.loads(line) for line in raw.decode("utf-8").split("\n") if line.strip()]

@@ -100,10 +100,14 @@ def plan_run(settings: Settings, s3, *, run_id: str, params: dict[str, Any]) -> 
 def filter_shard(settings: Settings, s3, plan: RunPlan, shard: str, logger: logging.Logger = log) -> dict[str, Any]:
     """Step 1: one listings shard -> the shard's products (written to S3 under the run)."""
     src = settings.source_prefix
+    listings_key = src + catalogue.LISTINGS_KEY.format(shard=shard)
+    images_key = src + catalogue.IMAGES_CSV_KEY
     listings = catalogue.read_listings(
-        get_bytes(s3, settings.source_bucket, src + catalogue.LISTINGS_KEY.format(shard=shard))
+        get_bytes(s3, settings.source_bucket, listings_key), source=f"s3://{settings.source_bucket}/{listings_key}"
     )
-    images = catalogue.read_images_csv(get_bytes(s3, settings.source_bucket, src + catalogue.IMAGES_CSV_KEY))
+    images = catalogue.read_images_csv(
+        get_bytes(s3, settings.source_bucket, images_key), source=f"s3://{settings.source_bucket}/{images_key}"
+    )
     products, report = catalogue.filter_listings(listings, images, language_tag=plan.language_tag, shard=shard)
     put_bytes(s3, settings.bucket, plan.shard_key(shard), catalogue.to_jsonl(products), "application/jsonlines")
     logger.info(

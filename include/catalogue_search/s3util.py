@@ -11,6 +11,20 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
+# Threads that share one S3 client: the image copy, the embedding reads, the catalogue upload.
+S3_WORKERS = 16
+
+
+def client_config(workers: int = S3_WORKERS):
+    """botocore config for a client shared by `workers` threads: one pooled connection per thread.
+
+    botocore's pool holds 10 connections; with more threads every extra one is
+    opened, used once and dropped with "Connection pool is full, discarding connection".
+    """
+    from botocore.config import Config
+
+    return Config(max_pool_connections=max(10, workers, S3_WORKERS))
+
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
@@ -80,7 +94,7 @@ def copy_images(
     source_prefix: str,
     dest_bucket: str,
     dest_prefix: str,
-    workers: int = 16,
+    workers: int = S3_WORKERS,
     logger: logging.Logger = log,
 ) -> tuple[list[dict[str, Any]], CopyReport]:
     """Server-side copy of each product's image; skip what is already there.

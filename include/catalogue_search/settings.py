@@ -65,6 +65,9 @@ class Settings:
     transform_instance_count: int = 1
     transform_max_concurrent: int = 4
     transform_max_payload_mb: int = 6
+    # Seconds between two status checks of a running transform job (SageMaker jobs take minutes;
+    # the local stand-in reports Completed at once, so localenv.py sets a short interval).
+    transform_poll_seconds: int = 30
 
     # --- Query endpoints -----------------------------------------------------
     endpoint_prefix: str = "catalogue-search"
@@ -192,7 +195,9 @@ class Settings:
         }
 
     def boto3_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"region_name": self.region}
+        from catalogue_search.s3util import client_config
+
+        kwargs: dict[str, Any] = {"region_name": self.region, "config": client_config(self.copy_workers)}
         if self.aws_endpoint_url:
             kwargs["endpoint_url"] = self.aws_endpoint_url
         return kwargs

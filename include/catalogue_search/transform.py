@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from catalogue_search import contract
-from catalogue_search.s3util import Progress, get_bytes, list_objects
+from catalogue_search.s3util import S3_WORKERS, Progress, get_bytes, list_objects
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def parse_output(raw: bytes) -> list[float]:
 
 
 def read_embeddings(
-    s3, settings: Settings, paths: list[str], workers: int = 16, logger: logging.Logger = log
+    s3, settings: Settings, paths: list[str], workers: int = S3_WORKERS, logger: logging.Logger = log
 ) -> Embeddings:
     """Read the `.out` of every image path in parallel."""
     present = set(encoded_paths(s3, settings))

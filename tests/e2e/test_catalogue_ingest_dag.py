@@ -2,7 +2,9 @@
 
 Real Airflow, real OpenSearch, moto for S3 and the SageMaker control plane, the
 local batch-transform runner for the data plane. Two runs: the second must
-leave the same documents and encode nothing new.
+leave the same documents and encode nothing new. Airflow runs in the test
+session's own AIRFLOW_HOME (tests/conftest.py): the user's DB gets no run,
+asset event or DAG version from here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from catalogue_search import index
 from catalogue_search.search import SearchClient
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo
+from catalogue_search_dev import demo, testenv
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
@@ -40,8 +42,10 @@ def _all_ids(client, alias: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack_env(moto_url, opensearch_url):
-    token = os.urandom(4).hex()
+    token = testenv.unique_name_part()
     env = {
+        # Its own source bucket too: the user's sample catalogue bucket stays as it is.
+        "CATSEARCH_SOURCE_BUCKET": f"e2e-abo-{token}",
         "CATSEARCH_BUCKET": f"e2e-project-{token}",
         "CATSEARCH_INDEX_ALIAS": f"e2e-products-{token}",
         "CATSEARCH_MODEL_NAME": "tiny-clip",
@@ -80,6 +84,13 @@ def test_logs_name_what_was_dropped_and_why(first_run, stack_env):
     assert summary.image_missing_from_bucket[0] in log  # the missing source image is named
     assert "could not be encoded" in log  # the corrupt JPEG
     assert "documents loaded: 773 / 773" in log
+
+
+def test_the_run_logs_no_noise(first_run):
+    """Pools sized to the worker threads, no 4-character connection extra to mask, graphviz installed."""
+    log = first_run.stdout + first_run.stderr
+    for noise in ("Connection pool is full", "too short (<", "Could not import graphviz"):
+        assert noise not in log, f"{noise!r} in the log"
 
 
 def test_an_image_finds_its_own_product_first(stack_env, first_run):

@@ -15,6 +15,7 @@ from catalogue_search import endpoints, index, search
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
+from catalogue_search_dev import testenv
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 SHAPES = {
@@ -38,7 +39,7 @@ def _jpeg(colour: str, shape: str, size: int = 96) -> bytes:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, moto_url, opensearch_url):
     """A tiny-model artifact in moto S3 and a five-product index behind an alias."""
-    token = uuid.uuid4().hex[:8]
+    token = testenv.unique_name_part()
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,
         opensearch_url=opensearch_url,
@@ -156,7 +157,7 @@ def _deploy_in_moto(settings: Settings, encode_type: str) -> None:
 def test_endpoint_encoder_gives_the_same_vector_as_the_local_one(world, moto_url):
     """The runtime path parses what the handler answers: queue the handler's own bytes in moto."""
     settings, s3, images = world
-    settings = settings.replace(endpoint_prefix=f"t{settings.bucket[-6:]}")
+    settings = settings.replace(endpoint_prefix=f"t{settings.bucket.removeprefix('search-')}")
     _deploy_in_moto(settings, search.TEXT)
     # moto caches answers by request body alone (not by endpoint): make the body unique.
     query = {"inputs": [f"a blue rectangle {uuid.uuid4().hex[:6]}"]}

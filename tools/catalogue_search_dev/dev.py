@@ -1,11 +1,11 @@
 """`./dev` subcommands: the main job, the tests, the local stack, search.
 
 ./dev demo                 index the sample catalogue and answer sample queries
-./dev test [pytest args]   run the whole test suite
+./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
 ./dev stack up|down|status the local OpenSearch node and moto server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev airflow ...          the Airflow CLI with the local configuration
-./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080)
+./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C stops all of it
 """
 
 from __future__ import annotations
@@ -43,12 +43,41 @@ def ensure_airflow_db() -> None:
     marker.touch()
 
 
+def lint() -> int:
+    """`ruff check` and `ruff format --check` on the whole repository: a finding fails the run."""
+    for cmd in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
+        if subprocess.run(cmd, cwd=repo_root()).returncode != 0:
+            _say(f"`{' '.join(cmd)}` found problems (fix them; `ruff format .` formats)")
+            return 1
+    return 0
+
+
 def cmd_test(args: list[str]) -> int:
+    """Lint, then pytest, then check that the run left the user's Airflow DB, moto and OpenSearch as they were.
+
+    The tests use their own AIRFLOW_HOME and name what they create with the
+    session's token (tests/conftest.py), so the user's DB is never opened here.
+    """
+    from catalogue_search_dev import testenv
+
+    if lint() != 0:
+        return 1
     stack_up()
-    ensure_airflow_db()
     os.chdir(repo_root())
-    result = subprocess.run([sys.executable, "-m", "pytest", *args])
-    return result.returncode
+    token = testenv.session_token()
+    before = testenv.snapshot()
+    code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
+    problems, notes = testenv.compare(before, testenv.snapshot(), token)
+    if notes:
+        _say("after the tests:\n" + testenv.report([], notes))
+    if problems:
+        _say(
+            f"FAILED: the test run (token {token}) did not leave the user's Airflow DB, moto and OpenSearch "
+            "as it found them:\n" + testenv.report(problems, [])
+        )
+        return code or 1
+    _say(f"the user's Airflow DB, moto and OpenSearch hold what they held before the run (token {token})")
+    return code
 
 
 def cmd_demo(args: list[str]) -> int:
@@ -87,11 +116,17 @@ def cmd_airflow(args: list[str]) -> int:
 
 
 def cmd_ui(args: list[str]) -> int:
+    from catalogue_search_dev import ui
+
     stack_up()
     ensure_airflow_db()
-    _say("Airflow UI on http://127.0.0.1:8080 (the admin password is printed below)")
-    env = dict(os.environ, AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT="8080")
-    return subprocess.run(["airflow", "standalone", *args], env=env).returncode
+    home = Path(os.environ["AIRFLOW_HOME"])
+    port = os.environ.get("AIRFLOW__API__PORT", "8080")
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    where = "in" if passwords.exists() else "printed below on this first start, and kept in"
+    _say(f"Airflow UI on http://127.0.0.1:{port}: user admin, password {where} {passwords}")
+    _say(f"LocalExecutor with {os.environ.get('AIRFLOW__CORE__PARALLELISM', '32')} task slots; Ctrl-C stops Airflow")
+    return ui.run(["airflow", "standalone", *args], dict(os.environ), say=_say)
 
 
 def cmd_bench(args: list[str]) -> int:
@@ -118,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print(f"cache: {cache_home()}")
         return 0 if not argv or argv[0] in {"-h", "--help", "help"} else 2
-    return COMMANDS[argv[0]](argv[1:])
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C: the child got it too and stops; no traceback here
+        _say("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -293,6 +293,9 @@ def status() -> dict[str, str]:
         health = "healthy" if service.healthy() else "down"
         owner = f"started by ./dev, pid {pid}" if pid else "not started by ./dev"
         out[service.name] = f"{health} at {service.url} ({owner})"
+    from catalogue_search_dev import ui
+
+    out["airflow"] = ui.status()
     return out
 
 
