@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for mode, hits in got.items():
                     ranks[mode].append(next((h.rank for h in hits if h.item_id == product["item_id"]), 10**6))
-                if ranks["hybrid"][-1] == 1 and ranks["image"][-1] > 10 and len(examples) < 2:
+                if ranks["hybrid"][-1] == 1 and ranks["image"][-1] > 10 and set_name not in {e[0] for e in examples}:
                     examples.append((set_name, query, product, got))
             per_query = (time.monotonic() - t0) / max(1, len(queries)) * 1000
             print(f"\nqueries: {set_name} ({len(queries)}, {per_query:.0f} ms per query for the five rankings)")
-            print(f"  {'mode':<28} " + "  ".join(f"recall@{k:<2}" for k in KS))
+            print(f"  {'mode':<32} " + "  ".join(f"recall@{k:<2}" for k in KS))
             labels = {
                 "image": "image  (text -> image vectors)",
                 "name": "name   (text -> title vectors)",
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "words": "hybrid, image weight 0",
             }
             for mode, label in labels.items():
-                print(f"  {label:<28} " + "  ".join(f"{_recall(ranks[mode], k):>9.3f}" for k in KS))
+                print(f"  {label:<32} " + "  ".join(f"{_recall(ranks[mode], k):>9.3f}" for k in KS))
         for set_name, query, product, got in examples:
             print(f"\nexample ({set_name}): query {query!r} for {product['item_id']} {product['item_name']!r}")
             for mode in ("image", "hybrid"):

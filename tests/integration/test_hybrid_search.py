@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from pathlib import Path
 
 import boto3
@@ -15,6 +14,7 @@ from catalogue_search import duplicates, index, search
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
+from catalogue_search_dev import testenv
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 # item_id -> (title, colour, shape, image id). The titles carry words no picture of a shape can carry.
@@ -46,7 +46,7 @@ def _jpeg(colour: str, shape: str, size: int = 96) -> bytes:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, moto_url, opensearch_url):
-    token = uuid.uuid4().hex[:8]
+    token = testenv.unique_name_part()
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,
         opensearch_url=opensearch_url,
