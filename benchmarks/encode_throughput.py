@@ -1,70 +1,189 @@
-"""Images per second through the inference handler, one per call vs batched, side by side.
+"""Image encoding throughput: the handler and the local transform runner against open_clip's
+raw forward pass at the same batch size, and against one image per request.
 
-    ./dev bench            (or: python benchmarks/encode_throughput.py [--model ViT-B-32] [--images 64])
+    ./dev bench encode            (ViT-B-32, random weights, 64 images, batch 32)
+    ./dev bench encode --model ViT-B-32 --images 32 --batch 16 --no-runner
 
-Uses random weights of the real architecture (throughput does not depend on
-the weights) and real JPEGs from the sample catalogue when it is built, or
-generated ones otherwise. Prints one line per batch size and the speed-up of
-batching over single-image calls, measured in the same run.
+Random weights of the real architecture (throughput does not depend on the
+weights), small generated JPEGs like the synthetic ABO catalogue's. References,
+measured in the same run at the same batch size:
+- raw forward: `model.encode_image` on tensors decoded and preprocessed beforehand;
+- raw decode+preprocess+forward: PIL decode, the model's own preprocess, forward.
+Measured: the handler's batched `encode_images`; `invoke_many` with one image
+per request (how the runner feeds whole-object inputs); one `invoke` per image
+(one image per request, as an endpoint sees queries); the local transform
+runner over a ManifestFile of the same images in moto S3.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _images(n: int) -> list[bytes]:
-    from catalogue_search_dev.localenv import cache_home
-
-    files = sorted((cache_home() / "sample-catalogue" / "images" / "small").glob("*/*.jpg"))[:n]
-    if len(files) >= n:
-        return [f.read_bytes() for f in files]
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(buf, "JPEG")
-        out.append(buf.getvalue())
-    return out
+import _common as cm
 
 
-def main() -> None:
+def _rate(n: int, fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - started)
+
+
+def _runner_rate(handler_dir: Path, images: list[bytes], model: str) -> float:
+    """run_transform_job over the images in moto (ManifestFile input), images/s end to end."""
+    import boto3
+
+    from catalogue_search_dev.local_transform import run_transform_job
+
+    s = cm.settings()
+    s3 = boto3.client("s3", **s.boto3_kwargs())
+    sm = boto3.client("sagemaker", **s.boto3_kwargs())
+    bucket = cm.bench_name("encode")
+    artifact = cm.random_artifact(model)
+    s3.create_bucket(Bucket=bucket)
+    name = bucket
+    try:
+        keys = [f"images/{i:04d}.jpg" for i in range(len(images))]
+        for key, data in zip(keys, images):
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+        manifest = [{"prefix": f"s3://{bucket}/images/"}, *[k.split("/", 1)[1] for k in keys]]
+        import json
+
+        s3.put_object(Bucket=bucket, Key="manifest.json", Body=json.dumps(manifest).encode())
+        sm.create_model(
+            ModelName=name,
+            PrimaryContainer={
+                "Image": "local",
+                "ModelDataUrl": f"file://{artifact}",
+                "Environment": {"ENCODE_TYPE": "IMAGE"},
+            },
+            ExecutionRoleArn=s.sagemaker_role_arn or "arn:aws:iam::123456789012:role/bench",
+        )
+        request = {
+            "TransformJobName": name,
+            "ModelName": name,
+            "BatchStrategy": "MultiRecord",
+            "MaxPayloadInMB": 6,
+            "TransformInput": {
+                "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": f"s3://{bucket}/manifest.json"}},
+                "ContentType": "application/x-image",
+                "SplitType": "None",
+                "CompressionType": "None",
+            },
+            "TransformOutput": {
+                "S3OutputPath": f"s3://{bucket}/out/",
+                "Accept": "application/json",
+                "AssembleWith": "None",
+            },
+            "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+        }
+        cache = handler_dir.parent / "cache"
+        # Warm-up: the first call extracts the artifact into the cache.
+        run_transform_job(
+            {**request, "TransformJobName": name + "-w"}, s3_client=s3, sagemaker_client=sm, cache_dir=cache
+        )
+        started = time.perf_counter()
+        report = run_transform_job(request, s3_client=s3, sagemaker_client=sm, cache_dir=cache)
+        elapsed = time.perf_counter() - started
+        assert not report.failed, report.failed[:1]
+        return len(images) / elapsed
+    finally:
+        sm.delete_model(ModelName=name)
+        for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        s3.delete_bucket(Bucket=bucket)
+
+
+def main(argv: list[str] | None = None) -> int:
     import torch
+    from PIL import Image
 
     from catalogue_search.handler import load_handler
     from catalogue_search.model_artifact import write_model_dir
+    from catalogue_search_dev.abo_generator import jpeg_pool
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batches", default="1,8,32,64")
-    args = parser.parse_args()
-    images = _images(args.images)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--no-runner", action="store_true", help="skip the local transform runner (needs moto)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    images = jpeg_pool(args.images, seed=3)
+    n, b = len(images), args.batch
+
     with tempfile.TemporaryDirectory() as tmp:
-        write_model_dir(tmp, args.model, "")
-        handler = load_handler(Path(tmp), "IMAGE")
+        model_dir = Path(tmp) / "model"
+        write_model_dir(model_dir, args.model, "")
+        handler = load_handler(model_dir, "IMAGE")
+        clip, preprocess = handler.model.model, handler.model.preprocess
+        print(f"machine: {cm.machine()}")
+        print(
+            f"model {args.model} (RANDOM weights), {n} images of 96-256 px, batch {b}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        )
         handler.encode_images(images[:2])  # warm-up
-        print(f"model {args.model}, {len(images)} images, torch {torch.__version__}, {torch.get_num_threads()} threads")
-        results = {}
-        for size in [int(b) for b in args.batches.split(",")]:
-            start = time.perf_counter()
-            for i in range(0, len(images), size):
-                handler.encode_images(images[i : i + size])
-            rate = len(images) / (time.perf_counter() - start)
-            results[size] = rate
-            print(f"batch {size:>3}: {rate:6.1f} images/s")
-        first = min(results)
-        for size, rate in results.items():
-            if size != first:
-                print(f"batch {size} vs batch {first}: x{rate / results[first]:.2f}")
+
+        def decode(data: bytes):
+            with Image.open(io.BytesIO(data)) as img:
+                return preprocess(img.convert("RGB"))
+
+        tensors = [torch.stack([decode(x) for x in images[i : i + b]]) for i in range(0, n, b)]
+
+        def raw_forward():
+            with torch.inference_mode():
+                for t in tensors:
+                    clip.encode_image(t, normalize=True)
+
+        def raw_full():
+            with torch.inference_mode():
+                for i in range(0, n, b):
+                    clip.encode_image(torch.stack([decode(x) for x in images[i : i + b]]), normalize=True)
+
+        def handler_batched():
+            for i in range(0, n, b):
+                handler.encode_images(images[i : i + b])
+
+        def handler_many():
+            for i in range(0, n, b):
+                answers = handler.invoke_many(images[i : i + b], "application/x-image")
+                assert all(a.body for a in answers)
+
+        def one_per_request():
+            for x in images:
+                handler.invoke(x, "application/x-image")
+
+        rates = {
+            "raw forward (preprocessed tensors)": _rate(n, raw_forward),
+            "raw decode+preprocess+forward": _rate(n, raw_full),
+            "handler encode_images (batched)": _rate(n, handler_batched),
+            "handler invoke_many (1 image a request)": _rate(n, handler_many),
+            "one image per request (invoke)": _rate(n, one_per_request),
+        }
+        if not args.no_runner:
+            rates["local transform runner (moto, manifest)"] = _runner_rate(model_dir, images, args.model)
+        raw, full = rates["raw forward (preprocessed tensors)"], rates["raw decode+preprocess+forward"]
+        print(f"{'path':<42} {'images/s':>9} {'vs raw fwd':>10} {'vs raw full':>11}")
+        for name, rate in rates.items():
+            print(f"{name:<42} {rate:>9.1f} {rate / raw:>10.2f} {rate / full:>11.2f}")
+        one = rates["one image per request (invoke)"]
+        print(f"batched handler vs one image per request: x{rates['handler encode_images (batched)'] / one:.2f}")
+        if "local transform runner (moto, manifest)" in rates:
+            ratio = rates["local transform runner (moto, manifest)"] / full
+            print(f"runner vs raw decode+preprocess+forward: x{ratio:.2f} (target >= 0.9)")
+        cm.save_json(
+            args.json, {"benchmark": "encode", "machine": cm.machine(), "batch": b, "images": n, "rates": rates}
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -152,11 +152,16 @@ def adapt_to_node(client, body: dict[str, Any], logger: logging.Logger = log) ->
     return body
 
 
-def _knn_field(dimension: int) -> dict[str, Any]:
+def _knn_field(settings: Settings, dimension: int) -> dict[str, Any]:
     return {
         "type": "knn_vector",
         "dimension": dimension,
-        "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"},
+        "method": {
+            "name": "hnsw",
+            "engine": "lucene",
+            "space_type": "cosinesimil",
+            "parameters": {"m": settings.knn_m, "ef_construction": settings.knn_ef_construction},
+        },
     }
 
 
@@ -200,8 +205,8 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "product_type": {"type": "keyword"},
                 "brand": {"type": "keyword"},
                 "model": {"type": "keyword"},
-                VECTOR_FIELD: _knn_field(dimension),
-                NAME_VECTOR_FIELD: _knn_field(dimension),
+                VECTOR_FIELD: _knn_field(settings, dimension),
+                NAME_VECTOR_FIELD: _knn_field(settings, dimension),
             },
         },
     }
@@ -295,10 +300,23 @@ def finish_loading(client, index: str, replicas: int) -> None:
 
 
 def knn_query(
-    vector: list[float], k: int, filters: list[dict[str, Any]] | None = None, *, field: str = VECTOR_FIELD
+    vector: list[float],
+    k: int,
+    filters: list[dict[str, Any]] | None = None,
+    *,
+    candidates: int = 0,
+    field: str = VECTOR_FIELD,
 ) -> dict[str, Any]:
-    """k-NN on `field` (`embedding`: image vectors, `name_vector`: title vectors); no vector in `_source`."""
-    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": k}
+    """A k-NN query on `field` (`embedding`: image vectors, `name_vector`: title vectors) for
+    the top `k`, searching `candidates` neighbours (at least k); no vector in `_source`.
+
+    With the Lucene engine the query's `k` is also HNSW's candidate list
+    (ef_search): asking for only 10 out of 150,000 vectors misses true
+    neighbours. The query asks for max(k, candidates) and `size` keeps the top k.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": max(k, candidates)}
     if filters:
         knn["filter"] = {"bool": {"filter": filters}}
     return {"size": k, "query": {"knn": {field: knn}}, "_source": {"excludes": list(VECTOR_FIELDS)}}
@@ -325,14 +343,18 @@ def validate(
     *,
     expected_count: int,
     samples: list[tuple[str, list[float]]],
+    candidates: int = 0,
     logger: logging.Logger = log,
 ) -> dict[str, Any]:
-    """Raise IndexValidationError unless the count matches and every sample finds itself first."""
+    """Raise IndexValidationError unless the count matches and every sample finds itself first.
+
+    Self-match queries use the same candidate count as searches (`candidates`).
+    """
     count = client.count(index=index)["count"]
     if count != expected_count:
         raise IndexValidationError(f"index {index} holds {count} documents, expected {expected_count}")
     for item_id, vector in samples:
-        hits = client.search(index=index, body=knn_query(vector, 5))["hits"]["hits"]
+        hits = client.search(index=index, body=knn_query(vector, 5, candidates=candidates))["hits"]["hits"]
         if not hits:
             raise IndexValidationError(f"self-match query for {item_id} returned nothing")
         top = hits[0]["_score"]

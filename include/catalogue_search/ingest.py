@@ -213,7 +213,14 @@ def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[s
     for item_id in index.sample_ids(indexed, settings.validation_sample):
         doc = client.get(index=plan.index, id=item_id)["_source"]
         samples.append((item_id, doc[index.VECTOR_FIELD]))
-    return index.validate(client, plan.index, expected_count=len(indexed), samples=samples, logger=logger)
+    return index.validate(
+        client,
+        plan.index,
+        expected_count=len(indexed),
+        samples=samples,
+        candidates=settings.knn_candidates,
+        logger=logger,
+    )
 
 
 def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:

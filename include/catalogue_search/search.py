@@ -324,7 +324,10 @@ class SearchClient:
         self._check_alias()
         filters = _filters(product_type, brand)
         size = _candidates(offset + k, fold)
-        raw = self._search(index.knn_query(vector, size, filters or None, field=field), fold=fold)
+        raw = self._search(
+            index.knn_query(vector, size, filters or None, field=field, candidates=self.settings.knn_candidates),
+            fold=fold,
+        )
         cands = [_Candidate(float(h["_score"]), h["_source"]) for h in raw]
         return self._page(cands, k, offset, fold, fold_threshold)
 
@@ -375,9 +378,13 @@ class SearchClient:
         if text and fusion.lexical_weight:
             bodies["lexical"] = index.title_query(text, size, filters)
         if fusion.name_weight:
-            bodies["name"] = index.knn_query(vector, size, filters, field=index.NAME_VECTOR_FIELD)
+            bodies["name"] = index.knn_query(
+                vector, size, filters, field=index.NAME_VECTOR_FIELD, candidates=self.settings.knn_candidates
+            )
         if fusion.image_weight:
-            bodies["image"] = index.knn_query(vector, size, filters, field=index.VECTOR_FIELD)
+            bodies["image"] = index.knn_query(
+                vector, size, filters, field=index.VECTOR_FIELD, candidates=self.settings.knn_candidates
+            )
         sources: dict[str, dict[str, Any]] = {}
         ranked: dict[str, list[str]] = {}
         for name, body in bodies.items():

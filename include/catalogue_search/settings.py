@@ -89,6 +89,13 @@ class Settings:
     # How many superseded indices to keep for rollback after an alias swap.
     index_retention: int = 1
     validation_sample: int = 5
+    # HNSW graph of the k-NN field (Lucene engine), and the query-time candidate
+    # list. Chosen from the measured trade-off in BENCHMARKS.md (150,000 x 512):
+    # with Lucene, a query's `k` is also its candidate-list size (ef_search), so
+    # every query asks for max(page, knn_candidates) neighbours and keeps the page.
+    knn_m: int = 16
+    knn_ef_construction: int = 100
+    knn_candidates: int = 100
     # Near-duplicates: two products whose image vectors have cosine >= this are one
     # product for hit folding and the per-run duplicate report (same image id: always).
     duplicate_cosine_threshold: float = 0.98

@@ -4,6 +4,8 @@
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
 ./dev stack up|down|status the local OpenSearch node and moto server
 ./dev search "a red flower" [-k 5] | --image PATH
+./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e; see BENCHMARKS.md)
+./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C stops all of it
 """
@@ -129,13 +131,56 @@ def cmd_ui(args: list[str]) -> int:
     return ui.run(["airflow", "standalone", *args], dict(os.environ), say=_say)
 
 
+# `./dev bench NAME` -> benchmarks/<script>; `./dev bench` runs them all, in this order.
+BENCHMARKS = {
+    "filter": "metadata_filter.py",
+    "copy": "copy_skip.py",
+    "encode": "encode_throughput.py",
+    "bulk": "bulk_load.py",
+    "load-index-memory": "load_index_memory.py",
+    "knn": "knn_recall.py",
+    "e2e": "end_to_end.py",
+}
+
+
 def cmd_bench(args: list[str]) -> int:
-    script = repo_root() / "benchmarks" / "encode_throughput.py"
-    return subprocess.run([sys.executable, str(script), *args]).returncode
+    """`./dev bench [NAME [args]]`: one benchmark with its own arguments, or all of them."""
+    bench_dir = repo_root() / "benchmarks"
+    available = {name: script for name, script in BENCHMARKS.items() if (bench_dir / script).exists()}
+    if args and args[0] in {"-h", "--help", "list"}:
+        print("./dev bench [NAME [args]]   benchmarks: " + ", ".join(available))
+        return 0
+    if args and not args[0].startswith("-"):
+        name, rest = args[0], args[1:]
+        if name not in available:
+            _say(f"unknown benchmark {name!r}: one of {', '.join(available)}")
+            return 2
+        todo = [(name, rest)]
+    else:
+        todo = [(name, list(args)) for name in available]
+    stack_up()
+    failed = []
+    for name, rest in todo:
+        _say(f"benchmark {name}: benchmarks/{available[name]} {' '.join(rest)}".rstrip())
+        result = subprocess.run([sys.executable, str(bench_dir / available[name]), *rest], cwd=repo_root())
+        if result.returncode != 0:
+            failed.append(name)
+    if failed:
+        _say(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def cmd_generate_abo(args: list[str]) -> int:
+    from catalogue_search_dev import abo_generator
+
+    if "--upload" in args:
+        stack_up()
+    return abo_generator.main(args)
 
 
 COMMANDS = {
     "bench": cmd_bench,
+    "generate-abo": cmd_generate_abo,
     "demo": cmd_demo,
     "test": cmd_test,
     "stack": cmd_stack,
