@@ -23,8 +23,11 @@ by text and by image, then points the read alias at it.
    chosen language and a known main image; drops are counted by reason.
 2. **copy_images**: server-side copy into the project bucket, skipping what is
    already there; products whose image is missing are dropped.
-3. **prepare_encoding** / **encode_images**: a SageMaker batch transform over a
-   manifest of the images that have no embedding yet for this model.
+3. **prepare_encoding** / **encode_images** / **record_embeddings**: JSON Lines
+   chunks of the images with no embedding yet for this artifact version, one
+   SageMaker batch transform over them (one chunk per request, batched forward
+   passes), then a check that every chunk has its output and a run report of
+   the images that could not be encoded.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
 6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
@@ -111,6 +114,34 @@ def catalogue_ingest():
         )
 
     @task(trigger_rule="none_failed")
+    def record_embeddings(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.record_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def prepare_name_encoding(run_plan: dict) -> dict | None:
+        from catalogue_search import airflow_clients, ingest
+        from catalogue_search.model_artifact import inference_image_uri
+
+        settings = Settings.from_env()
+        return ingest.prepare_name_encoding(
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.sagemaker(settings),
+            ingest.RunPlan.from_dict(run_plan),
+            inference_image_uri(settings),
+        )
+
+    @task(trigger_rule="none_failed")
+    def record_name_embeddings(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.record_name_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+
+    @task(trigger_rule="none_failed")
     def load_index(run_plan: dict) -> dict:
         from catalogue_search import airflow_clients, ingest
 
@@ -169,9 +200,31 @@ def catalogue_ingest():
         check_if_job_exists=True,
         action_if_job_exists="timestamp",
     )
+    recorded = record_embeddings(run_plan)
+    name_config = prepare_name_encoding(run_plan)
+    encode_names = CatalogueTransformOperator(
+        task_id="encode_names",
+        config=name_config,
+        aws_conn_id=SETTINGS.aws_conn_id,
+        wait_for_completion=True,
+        check_interval=30,
+        max_ingestion_time=6 * 3600,
+        check_if_job_exists=True,
+        action_if_job_exists="timestamp",
+    )
+    names_recorded = record_name_embeddings(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
-    chain(filtered, copied, config, encode, loaded, validated, swap_alias(run_plan))
+    chain(
+        filtered,
+        copied,
+        [config, name_config],
+        [encode, encode_names],
+        [recorded, names_recorded],
+        loaded,
+        validated,
+        swap_alias(run_plan),
+    )
     validated >> report_duplicates(run_plan)
 
 

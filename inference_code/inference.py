@@ -21,6 +21,8 @@ One container encodes one kind of input, chosen by the environment:
   before any image is decoded: a per-request time budget.
 - `MAX_TEXT_CHARS` (default 20,000): longest text (CLIP reads 77 tokens).
 - `TEXT_PROMPT`: optional template such as `this is a {}` applied to texts.
+- `FETCH_WORKERS` (default 8): threads fetching and decoding the images of a chunk.
+- `ARTIFACT_VERSION`: optional; must equal the archive's `artifact_version.txt`.
 - `ERROR_MODE`: `raise` (default) or `record`. With `record`, a request whose
   inputs cannot be encoded (a corrupt image, an empty text) is answered with
   `{"error": "..."}` instead of failing, so one bad image does not fail a whole
@@ -38,6 +40,16 @@ Requests (`Content-Type`):
   model, base64 strings for an IMAGE model.
 - `application/jsonlines`: one record a line, a JSON string or
   `{"inputs": <text or base64>, "id": optional}`; ids come back with the vectors.
+- `application/x-image-chunk` (IMAGE models; what batch transform sends): a
+  JSON Lines chunk of many images, one record a line,
+  `{"id": "<ABO path>", "s3_uri": "s3://..."}` (fetched with boto3 and the
+  container's credentials) or `{"id": ..., "b64": "<base64 image>"}`. Images
+  are fetched and decoded by a thread pool while forward passes of
+  MAX_BATCH_SIZE run; each record goes through the single-image request path
+  (`input_fn` + `prepare`). A record that cannot be fetched or decoded becomes
+  an error record (id + reason); the chunk never fails for one image.
+  The answer (`Accept: application/x-npz`) is one NumPy `.npz`: `ids`,
+  `embeddings` (float32, one row per id), `error_ids`, `errors`, `artifact_version`.
 
 Responses (`Accept`): `application/json` -> `{"embeddings": [[...]], "ids": [...]}`
 (ids only when the request had some), `application/jsonlines` -> one
@@ -57,6 +69,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +96,12 @@ DEFAULT_MAX_TEXT_CHARS = 20_000
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 X_IMAGE = "application/x-image"
+IMAGE_CHUNK = "application/x-image-chunk"
+TEXT_CHUNK = "application/x-text-chunk"
+NPZ = "application/x-npz"
+VERSION_FILE = "artifact_version.txt"
+DEFAULT_FETCH_WORKERS = 8
+MAX_CHUNK_RECORDS = 100_000
 _JSON_TYPES = {JSON, "text/json"}
 _JSONLINES_TYPES = {JSONLINES, "application/jsonl", "application/x-jsonlines", "application/json-lines"}
 _IMAGE_TYPES = {X_IMAGE, "image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
@@ -118,6 +137,11 @@ class ClipModel:
     text_prompt: str | None = None
     pretrained: str = ""
     error_mode: str = "raise"
+    artifact_version: str = ""
+    fetch_workers: int = DEFAULT_FETCH_WORKERS
+    # The S3 client chunk records are fetched with; None = boto3's default client
+    # (the container's role; AWS_ENDPOINT_URL and the other standard variables apply).
+    s3_client: Any = None
 
 
 @dataclass
@@ -231,6 +255,15 @@ def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None 
     if text_prompt:
         _check_prompt(text_prompt, "TEXT_PROMPT")
 
+    version_path = model_dir / VERSION_FILE
+    version = version_path.read_text().strip() if version_path.is_file() else ""
+    wanted_version = (env.get("ARTIFACT_VERSION") or "").strip()
+    if wanted_version and wanted_version != version:
+        raise ValueError(
+            f"ARTIFACT_VERSION={wanted_version!r} but {model_dir} holds version {version or '(none)'!r}: "
+            "the model.tar.gz was replaced after the SageMaker model was created"
+        )
+
     name = register_model_config(model_name, config["model_cfg"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quiet = _DropRandomInitWarning()
@@ -281,6 +314,8 @@ def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None 
         text_prompt=text_prompt,
         pretrained=pretrained,
         error_mode=error_mode,
+        artifact_version=version,
+        fetch_workers=_env_int(env, "FETCH_WORKERS", DEFAULT_FETCH_WORKERS),
     )
 
 
@@ -367,6 +402,8 @@ def _check_inputs_value(value: Any, where: str) -> list[Any]:
 def input_fn(request_body: bytes | bytearray | str, request_content_type: str | None) -> Batch:
     """Parse a request body into a `Batch`; nothing is decoded or tokenised yet."""
     ctype = media_type(request_content_type)
+    if ctype in (IMAGE_CHUNK, TEXT_CHUNK):
+        return parse_chunk(request_body)
     if ctype in _IMAGE_TYPES:
         if isinstance(request_body, str):
             raise InputError(f"{ctype} body must be the image's raw bytes, not text")
@@ -690,6 +727,8 @@ def embed(inputs: torch.Tensor, model: ClipModel) -> np.ndarray:
 
 def predict_fn(data: Batch, model: ClipModel) -> Prediction:
     """Encode a parsed batch in one forward pass; rows keep the input order."""
+    if data.kind == "chunk":
+        return predict_chunk(data, model)
     try:
         inputs = prepare(data, model)
     except InputError as exc:
@@ -716,7 +755,9 @@ def negotiate_accept(accept: str | None) -> str:
             return JSON
         if candidate in _JSONLINES_TYPES:
             return JSONLINES
-    raise InputError(f"unsupported Accept {accept!r}: use {JSON} or {JSONLINES}")
+        if candidate == NPZ:
+            return NPZ
+    raise InputError(f"unsupported Accept {accept!r}: use {JSON}, {JSONLINES} or {NPZ}")
 
 
 def output_fn(prediction: Prediction, accept: str | None) -> bytes:
@@ -725,6 +766,10 @@ def output_fn(prediction: Prediction, accept: str | None) -> bytes:
     An error record is `{"error": "..."}` in both formats (one line for JSON lines).
     """
     kind = negotiate_accept(accept)
+    if isinstance(prediction, ChunkPrediction):
+        return chunk_output(prediction, kind)
+    if kind == NPZ:
+        raise InputError(f"{NPZ} answers {IMAGE_CHUNK} requests only: use {JSON} or {JSONLINES}")
     if prediction.error is not None:
         return json.dumps({"error": prediction.error}, allow_nan=False).encode("utf-8")
     rows = prediction.embeddings.tolist()
@@ -753,3 +798,221 @@ def encode(model: ClipModel, payload: bytes | str, content_type: str, accept: st
 def batch_of(items: Sequence[Any], kind: str) -> Batch:
     """A `Batch` built directly from Python values (texts, or image bytes when kind="image")."""
     return Batch(items=list(items), kind=kind)
+
+
+# --------------------------------------------------------------------------- chunks (batch transform)
+
+
+@dataclass
+class ChunkPrediction:
+    """The answer to a chunk: vectors of the records that encoded, reasons for those that did not."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    error_ids: list[str]
+    errors: list[str]
+    artifact_version: str = ""
+
+
+def parse_chunk(body: bytes | bytearray | str) -> Batch:
+    """A JSON Lines chunk -> `Batch(kind="chunk")` of records `{"id", "s3_uri" | "b64"}`.
+
+    A line that is not a JSON object with a string `id` fails the request (the
+    chunk is not one this pipeline wrote); a record with a usable id but a bad
+    image reference is kept and answered with an error record.
+    """
+    text = _as_text(body, IMAGE_CHUNK)
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"chunk line {number} is not valid JSON: {exc}") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
+            raise InputError(f'chunk line {number} must be {{"id": "...", "s3_uri": "s3://..."}} or {{"id", "b64"}}')
+        records.append(record)
+        if len(records) > MAX_CHUNK_RECORDS:
+            raise InputError(f"chunk has more than {MAX_CHUNK_RECORDS} records: split it")
+    if not records:
+        raise InputError("chunk has no records")
+    return Batch(items=records, kind="chunk", ids=[r["id"] for r in records])
+
+
+_default_s3 = None
+_default_s3_lock = threading.Lock()
+
+
+def _s3(model: ClipModel) -> Any:
+    """The client to fetch chunk records with: the injected one, else boto3's default (created once)."""
+    global _default_s3
+    if model.s3_client is not None:
+        return model.s3_client
+    with _default_s3_lock:
+        if _default_s3 is None:
+            import boto3  # in the SageMaker PyTorch containers; only chunks need it
+
+            _default_s3 = boto3.client("s3")
+        return _default_s3
+
+
+def _record_bytes(record: Mapping[str, Any], model: ClipModel) -> bytes:
+    """The image bytes a chunk record points at (S3 object or inline base64)."""
+    has_uri, has_b64 = "s3_uri" in record, "b64" in record
+    if has_uri == has_b64:
+        raise InputError('record needs exactly one of "s3_uri" and "b64"')
+    if has_b64:
+        return _decode_base64(record["b64"], 0)
+    uri = record["s3_uri"]
+    if not isinstance(uri, str) or not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise InputError(f"s3_uri {str(uri)[:200]!r} is not an s3://bucket/key URI")
+    bucket, key = uri[5:].split("/", 1)
+    try:
+        response = _s3(model).get_object(Bucket=bucket, Key=key)
+        return response["Body"].read()
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        raise InputError(f"image {uri} could not be fetched: {code or type(exc).__name__}: {exc}") from exc
+
+
+def _record_pixels(record: Mapping[str, Any], model: ClipModel) -> torch.Tensor:
+    """One record -> its (1, C, H, W) pixels, through the single-image request path."""
+    blob = _record_bytes(record, model)
+    return prepare(input_fn(blob, X_IMAGE), model)
+
+
+def predict_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:
+    """Encode a chunk: a thread pool fetches and decodes ahead while forward passes of
+    `max_batch_size` rows run; memory stays bounded by a window of in-flight records."""
+    if model.encode_type == "TEXT":
+        return predict_text_chunk(batch, model)
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    error_ids: list[str] = []
+    errors: list[str] = []
+    pending_ids: list[str] = []
+    pending: list[torch.Tensor] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        if pending:
+            rows.append(embed(torch.cat(pending), model))
+            ids.extend(pending_ids)
+            pending.clear()
+            pending_ids.clear()
+
+    def work(record: Mapping[str, Any]) -> torch.Tensor:
+        return _record_pixels(record, model)
+
+    window = max(2 * model.max_batch_size, model.fetch_workers)
+    records = list(batch.items)
+    with ThreadPoolExecutor(max_workers=model.fetch_workers, thread_name_prefix="chunk-fetch") as pool:
+        futures: dict[int, Any] = {}
+        for index in range(min(window, len(records))):
+            futures[index] = pool.submit(work, records[index])
+        for index, record in enumerate(records):
+            future = futures.pop(index)
+            ahead = index + window
+            if ahead < len(records):
+                futures[ahead] = pool.submit(work, records[ahead])
+            rid = record["id"]
+            try:
+                if rid in seen:
+                    raise InputError("duplicate id in the chunk (encoded once)")
+                pixels = future.result()
+            except Exception as exc:  # one bad image never fails the chunk
+                reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
+                logger.warning("chunk record %s: error record: %s", rid[:200], reason)
+                error_ids.append(rid)
+                errors.append(reason)
+                continue
+            seen.add(rid)
+            pending.append(pixels)
+            pending_ids.append(rid)
+            if len(pending) >= model.max_batch_size:
+                flush()
+        flush()
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, model.embed_dim), dtype=np.float32)
+    logger.info("chunk: %d records encoded, %d error records", len(ids), len(error_ids))
+    return ChunkPrediction(ids, embeddings, error_ids, errors, model.artifact_version)
+
+
+def predict_text_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:
+    """Encode a chunk of titles (`{"id", "text"}` records) in forward passes of `max_batch_size`.
+
+    A record without a usable text, or an id seen before, becomes an error record.
+    """
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    error_ids: list[str] = []
+    errors: list[str] = []
+    pending_ids: list[str] = []
+    pending: list[str] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            rows.append(embed(prepare(batch_of(pending, "string"), model), model))
+            ids.extend(pending_ids)
+        except InputError:  # one text the tokenizer refuses: the others still encode
+            for rid, text in zip(pending_ids, pending):
+                try:
+                    rows.append(embed(prepare(batch_of([text], "string"), model), model))
+                    ids.append(rid)
+                except InputError as exc:
+                    error_ids.append(rid)
+                    errors.append(str(exc))
+        pending.clear()
+        pending_ids.clear()
+
+    for record in batch.items:
+        rid = record["id"]
+        text = record.get("text")
+        if rid in seen:
+            error_ids.append(rid)
+            errors.append("duplicate id in the chunk (encoded once)")
+            continue
+        if not isinstance(text, str) or not text.strip():
+            error_ids.append(rid)
+            errors.append('record needs a non-empty "text" (a TEXT model encodes titles)')
+            continue
+        seen.add(rid)
+        pending.append(text)
+        pending_ids.append(rid)
+        if len(pending) >= model.max_batch_size:
+            flush()
+    flush()
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, model.embed_dim), dtype=np.float32)
+    logger.info("text chunk: %d records encoded, %d error records", len(ids), len(error_ids))
+    return ChunkPrediction(ids, embeddings, error_ids, errors, model.artifact_version)
+
+
+def chunk_output(prediction: ChunkPrediction, kind: str) -> bytes:
+    """`.npz` (ids, float32 embeddings, error_ids, errors, artifact_version), or the same as JSON."""
+    if kind == NPZ:
+        out = io.BytesIO()
+        np.savez(
+            out,
+            ids=np.asarray(prediction.ids, dtype=str),
+            embeddings=np.ascontiguousarray(prediction.embeddings, dtype=np.float32),
+            error_ids=np.asarray(prediction.error_ids, dtype=str),
+            errors=np.asarray(prediction.errors, dtype=str),
+            artifact_version=np.asarray(prediction.artifact_version, dtype=str),
+        )
+        return out.getvalue()
+    doc = {
+        "ids": prediction.ids,
+        "embeddings": prediction.embeddings.tolist(),
+        "errors": dict(zip(prediction.error_ids, prediction.errors)),
+        "artifact_version": prediction.artifact_version,
+    }
+    if kind == JSONLINES:
+        lines = [json.dumps({"id": i, "embedding": v}) for i, v in zip(doc["ids"], doc["embeddings"])]
+        lines += [json.dumps({"id": i, "error": e}) for i, e in doc["errors"].items()]
+        return "\n".join(lines).encode("utf-8")
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")

@@ -38,10 +38,12 @@ class CatalogueTransformOperator(SageMakerTransformOperator):
         )
         summary = report.as_dict()
         self.log.info(
-            "local transform: %s of %s inputs encoded, %s answered with an error record, %s failed",
+            "local transform: %s of %s inputs encoded, %s answered with an error record, %s failed, "
+            "%s records inside them answered with an error record",
             summary["succeeded"],
             summary["total"],
             len(summary["error_records"]),
             len(summary["failed"]),
+            len(summary["record_errors"]),
         )
         return result

@@ -145,7 +145,7 @@ def deploy_plan(settings: Settings, encode_type: str, image_uri: str, artifact_v
 
     if encode_type not in ENCODE_TYPES:
         raise ValueError(f"encode type {encode_type!r}: use one of {ENCODE_TYPES}")
-    model = model_request(settings, encode_type, image_uri)
+    model = model_request(settings, encode_type, image_uri, artifact_version)
     name = resource_name(settings, encode_type, model, artifact_version)
     endpoint = endpoint_request(settings, encode_type, name)
     return DeployPlan(
@@ -158,20 +158,13 @@ def deploy_plan(settings: Settings, encode_type: str, image_uri: str, artifact_v
 
 
 def artifact_version(s3, settings: Settings) -> str:
-    """The model.tar.gz's ETag: a rebuilt artifact at the same URI still gets a new endpoint config."""
-    from catalogue_search.s3util import parse_s3_uri
+    """The model.tar.gz's artifact version (its S3 metadata, one HEAD): what the endpoints encode with."""
+    from catalogue_search.model_artifact import ArtifactVersionError, read_artifact_version
 
-    bucket, key = parse_s3_uri(settings.artifact_uri)
     try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}:
-            raise ArtifactMissingError(
-                f"no model artifact at {settings.artifact_uri}: build and upload it first "
-                "(`./dev demo` or `python -m catalogue_search.model_artifact build --upload`)"
-            ) from exc
-        raise
-    return str(head.get("ETag", "")).strip('"')
+        return read_artifact_version(s3, settings.artifact_uri)
+    except ArtifactVersionError as exc:
+        raise ArtifactMissingError(str(exc)) from exc
 
 
 # --- What is there -----------------------------------------------------------

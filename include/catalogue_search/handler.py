@@ -113,6 +113,11 @@ class LoadedHandler:
     def model_name(self) -> str:
         return self.model.model_name
 
+    @property
+    def artifact_version(self) -> str:
+        """The artifact version of the loaded model.tar.gz ("" for one built before versions existed)."""
+        return getattr(self.model, "artifact_version", "")
+
     def invoke(self, payload: bytes | str, content_type: str, accept: str = "application/json") -> bytes:
         """One request, exactly as the container would answer it."""
         body, _ = self.module.encode(self.model, payload, content_type, accept)
@@ -158,6 +163,12 @@ class LoadedHandler:
                 batch = mod.input_fn(payload, content_type)
             except Exception as exc:  # malformed request: fails even with ERROR_MODE=record
                 results[index].error = exc
+                continue
+            if batch.kind == "chunk":  # a chunk runs its own forward passes (and error records)
+                try:
+                    results[index].body = mod.output_fn(mod.predict_fn(batch, self.model), accept)
+                except Exception as exc:
+                    results[index].error = exc
                 continue
             try:
                 inputs = mod.prepare(batch, self.model)

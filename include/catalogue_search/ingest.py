@@ -50,10 +50,6 @@ class RunPlan:
     def duplicates_key(self) -> str:
         return f"{self.prefix}duplicates.json"
 
-    @property
-    def transform_manifest_key(self) -> str:
-        return f"{self.prefix}transform.manifest"
-
 
 _SHARD = re.compile(r"listings_([0-9a-f])\.json\.gz$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
@@ -150,57 +146,221 @@ def products(settings: Settings, s3, plan: RunPlan) -> list[dict[str, Any]]:
 def prepare_encoding(
     settings: Settings, s3, sagemaker, plan: RunPlan, image_uri: str, logger: logging.Logger = log
 ) -> dict[str, Any] | None:
-    """Step 3a: the transform request over the images with no embedding yet (None: nothing to do)."""
+    """Step 3a: chunks of the images the store lacks for this artifact version, and the
+    transform request over them (None: nothing to do).
+
+    Costs one HEAD (the artifact's version), one GET (the store's catalogue)
+    and one listing of the images, whatever the catalogue's size.
+    """
+    from catalogue_search import embedding_store as store
+    from catalogue_search.model_artifact import read_artifact_version
+
+    version = read_artifact_version(s3, settings.artifact_uri)
+    catalogue = store.Catalogue.load(s3, settings, version)
+    etags = store.image_etags(s3, settings)
     items = products(settings, s3, plan)
-    pending = transform.pending_paths(
-        items, transform.encoded_paths(s3, settings), transform.image_paths(s3, settings), plan.force_reencode
-    )
+    pending = store.pending_paths((p["path"] for p in items), catalogue, etags, plan.force_reencode)
     logger.info(
-        "%d of %d images need encoding with %s%s",
+        "%d of %d images need encoding with %s, artifact version %s (%d in its store)%s",
         len(pending),
         len(items),
         settings.model_name,
+        version,
+        len(catalogue.images),
         " (force_reencode)" if plan.force_reencode else "",
     )
+    encode = store.write_chunks(s3, settings, plan.prefix, version, pending, etags, settings.transform_chunk_size)
     if not pending:
-        logger.info("nothing new to encode: every image already has an embedding for %s", settings.model_name)
+        logger.info("nothing new to encode: every image already has an embedding for artifact %s", version)
         return None
-    put_bytes(
-        s3, settings.bucket, plan.transform_manifest_key, transform.manifest(settings, pending), "application/json"
-    )
-    what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.IMAGE, image_uri))
+    what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.IMAGE, image_uri, version))
     logger.info("SageMaker model %s: %s", settings.sagemaker_model_name(transform.IMAGE), what)
+    logger.info("%d chunks of up to %d images", len(encode.chunks), settings.transform_chunk_size)
     return transform.transform_request(
         settings,
-        job=transform.job_name(settings, plan.run_key),
-        manifest_uri=f"s3://{settings.bucket}/{plan.transform_manifest_key}",
+        job=transform.job_name(settings, f"{plan.run_key}/{version}"),
+        manifest_uri=f"s3://{settings.bucket}/{store.manifest_key(plan.prefix)}",
+        output_uri=f"s3://{settings.bucket}/{encode.output_prefix}",
     )
+
+
+def record_embeddings(settings: Settings, s3, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 3c: every chunk has its output (else fail naming the first missing key); the
+    store's catalogue learns what was encoded; failed images are counted in the run report."""
+    from catalogue_search import embedding_store as store
+
+    report = store.record_outputs(s3, settings, plan.prefix, logger=logger)
+    summary = report.as_dict()
+    summary.pop("errors")
+    summary["report"] = f"s3://{settings.bucket}/{store.report_key(plan.prefix)}"
+    return summary
+
+
+def prepare_name_encoding(
+    settings: Settings, s3, sagemaker, plan: RunPlan, image_uri: str, logger: logging.Logger = log
+) -> dict[str, Any] | None:
+    """Step 3a': chunks of the titles the title store lacks for this artifact version, and the
+    transform request that encodes them with the TEXT model (None: nothing to do).
+
+    The image path's rails (`embedding_store`): same chunk size, batch size,
+    payload limit and version keying; records are `{"id": <title digest>, "text": <title>}`.
+    """
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+    from catalogue_search.model_artifact import read_artifact_version
+
+    version = read_artifact_version(s3, settings.artifact_uri)
+    name_settings = names.store_settings(settings)
+    catalogue = store.Catalogue.load(s3, name_settings, version)
+    titles = names.titles_of(products(settings, s3, plan))
+    same = {tid: "" for tid in titles}  # content-addressed ids: no ETag to compare
+    pending = store.pending_paths(titles, catalogue, same, plan.force_reencode)
+    logger.info(
+        "%d of %d distinct titles need encoding with %s (TEXT), artifact version %s (%d in its title store)%s",
+        len(pending),
+        len(titles),
+        settings.model_name,
+        version,
+        len(catalogue.images),
+        " (force_reencode)" if plan.force_reencode else "",
+    )
+    run_prefix = names.run_prefix(plan.prefix)
+    encode = store.write_chunks(
+        s3,
+        name_settings,
+        run_prefix,
+        version,
+        pending,
+        same,
+        settings.transform_chunk_size,
+        body=lambda ids: names.chunk_body(titles, ids),
+        content_type=names.TEXT_CHUNK_CONTENT_TYPE,
+    )
+    if not pending:
+        logger.info("nothing new to encode: every title already has an embedding for artifact %s", version)
+        return None
+    what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.TEXT, image_uri, version))
+    logger.info("SageMaker model %s: %s", settings.sagemaker_model_name(transform.TEXT), what)
+    return transform.transform_request(
+        settings,
+        job=transform.job_name(settings, f"{plan.run_key}/{version}/names"),
+        manifest_uri=f"s3://{settings.bucket}/{store.manifest_key(run_prefix)}",
+        output_uri=f"s3://{settings.bucket}/{encode.output_prefix}",
+        encode_type=transform.TEXT,
+    )
+
+
+def record_name_embeddings(settings: Settings, s3, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 3c': the title chunks' outputs are all there; the title store learns them; run report."""
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+
+    run_prefix = names.run_prefix(plan.prefix)
+    report = store.record_outputs(s3, names.store_settings(settings), run_prefix, logger=logger)
+    summary = report.as_dict()
+    summary.pop("errors")
+    summary["report"] = f"s3://{settings.bucket}/{store.report_key(run_prefix)}"
+    return summary
+
+
+def add_name_vectors(
+    settings: Settings,
+    s3,
+    client,
+    plan: RunPlan,
+    items: list[dict[str, Any]],
+    version: str,
+    logger: logging.Logger = log,
+) -> int:
+    """Add each product's title vector to its document: partial updates streamed chunk by chunk."""
+    from opensearchpy import helpers
+
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+
+    name_settings = names.store_settings(settings)
+    catalogue = store.Catalogue.load(s3, name_settings, version)
+    by_title = names.products_by_title(items)
+    missing = [tid for tid in by_title if tid not in catalogue.images]
+    if missing:
+        logger.warning(
+            "%d titles have no title vector for artifact %s (their products are found by image and BM25 only)",
+            len(missing),
+            version,
+        )
+    vectors = store.iter_vectors(s3, name_settings, catalogue, by_title)
+    updated, failed = 0, []
+    for ok, item in helpers.streaming_bulk(
+        client,
+        names.name_updates(plan.index, index.NAME_VECTOR_FIELD, by_title, vectors),
+        chunk_size=500,
+        max_retries=5,
+        initial_backoff=1,
+        max_backoff=30,
+        raise_on_error=False,
+    ):
+        if ok:
+            updated += 1
+        else:
+            failed.append(str(item))
+    if failed:
+        raise RuntimeError(f"{len(failed)} title vectors were rejected, first: {failed[0]}")
+    logger.info("title vectors added to %d of %d documents", updated, len(items))
+    return updated
 
 
 def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
-    """Step 4: create the run's index and bulk-load every product that has an embedding."""
+    """Step 4: create the run's index and bulk-load every product that has an embedding.
+
+    Vectors stream from the store chunk by chunk (float32), so memory does
+    not grow with the number of vectors; title vectors follow as partial
+    updates, streamed from the title store the same way.
+    """
+    from catalogue_search import embedding_store as store
+
+    version = store.read_plan(s3, settings, plan.prefix).version
+    catalogue = store.Catalogue.load(s3, settings, version)
     items = products(settings, s3, plan)
-    emb = transform.read_embeddings(s3, settings, [p["path"] for p in items], logger=logger)
-    for path, err in sorted(emb.errors.items()):
-        logger.warning("image %s could not be encoded, its product is dropped: %s", path, err)
-    for path in emb.missing:
-        logger.warning("image %s has no embedding, its product is dropped", path)
-    ready = [p for p in items if p["path"] in emb.vectors]
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for p in items:
+        by_path.setdefault(p["path"], []).append(p)
+    dropped: list[str] = []
+    for path in sorted(by_path):
+        if path not in catalogue.images:
+            dropped.append(path)
+            reason = catalogue.errors.get(path, ("", "no embedding in the store"))[1]
+            logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
+    ready = sum(len(by_path[p]) for p in by_path if p in catalogue.images)
     if not ready:
-        raise RuntimeError("no product has an embedding: nothing to index")
-    dimension = len(next(iter(emb.vectors.values())))
+        raise RuntimeError(f"no product has an embedding for artifact {version}: nothing to index")
+    vectors = store.iter_vectors(s3, settings, catalogue, by_path)
+    first_path, first_vector = next(vectors)
+    dimension = int(first_vector.shape[0])
     body = index.index_body(settings, alias=plan.alias, dimension=dimension, run_key=plan.run_key)
+    body["mappings"]["_meta"]["artifact_version"] = version
     logger.info("index %s: %s", plan.index, index.create_index(client, plan.index, body))
-    docs = (index.document(p, emb.vectors[p["path"]], settings.model_name) for p in ready)
-    report = index.bulk_load(client, plan.index, docs, total=len(ready), logger=logger)
+
+    def docs():
+        import itertools
+
+        for path, vector in itertools.chain([(first_path, first_vector)], vectors):
+            row = vector.tolist()
+            for product in by_path[path]:
+                yield index.document(product, row, settings.model_name)
+
+    report = index.bulk_load(client, plan.index, docs(), total=ready, logger=logger)
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
+    loaded = [p for p in items if p["path"] in catalogue.images]
+    titled = add_name_vectors(settings, s3, client, plan, loaded, version, logger=logger)
     index.finish_loading(client, plan.index, settings.index_replicas)
     return {
         "index": plan.index,
         "indexed": report.indexed,
-        "dropped_no_embedding": sorted(set(emb.errors) | set(emb.missing)),
+        "title_vectors": titled,
+        "dropped_no_embedding": dropped,
         "dimension": dimension,
+        "artifact_version": version,
     }
 
 

@@ -2,7 +2,12 @@
 
 Layout (what the container expects): `model.pt` (state_dict) and
 `clip_config.json` at the archive root, the handler under `code/`
-(`inference.py`, `requirements.txt`, copied from `inference_code/`).
+(`inference.py`, `requirements.txt`, copied from `inference_code/`), and
+`artifact_version.txt`: the ARTIFACT VERSION, a digest of the weights, the
+model config and the handler code (which holds the image preprocessing). It
+is also stored in the uploaded object's metadata (`artifact-version`), so one
+HEAD tells which vectors an artifact produces; stored embeddings and indices
+are keyed by it (`read_artifact_version`).
 
 With a pretrained tag (e.g. `openai`) the real weights are packaged; offline
 (no model hub) or with `pretrained=""` the archive holds randomly initialised
@@ -36,6 +41,8 @@ from catalogue_search.settings import Settings, boto3_client
 logger = logging.getLogger(__name__)
 
 CODE_FILES = ("inference.py", "requirements.txt")
+VERSION_FILE = "artifact_version.txt"
+VERSION_METADATA = "artifact-version"  # S3 user metadata key (x-amz-meta-artifact-version)
 FORMAT_VERSION = 1
 RANDOM_SEED = 0
 RANDOM_WEIGHTS_WARNING = (
@@ -59,6 +66,7 @@ class ArtifactInfo:
     sha256: str
     size_bytes: int
     recipe: str
+    artifact_version: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,7 +194,55 @@ def write_model_dir(
     (model_dir / "code").mkdir(exist_ok=True)
     for file_name in CODE_FILES:
         (model_dir / "code" / file_name).write_bytes((code_dir / file_name).read_bytes())
+    (model_dir / VERSION_FILE).write_text(artifact_version(model_dir) + "\n")
     return clip_config
+
+
+def artifact_version(model_dir: str | Path) -> str:
+    """The version of what a model directory computes: weights + model config + handler code.
+
+    The handler code (`code/inference.py`) holds the image decoding and
+    preprocessing, so a change there gives new vectors as surely as new
+    weights. 16 hex digits of a sha256 (64 bits: no collisions among the
+    artifacts one project will ever build).
+    """
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256(b"catalogue-search artifact version 1\n")
+    digest.update(sha256_file(model_dir / "model.pt").encode())
+    config = json.loads((model_dir / "clip_config.json").read_text())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    digest.update((model_dir / "code" / "inference.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_artifact_version(s3_client: Any, uri: str) -> str:
+    """The artifact version of the model.tar.gz at `uri`: one HEAD (its S3 metadata).
+
+    Raises `ArtifactVersionError` when the object is missing or was uploaded
+    without a version (built before versions existed): rebuild and upload it.
+    """
+    bucket, key = parse_s3_uri(uri)
+    try:
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}:
+            raise ArtifactVersionError(
+                f"no model artifact at {uri}: build and upload it first "
+                "(`./dev demo` or `python -m catalogue_search.model_artifact build --upload`)"
+            ) from exc
+        raise
+    version = (head.get("Metadata") or {}).get(VERSION_METADATA, "")
+    if not version:
+        raise ArtifactVersionError(
+            f"the model artifact at {uri} has no {VERSION_METADATA!r} metadata (built by an older version of "
+            "this project): rebuild and upload it with `python -m catalogue_search.model_artifact build --upload`"
+        )
+    return version
+
+
+class ArtifactVersionError(RuntimeError):
+    """The model artifact's version cannot be read; the message says what to do."""
 
 
 def _write_deterministic_tar(out_path: Path, root: Path) -> None:
@@ -255,7 +311,12 @@ def build_model_artifact(
             cached = ArtifactInfo(**json.loads(info_path.read_text()))
         except (TypeError, ValueError):
             cached = None
-        if cached is not None and cached.recipe == recipe and cached.size_bytes == out_path.stat().st_size:
+        if (
+            cached is not None
+            and cached.recipe == recipe
+            and cached.artifact_version
+            and cached.size_bytes == out_path.stat().st_size
+        ):
             if cached.pretrained_loaded or not pretrained:
                 logger.info("Reusing %s (same recipe %s)", out_path, recipe[:12])
                 if not cached.pretrained_loaded:
@@ -275,6 +336,7 @@ def build_model_artifact(
             tmp, model_name, pretrained, model_cfg_path, seed=seed, cache_dir=cache_dir, code_dir=code_dir
         )
         _write_deterministic_tar(out_path, Path(tmp))
+        clip_config = {**clip_config, "artifact_version": (Path(tmp) / VERSION_FILE).read_text().strip()}
     info = ArtifactInfo(
         path=str(out_path),
         model_name=model_name,
@@ -286,29 +348,50 @@ def build_model_artifact(
         sha256=sha256_file(out_path),
         size_bytes=out_path.stat().st_size,
         recipe=recipe,
+        artifact_version=clip_config["artifact_version"],
     )
     info_path.write_text(json.dumps(info.as_dict(), indent=2) + "\n")
     logger.info("Built %s (%d bytes, sha256 %s)", out_path, info.size_bytes, info.sha256[:12])
     return info
 
 
+def archive_version(path: str | Path) -> str:
+    """The artifact version recorded inside a model.tar.gz."""
+    with tarfile.open(path, "r:*") as tar:
+        try:
+            member = tar.extractfile(VERSION_FILE)
+        except KeyError:
+            member = None
+        if member is None:
+            raise ArtifactVersionError(f"{path} has no {VERSION_FILE}: rebuild it (`model_artifact build --force`)")
+        return member.read().decode().strip()
+
+
 def upload_model_artifact(settings: Settings, s3_client: Any, path: str | Path) -> str:
-    """Upload model.tar.gz to `settings.artifact_uri` (skipped when the same bytes are there)."""
+    """Upload model.tar.gz to `settings.artifact_uri` (skipped when the same bytes are there).
+
+    The object's metadata carries `sha256` and the artifact version (`artifact-version`).
+    """
     from botocore.exceptions import ClientError
 
     uri = settings.artifact_uri
     bucket, key = parse_s3_uri(uri)
     sha256 = sha256_file(Path(path))
+    version = archive_version(path)
     try:
         head = s3_client.head_object(Bucket=bucket, Key=key)
-        if head.get("Metadata", {}).get("sha256") == sha256:
+        meta = head.get("Metadata", {})
+        if meta.get("sha256") == sha256 and meta.get(VERSION_METADATA) == version:
             logger.info("%s already holds this artifact (sha256 %s): not uploading", uri, sha256[:12])
             return uri
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
             raise
     s3_client.upload_file(
-        str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/gzip"}
+        str(path),
+        bucket,
+        key,
+        ExtraArgs={"Metadata": {"sha256": sha256, VERSION_METADATA: version}, "ContentType": "application/gzip"},
     )
     logger.info("Uploaded %s to %s", path, uri)
     return uri

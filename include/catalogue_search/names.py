@@ -25,7 +25,7 @@ from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TEXT_CHUNK_CONTENT_TYPE = "application/x-text-chunk"
+TEXT_CHUNK_CONTENT_TYPE = "application/x-text-chunk"  # = transform.TEXT_CHUNK_CONTENT_TYPE
 STORE_DIR = "names/"
 
 

@@ -53,6 +53,10 @@ class EncoderResponseError(SearchError, contract.EncoderResponseError):
     pass
 
 
+class ModelVersionMismatchError(SearchError):
+    """The query encoder's model is not the one that encoded the index's images."""
+
+
 def parse_embeddings(raw: bytes, source: str) -> list[float]:
     """The contract's parser, with its errors as search errors."""
     try:
@@ -165,6 +169,9 @@ def fold_candidates(candidates: list[_Candidate], threshold: float) -> list[_Can
 class QueryEncoder(Protocol):
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]: ...
 
+    # Optional: `artifact_version(encode_type) -> str`, the model.tar.gz version the
+    # encoder runs; the search client compares it with the index's before encoding.
+
 
 class LocalEncoder:
     """Runs the SageMaker handler in-process, from the same model.tar.gz the endpoints use."""
@@ -197,6 +204,10 @@ class LocalEncoder:
                 raise
         return self._handlers[encode_type]
 
+    def artifact_version(self, encode_type: str) -> str:
+        """The loaded artifact's version (the file inside model.tar.gz)."""
+        return self._handler(encode_type).artifact_version
+
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         handler = self._handler(encode_type)
         try:
@@ -216,6 +227,7 @@ class EndpointEncoder:
         self.runtime = runtime_client or boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
         self.control = sagemaker_client or boto3.client("sagemaker", **settings.boto3_kwargs())
         self._in_service: set[str] = set()
+        self._versions: dict[str, str] = {}
 
     def _check_deployed(self, name: str) -> None:
         """One DescribeEndpoint per endpoint and client: a clear error beats a cryptic invoke failure."""
@@ -230,6 +242,21 @@ class EndpointEncoder:
         if status not in {"InService", "Updating"}:
             raise EndpointNotDeployedError(f"endpoint {name} is {status}, not InService")
         self._in_service.add(name)
+        self._versions[name] = self._model_version(described)
+
+    def _model_version(self, described: dict[str, Any]) -> str:
+        """ARTIFACT_VERSION in the environment of the model the endpoint serves ("" if none)."""
+        config = self.control.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+        variants = config.get("ProductionVariants") or [{}]
+        model = self.control.describe_model(ModelName=variants[0]["ModelName"])
+        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        return (container.get("Environment") or {}).get("ARTIFACT_VERSION", "")
+
+    def artifact_version(self, encode_type: str) -> str:
+        """The endpoint model's ARTIFACT_VERSION (DescribeEndpoint -> config -> DescribeModel, once)."""
+        name = self.settings.endpoint_name(encode_type)
+        self._check_deployed(name)
+        return self._versions.get(name, "")
 
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         name = self.settings.endpoint_name(encode_type)
@@ -289,6 +316,7 @@ class SearchClient:
         body: dict[str, Any] = {"inputs": [query.strip()]}
         if prompt:
             body["prompt"] = prompt
+        self.check_model_version(TEXT)
         vector = self.encoder.encode(TEXT, json.dumps(body).encode(), "application/json")
         if mode == HYBRID_MODE:
             return self.search_hybrid(vector, k, text=query.strip(), fusion=fusion, **options)
@@ -301,10 +329,43 @@ class SearchClient:
         _check_mode(mode)
         if not image_bytes:
             raise UnreadableImageError("the image is empty")
+        self.check_model_version(IMAGE)
         vector = self.encoder.encode(IMAGE, image_bytes, "application/x-image")
         if mode == HYBRID_MODE:
             return self.search_hybrid(vector, k, text=None, fusion=fusion, **options)
         return self.search_vector(vector, k, field=_field_of(mode), **options)
+
+    def index_artifact_version(self) -> str:
+        """The artifact version recorded in the `_meta` of the index behind the alias ("" if none)."""
+        from opensearchpy.exceptions import NotFoundError
+
+        alias = self.settings.index_alias
+        try:
+            mappings = self.client.indices.get_mapping(index=alias)
+        except NotFoundError as exc:
+            raise IndexMissingError(
+                f"index or alias {alias!r} does not exist: run the catalogue_ingest DAG first"
+            ) from exc
+        versions = {(m.get("mappings") or {}).get("_meta", {}).get("artifact_version", "") for m in mappings.values()}
+        if len(versions) > 1:
+            raise ModelVersionMismatchError(f"alias {alias!r} spans indices of several artifact versions: {versions}")
+        return versions.pop() if versions else ""
+
+    def check_model_version(self, encode_type: str) -> None:
+        """Refuse to encode a query with a model other than the one that encoded the index."""
+        version_of = getattr(self.encoder, "artifact_version", None)
+        if version_of is None:
+            return
+        wanted = self.index_artifact_version()
+        if not wanted:  # an index loaded before versions were recorded
+            return
+        have = version_of(encode_type)
+        if have != wanted:
+            raise ModelVersionMismatchError(
+                f"the {encode_type.lower()} query encoder runs model artifact {have or '(unversioned)'} but index "
+                f"{self.settings.index_alias!r} was encoded with artifact {wanted}: the vectors are not comparable. "
+                "Deploy the index's artifact (query_endpoints_deploy) or re-run catalogue_ingest with the new one."
+            )
 
     def search_vector(
         self,

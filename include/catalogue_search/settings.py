@@ -65,6 +65,12 @@ class Settings:
     transform_instance_count: int = 1
     transform_max_concurrent: int = 4
     transform_max_payload_mb: int = 6
+    # Images per transform request (one JSON Lines chunk object = one request = one `.out`).
+    transform_chunk_size: int = 256
+    # Rows per forward pass inside the handler (MAX_BATCH_SIZE of the container).
+    transform_batch_size: int = 64
+    # ModelClientConfig.InvocationsTimeoutInSeconds (1..3600) for one chunk request.
+    transform_invocation_timeout_s: int = 600
     # Seconds between two status checks of a running transform job (SageMaker jobs take minutes;
     # the local stand-in reports Completed at once, so localenv.py sets a short interval).
     transform_poll_seconds: int = 30
@@ -175,10 +181,6 @@ class Settings:
         if self.model_artifact_uri:
             return self.model_artifact_uri
         return f"s3://{self.bucket}/{self.models_prefix}{self.model_slug}/model.tar.gz"
-
-    def embeddings_uri(self) -> str:
-        """Where batch-transform outputs (`<image key>.out`) live, keyed by model."""
-        return f"s3://{self.bucket}/{self.embeddings_prefix}{self.model_slug}/"
 
     def run_prefix(self, run_key: str) -> str:
         return f"{self.manifests_prefix}{_slug(run_key)}/"

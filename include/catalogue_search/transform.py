@@ -1,29 +1,33 @@
-"""Batch-transform plumbing: which images need encoding, the job request, the outputs.
+"""Batch-transform plumbing: the SageMaker model and the CreateTransformJob request.
 
-Embeddings live at `s3://{bucket}/{embeddings_prefix}{model}/{path}.out`, the
-exact place SageMaker batch transform writes the output for the input
-`s3://{bucket}/{images_prefix}{path}` of a ManifestFile job. So "has this
-image an embedding for this model" is one listing, and a weekly re-index
-encodes only what is new.
+One transform request carries one chunk of images: a JSON Lines object of
+`{"id": <ABO path>, "s3_uri": ...}` records (see `embedding_store`), sent whole
+(`SplitType=None`), answered with one `.npz` (`<chunk>.out`) of ids and a
+float32 matrix. The handler fetches the images itself with the container's
+role and runs forward passes of `MAX_BATCH_SIZE` over them. Why this shape,
+and the SageMaker limits behind it, are in the README ("Encoding at scale").
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from catalogue_search import contract
-from catalogue_search.s3util import S3_WORKERS, Progress, get_bytes, list_objects
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
 IMAGE = contract.IMAGE
 TEXT = contract.TEXT
+CHUNK_CONTENT_TYPE = "application/x-image-chunk"
+TEXT_CHUNK_CONTENT_TYPE = "application/x-text-chunk"  # titles for the TEXT model (`names`)
+OUTPUT_ACCEPT = "application/x-npz"
+# SageMaker's documented limits (CreateTransformJob, ModelClientConfig).
+MAX_PAYLOAD_MB = 100
+MAX_INVOCATION_TIMEOUT_S = 3600
+FETCH_WORKERS = 8
 
 
 def job_name(settings: Settings, run_key: str) -> str:
@@ -32,48 +36,15 @@ def job_name(settings: Settings, run_key: str) -> str:
     return f"catsearch-encode-{settings.model_slug}"[:52] + f"-{digest}"
 
 
-def embedding_key(settings: Settings, path: str) -> str:
-    return f"{settings.embeddings_prefix}{settings.model_slug}/{path}.out"
+def model_request(settings: Settings, encode_type: str, image_uri: str, artifact_version: str) -> dict[str, Any]:
+    """The CreateModel request for one encode type (same artifact, different environment).
 
-
-def encoded_paths(s3, settings: Settings) -> dict[str, Any]:
-    """Image paths (ABO `path`) that have an embedding for the model -> when it was written."""
-    prefix = f"{settings.embeddings_prefix}{settings.model_slug}/"
-    return {
-        key[len(prefix) : -len(".out")]: meta["modified"]
-        for key, meta in list_objects(s3, settings.bucket, prefix).items()
-        if key.endswith(".out")
-    }
-
-
-def image_paths(s3, settings: Settings) -> dict[str, Any]:
-    """Image paths in the project bucket -> when each was last written."""
-    prefix = settings.images_prefix
-    return {key[len(prefix) :]: meta["modified"] for key, meta in list_objects(s3, settings.bucket, prefix).items()}
-
-
-def pending_paths(
-    products: Iterable[dict[str, Any]],
-    encoded: dict[str, Any],
-    images: dict[str, Any],
-    force: bool = False,
-) -> list[str]:
-    """Image paths to encode: all with `force`, else those with no embedding yet
-    or whose image was replaced after its embedding was written."""
-    paths = sorted({p["path"] for p in products})
-    if force:
-        return paths
-    return [p for p in paths if p not in encoded or (p in images and images[p] > encoded[p])]
-
-
-def manifest(settings: Settings, paths: list[str]) -> bytes:
-    """A SageMaker ManifestFile: the prefix first, then keys relative to it."""
-    body: list[Any] = [{"prefix": f"s3://{settings.bucket}/{settings.images_prefix}"}, *paths]
-    return json.dumps(body, indent=0).encode()
-
-
-def model_request(settings: Settings, encode_type: str, image_uri: str) -> dict[str, Any]:
-    """The CreateModel request for one encode type (same artifact, different environment)."""
+    `ARTIFACT_VERSION` names the model.tar.gz's version: the handler refuses
+    to start on another artifact, and the search client compares it with the
+    index's before encoding a query with an endpoint.
+    """
+    if not artifact_version:
+        raise ValueError("model_request needs the artifact version (model_artifact.read_artifact_version)")
     return {
         "ModelName": settings.sagemaker_model_name(encode_type),
         "ExecutionRoleArn": settings.sagemaker_role_arn,
@@ -83,9 +54,11 @@ def model_request(settings: Settings, encode_type: str, image_uri: str) -> dict[
             "Environment": {
                 "MODEL_NAME": settings.model_name,
                 "ENCODE_TYPE": encode_type,
+                "ARTIFACT_VERSION": artifact_version,
                 "SAGEMAKER_PROGRAM": "inference.py",
                 "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                "TS_DEFAULT_RESPONSE_TIMEOUT": "300",
+                # TorchServe's own per-request limit: at least one chunk's invocation timeout.
+                "TS_DEFAULT_RESPONSE_TIMEOUT": str(max(300, settings.transform_invocation_timeout_s)),
             },
         },
     }
@@ -113,25 +86,44 @@ def ensure_model(sagemaker, request: dict[str, Any]) -> str:
     return "created"
 
 
-def transform_request(settings: Settings, *, job: str, manifest_uri: str) -> dict[str, Any]:
-    """The CreateTransformJob request that SageMakerTransformOperator sends."""
+def transform_request(
+    settings: Settings, *, job: str, manifest_uri: str, output_uri: str, encode_type: str = IMAGE
+) -> dict[str, Any]:
+    """The CreateTransformJob request that SageMakerTransformOperator sends.
+
+    The manifest lists the run's chunk objects; each is one request
+    (`SplitType=None`: the whole object is the payload, so `BatchStrategy` is
+    `SingleRecord`, a record being the whole chunk) and gets one
+    `<chunk>.out` under `output_uri`.
+    """
+    if not 1 <= settings.transform_max_payload_mb <= MAX_PAYLOAD_MB:
+        raise ValueError(f"CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB must be 1..{MAX_PAYLOAD_MB}")
+    if not 1 <= settings.transform_invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S:
+        raise ValueError(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
     return {
         "TransformJobName": job,
-        "ModelName": settings.sagemaker_model_name(IMAGE),
-        "BatchStrategy": "MultiRecord",
+        "ModelName": settings.sagemaker_model_name(encode_type),
+        "BatchStrategy": "SingleRecord",
         "MaxConcurrentTransforms": settings.transform_max_concurrent,
         "MaxPayloadInMB": settings.transform_max_payload_mb,
-        # Per-image failures become error records instead of failing the whole job.
-        "Environment": {"ERROR_MODE": "record"},
+        "ModelClientConfig": {
+            "InvocationsTimeoutInSeconds": settings.transform_invocation_timeout_s,
+            # A retried chunk is re-encoded whole and overwrites its own `.out`: idempotent.
+            "InvocationsMaxRetries": 2,
+        },
+        "Environment": {
+            "MAX_BATCH_SIZE": str(settings.transform_batch_size),
+            "FETCH_WORKERS": str(FETCH_WORKERS),
+        },
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
-            "ContentType": "application/x-image",
+            "ContentType": TEXT_CHUNK_CONTENT_TYPE if encode_type == TEXT else CHUNK_CONTENT_TYPE,
             "SplitType": "None",
             "CompressionType": "None",
         },
         "TransformOutput": {
-            "S3OutputPath": settings.embeddings_uri(),
-            "Accept": "application/json",
+            "S3OutputPath": output_uri,
+            "Accept": OUTPUT_ACCEPT,
             "AssembleWith": "None",
         },
         "TransformResources": {
@@ -139,45 +131,3 @@ def transform_request(settings: Settings, *, job: str, manifest_uri: str) -> dic
             "InstanceCount": settings.transform_instance_count,
         },
     }
-
-
-@dataclass
-class Embeddings:
-    vectors: dict[str, list[float]]
-    errors: dict[str, str]
-    missing: list[str]
-
-
-def parse_output(raw: bytes) -> list[float]:
-    """One `.out` object -> its vector; an error record or a bad shape raises ValueError with its message."""
-    try:
-        return contract.parse_embeddings(raw, "the transform output")
-    except contract.EncoderResponseError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def read_embeddings(
-    s3, settings: Settings, paths: list[str], workers: int = S3_WORKERS, logger: logging.Logger = log
-) -> Embeddings:
-    """Read the `.out` of every image path in parallel."""
-    present = set(encoded_paths(s3, settings))
-    out = Embeddings(vectors={}, errors={}, missing=sorted(set(paths) - present))
-    todo = sorted(set(paths) & present)
-    progress = Progress("embeddings read", len(todo), logger)
-
-    def one(path: str) -> tuple[str, list[float] | None, str | None]:
-        try:
-            vec = parse_output(get_bytes(s3, settings.bucket, embedding_key(settings, path)))
-            return path, vec, None
-        except ValueError as exc:
-            return path, None, str(exc)
-        finally:
-            progress.tick()
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, vec, err in pool.map(one, todo):
-            if vec is not None:
-                out.vectors[path] = vec
-            else:
-                out.errors[path] = err or "unknown error"
-    return out

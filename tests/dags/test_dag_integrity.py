@@ -83,6 +83,7 @@ def test_ingest_dag_shape():
         "copy_images",
         "prepare_encoding",
         "encode_images",
+        "record_embeddings",
         "load_index",
         "validate_index",
         "swap_alias",
@@ -90,6 +91,8 @@ def test_ingest_dag_shape():
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
     assert dag.get_task("swap_alias").outlets, "swap_alias does not declare the index Asset"
+    # runs when the encode step was skipped (nothing new): it still writes the run report
+    assert dag.get_task("record_embeddings").trigger_rule == "none_failed"
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])

@@ -113,7 +113,7 @@ def test_manifest_job_writes_one_out_per_good_image_and_records_the_corrupt_one(
     model = create_model(settings, s3, sagemaker_client, artifact, "IMAGE")
     source = {"S3DataType": "ManifestFile", "S3Uri": f"s3://{settings.bucket}/manifests/run-1/manifest.json"}
     report = run_transform_job(
-        request(model, source, settings.embeddings_uri()),
+        request(model, source, f"s3://{settings.bucket}/{settings.embeddings_prefix}{settings.model_slug}/"),
         s3_client=s3,
         sagemaker_client=sagemaker_client,
         cache_dir=cache_dir,

@@ -77,8 +77,11 @@ class Deployment:
 
 
 def put_artifact(s3, settings: Settings, body: bytes = b"not a real model: moto does not read it") -> None:
+    import hashlib
+
     bucket, key = parse_s3_uri(settings.artifact_uri)
-    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    version = hashlib.sha256(body).hexdigest()[:16]  # what model_artifact records at upload
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"artifact-version": version})
 
 
 @pytest.fixture
@@ -177,7 +180,7 @@ def test_teardown_deletes_endpoints_configs_and_models_and_can_run_again(deploym
         deployment.sagemaker.create_endpoint_config(**old.endpoint_config)
         assert len(deployment.config_names(encode_type)) == len(deployment.model_names(encode_type)) == 2
     # batch transform's model, which the tear-down must leave alone
-    deployment.sagemaker.create_model(**model_request(settings, IMAGE, IMAGE_URI))
+    deployment.sagemaker.create_model(**model_request(settings, IMAGE, IMAGE_URI, "v1"))
 
     output = deployment.run_ok("query_endpoints_teardown")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -75,33 +74,98 @@ def test_merge_drops_cross_shard_duplicates_and_limits():
     assert merged == [{"item_id": "B1", "v": "a"}, {"item_id": "B2", "v": "a"}]
 
 
-def test_pending_paths_skips_encoded_unless_forced_or_image_replaced():
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    products = [{"path": "a.jpg"}, {"path": "b.jpg"}, {"path": "c.jpg"}]
-    encoded = {"a.jpg": t0, "b.jpg": t0}
-    images = {"a.jpg": t0 - timedelta(hours=1), "b.jpg": t0 + timedelta(hours=1), "c.jpg": t0}
-    assert transform.pending_paths(products, encoded, images) == ["b.jpg", "c.jpg"]
-    assert transform.pending_paths(products, encoded, images, force=True) == ["a.jpg", "b.jpg", "c.jpg"]
+def test_pending_paths_skip_what_the_store_holds_unless_forced_or_the_image_changed():
+    from catalogue_search.embedding_store import Catalogue, pending_paths
+
+    cat = Catalogue(version="v1", chunks=["c0"], images={"a.jpg": (0, "e1"), "b.jpg": (0, "e1")})
+    cat.errors["d.jpg"] = ("e4", "image could not be decoded")
+    cat.errors["e.jpg"] = ("e5", "image could not be decoded")
+    etags = {"a.jpg": "e1", "b.jpg": "e2-replaced", "c.jpg": "e3", "d.jpg": "e4", "e.jpg": "e5-fixed"}
+    paths = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "a.jpg"]
+    # b: replaced since; c: never encoded; d: failed and unchanged (stays dropped); e: failed, then fixed
+    assert pending_paths(paths, cat, etags) == ["b.jpg", "c.jpg", "e.jpg"]
+    assert pending_paths(paths, cat, etags, force=True) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
 
 
-def test_manifest_and_transform_request_follow_the_sagemaker_contract():
-    s = Settings(bucket="proj", model_name="ViT-B-32")
-    body = json.loads(transform.manifest(s, ["aa/x.jpg"]))
-    assert body == [{"prefix": "s3://proj/images/small/"}, "aa/x.jpg"]
-    req = transform.transform_request(s, job=transform.job_name(s, "run-1"), manifest_uri="s3://proj/m")
+def test_catalogue_add_moves_an_image_between_chunks_and_out_of_errors():
+    from catalogue_search.embedding_store import Catalogue
+
+    cat = Catalogue(version="v1")
+    cat.add("run1/00000.jsonl.out", ["a", "b"], {"a": "e1", "b": "e1"}, {"c": "corrupt"})
+    cat.add("run2/00000.jsonl.out", ["c"], {"c": "e2"}, {"b": "gone"})
+    cat.add("run2/00000.jsonl.out", ["c"], {"c": "e2"}, {})  # a retry records the chunk once
+    assert cat.chunks == ["run1/00000.jsonl.out", "run2/00000.jsonl.out"]
+    assert cat.images == {"a": (0, "e1"), "c": (1, "e2")}
+    assert cat.errors == {"b": ("", "gone")}
+
+
+def test_chunk_output_round_trip_and_bad_outputs():
+    import numpy as np
+
+    from catalogue_search import embedding_store as store
+
+    vectors = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    raw = store.encode_output(["a", "b", "c"], vectors, {"d": "image could not be decoded"}, "v1")
+    out = store.parse_output(raw, "x")
+    assert out.ids == ["a", "b", "c"] and out.errors == {"d": "image could not be decoded"}
+    assert out.vectors.dtype == np.float32 and np.array_equal(out.vectors, vectors)
+    assert out.artifact_version == "v1"
+    with pytest.raises(store.EmbeddingStoreError, match="not a chunk output"):
+        store.parse_output(b'{"embeddings": [[1.0]]}', "s3://b/k.out")
+    with pytest.raises(store.EmbeddingStoreError, match="2 ids but embeddings of shape"):
+        store.parse_output(store.encode_output(["a", "b"], vectors), "s3://b/k.out")
+    with pytest.raises(store.EmbeddingStoreError, match="non-finite"):
+        store.parse_output(store.encode_output(["a"], np.full((1, 8), np.nan, dtype=np.float32)), "s3://b/k.out")
+
+
+def test_transform_request_is_a_valid_create_transform_job_input_for_batched_chunks():
+    """Checked against botocore's own service model, as the SageMaker API will check it."""
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    s = Settings(bucket="proj", model_name="ViT-B-32", transform_chunk_size=512, transform_batch_size=128)
+    req = transform.transform_request(
+        s,
+        job=transform.job_name(s, "run-1"),
+        manifest_uri="s3://proj/manifests/run-1/encode/chunks.manifest",
+        output_uri="s3://proj/embeddings/vit-b-32/0123456789abcdef/runs/run-1/",
+    )
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    validate_parameters(req, model.operation_model("CreateTransformJob").input_shape)  # raises if invalid
     assert req["TransformInput"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile"
-    assert req["BatchStrategy"] == "MultiRecord"
-    assert req["TransformOutput"]["S3OutputPath"] == "s3://proj/embeddings/vit-b-32/"
+    # one chunk object = one request = one `.out`
+    assert req["TransformInput"]["SplitType"] == "None" and req["BatchStrategy"] == "SingleRecord"
+    assert req["TransformInput"]["ContentType"] == "application/x-image-chunk"
+    assert req["TransformOutput"] == {
+        "S3OutputPath": "s3://proj/embeddings/vit-b-32/0123456789abcdef/runs/run-1/",
+        "Accept": "application/x-npz",
+        "AssembleWith": "None",
+    }
+    assert req["Environment"]["MAX_BATCH_SIZE"] == "128"
+    assert 1 <= req["ModelClientConfig"]["InvocationsTimeoutInSeconds"] <= 3600
+    assert req["MaxPayloadInMB"] <= 100
     assert len(req["TransformJobName"]) <= 63
     assert req["TransformJobName"] == transform.job_name(s, "run-1") != transform.job_name(s, "run-2")
+    with pytest.raises(ValueError, match="1..3600"):
+        transform.transform_request(
+            s.replace(transform_invocation_timeout_s=7200), job="j", manifest_uri="s3://p/m", output_uri="s3://p/o/"
+        )
+    bad = {**req, "SplitType": "Line"}  # the check can fail: SplitType belongs in TransformInput
+    with pytest.raises(Exception, match="SplitType"):
+        validate_parameters(bad, model.operation_model("CreateTransformJob").input_shape)
 
 
-def test_parse_output_rejects_error_records_and_bad_shapes():
-    assert transform.parse_output(b'{"embeddings": [[0.6, 0.8]]}') == pytest.approx([0.6, 0.8])
-    with pytest.raises(ValueError, match="truncated"):
-        transform.parse_output(b'{"error": "image is truncated"}')
-    with pytest.raises(ValueError, match="with one vector"):
-        transform.parse_output(b'{"embeddings": [[1.0], [1.0]]}')
+def test_model_request_carries_the_artifact_version():
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    s = Settings(bucket="proj", sagemaker_role_arn="arn:aws:iam::123456789012:role/r")
+    req = transform.model_request(s, transform.IMAGE, "img:latest", "0123456789abcdef")
+    assert req["PrimaryContainer"]["Environment"]["ARTIFACT_VERSION"] == "0123456789abcdef"
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    validate_parameters(req, model.operation_model("CreateModel").input_shape)
+    with pytest.raises(ValueError, match="artifact version"):
+        transform.model_request(s, transform.IMAGE, "img:latest", "")
 
 
 def test_settings_from_env_and_bad_numbers():

@@ -96,7 +96,7 @@ def test_plan_reuses_the_transform_model_request_with_its_own_name_per_encode_ty
     plans = {t: endpoints.deploy_plan(settings, t, IMAGE_URI, "etag1") for t in (TEXT, IMAGE)}
     for encode_type, plan in plans.items():
         container = plan.model["PrimaryContainer"]
-        assert container == transform.model_request(settings, encode_type, IMAGE_URI)["PrimaryContainer"]
+        assert container == transform.model_request(settings, encode_type, IMAGE_URI, "etag1")["PrimaryContainer"]
         assert container["Environment"]["ENCODE_TYPE"] == encode_type
         assert container["ModelDataUrl"] == settings.artifact_uri
         assert plan.endpoint_name == settings.endpoint_name(encode_type) == f"cs-vit-b-32-{encode_type.lower()}"

@@ -44,6 +44,7 @@ def test_archive_has_the_layout_the_pytorch_container_expects(artifact: Artifact
     with tarfile.open(artifact.path) as tar:
         members = tar.getmembers()
         assert [m.name for m in members] == [
+            "artifact_version.txt",
             "clip_config.json",
             "code",
             "code/inference.py",
@@ -61,13 +62,33 @@ def test_archive_has_the_layout_the_pytorch_container_expects(artifact: Artifact
     assert config["model_cfg"] == json.loads(TINY_MODEL_CONFIG.read_text())
     assert (artifact.pretrained_loaded, artifact.embed_dim) == (False, 32)
     assert artifact.sha256 == hashlib.sha256(Path(artifact.path).read_bytes()).hexdigest()
+    with tarfile.open(artifact.path) as tar:
+        assert tar.extractfile("artifact_version.txt").read().decode().strip() == artifact.artifact_version
+    assert len(artifact.artifact_version) == 16
 
 
 def test_the_same_inputs_give_the_same_bytes(artifact: ArtifactInfo, tmp_path: Path):
     again = build_model_artifact(tmp_path / "again.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG, force=True)
     assert Path(again.path).read_bytes() == Path(artifact.path).read_bytes()
+    assert again.artifact_version == artifact.artifact_version
     other_seed = build_model_artifact(tmp_path / "seed1.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG, seed=1)
     assert other_seed.sha256 != artifact.sha256
+    assert other_seed.artifact_version != artifact.artifact_version  # new weights: a new version
+
+
+def test_the_artifact_version_follows_the_handler_code(artifact: ArtifactInfo, tmp_path: Path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "requirements.txt").write_bytes((INFERENCE_CODE_DIR / "requirements.txt").read_bytes())
+    (code / "inference.py").write_text((INFERENCE_CODE_DIR / "inference.py").read_text() + "\n# preprocessing v2\n")
+    info = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG, code_dir=code)
+    assert info.artifact_version != artifact.artifact_version
+    handler = load_handler_from_artifact(info.path, "IMAGE", cache_dir=tmp_path / "cache")
+    assert handler.artifact_version == info.artifact_version
+    with pytest.raises(ValueError, match="ARTIFACT_VERSION"):
+        load_handler_from_artifact(
+            info.path, "IMAGE", cache_dir=tmp_path / "cache", env={"ARTIFACT_VERSION": artifact.artifact_version}
+        )
 
 
 def test_random_weights_are_announced_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -152,7 +173,16 @@ def test_upload_puts_the_artifact_at_the_settings_uri(artifact: ArtifactInfo, se
     obj = s3.get_object(Bucket=settings.bucket, Key="models/vit-b-32/model.tar.gz")
     assert obj["Body"].read() == Path(artifact.path).read_bytes()
     assert obj["Metadata"]["sha256"] == artifact.sha256
+    assert obj["Metadata"]["artifact-version"] == artifact.artifact_version
     assert upload_model_artifact(settings, s3, artifact.path) == uri  # unchanged: nothing to do
+    from catalogue_search.model_artifact import ArtifactVersionError, read_artifact_version
+
+    assert read_artifact_version(s3, uri) == artifact.artifact_version  # one HEAD
+    s3.put_object(Bucket=settings.bucket, Key="models/old/model.tar.gz", Body=b"built before versions")
+    with pytest.raises(ArtifactVersionError, match="no 'artifact-version' metadata"):
+        read_artifact_version(s3, f"s3://{settings.bucket}/models/old/model.tar.gz")
+    with pytest.raises(ArtifactVersionError, match="no model artifact at"):
+        read_artifact_version(s3, f"s3://{settings.bucket}/models/none/model.tar.gz")
 
 
 def test_s3_artifact_is_fetched_into_the_cache_keyed_by_etag(

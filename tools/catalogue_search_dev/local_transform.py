@@ -9,6 +9,12 @@ ManifestFile), split it (SplitType None or Line), batch it (BatchStrategy,
 MaxPayloadInMB) and write `<S3OutputPath>/<input key relative to the
 prefix>.out`. An input that fails gets no `.out` and is named in the report;
 the other inputs go on.
+
+The pipeline's own jobs send JSON Lines chunks of image records
+(`application/x-image-chunk`, SplitType None: one chunk = one request) and
+get one `.npz` per chunk; the handler fetches the images through the S3
+client this runner was given (moto locally), and the records it could not
+encode come back as error records, counted in `report.record_errors`.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class TransformReport:
     requests: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     error_records: list[tuple[str, str]] = field(default_factory=list)
+    # Records inside a successful input (a chunk) answered with an error: (record id, reason).
+    record_errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -67,6 +75,7 @@ class TransformReport:
         doc = asdict(self)
         doc["failed"] = [list(item) for item in self.failed]
         doc["error_records"] = [list(item) for item in self.error_records]
+        doc["record_errors"] = [list(item) for item in self.record_errors]
         doc["status"] = self.status
         return doc
 
@@ -248,7 +257,17 @@ def _assemble(bodies: Sequence[bytes], job: _Job) -> bytes:
     return b"".join(bodies)
 
 
-def _records_in(body: bytes, accept: str) -> int:
+def _records_in(body: bytes, accept: str, report: TransformReport | None = None) -> int:
+    """Vectors in one answer; a chunk's error records are added to `report.record_errors`."""
+    if accept == "application/x-npz":
+        import io
+
+        import numpy as np
+
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            if report is not None:
+                report.record_errors.extend(zip(map(str, npz["error_ids"]), map(str, npz["errors"])))
+            return len(npz["ids"])
     if accept == "application/json":
         return len(json.loads(body).get("embeddings", []))
     return sum(1 for line in body.splitlines() if line.strip())
@@ -303,6 +322,8 @@ def run_transform_job(
         response_type = handler.module.negotiate_accept(job.accept)
     except Exception as exc:
         raise TransformJobError(f"model {model_name!r} ({model_data_url}) cannot serve this job: {exc}") from exc
+    # The container fetches chunk records with its own role; here, with the client we were given.
+    handler.model.s3_client = s3_client
 
     try:
         inputs = _list_inputs(source, s3_client)
@@ -339,6 +360,13 @@ def run_transform_job(
             len(report.failed),
             report.total,
             report.failed[0],
+        )
+    if report.record_errors:
+        log.warning(
+            "transform %s: %d records answered with an error record, first: %s",
+            job.name,
+            len(report.record_errors),
+            report.record_errors[0],
         )
     log.info("transform %s: %s in %.1f s", job.name, report.status, report.seconds)
     return report
@@ -397,7 +425,7 @@ def _run_whole_objects(
                 _record_result(report, item, status, message, 0)
                 continue
             assert answer.body is not None
-            records = _records_in(answer.body, response_type) if status == "ok" else 0
+            records = _records_in(answer.body, response_type, report) if status == "ok" else 0
             writes.append((item, _assemble([answer.body], job), status, message, records))
         _upload(s3_client, job, pool, writes, report, response_type)
         progress.update(report)
