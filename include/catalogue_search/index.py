@@ -96,16 +96,15 @@ def index_name(alias: str, model_slug: str, run_key: str) -> str:
 
 
 def title_analysis() -> dict[str, Any]:
-    """Analyzers for product titles (BM25 on `item_name`).
+    """Analyzers for product titles (BM25 on `item_name`), with core Lucene filters only.
 
-    `product_title`: standard tokenizer + lowercase + asciifolding ("Crème"
-    finds "creme"). `product_title_joined` (the `item_name.joined` subfield)
-    adds shingles of 2-3 words joined with no separator, so a model number
-    written apart or together matches: "WH-1000XM4", "wh1000xm4", "ZX 200" and
-    "zx200" give the same token. Shingles and lowercase are core Lucene
-    filters; asciifolding comes from OpenSearch's analysis-common module, which
-    every distribution has but the local integ-test node lacks: `create_index`
-    leaves it out there (and says so).
+    `product_title`: standard tokenizer + lowercase. `product_title_joined`
+    (the `item_name.joined` subfield) adds shingles of 2-3 words joined with no
+    separator, so a model number written apart or together matches: "WH-1000XM4",
+    "wh1000xm4", "ZX 200" and "zx200" give the same token. `create_index` adds
+    asciifolding ("Crème" finds "creme") where the node has OpenSearch's
+    analysis-common module: every distribution, Amazon's included, but not the
+    local integ-test node. So this body is valid on any node.
     """
     return {
         "filter": {
@@ -118,37 +117,34 @@ def title_analysis() -> dict[str, Any]:
             }
         },
         "analyzer": {
-            TITLE_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]},
-            TITLE_JOINED_ANALYZER: {
-                "type": "custom",
-                "tokenizer": "standard",
-                "filter": ["lowercase", "asciifolding", "title_joined"],
-            },
+            TITLE_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": ["lowercase"]},
+            TITLE_JOINED_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "title_joined"]},
         },
     }
 
 
 def adapt_to_node(client, body: dict[str, Any], logger: logging.Logger = log) -> dict[str, Any]:
-    """`body` without the optional token filters the node lacks (see `title_analysis`)."""
+    """`body` with the title analyzers' optional filters (asciifolding) where the node has them."""
     import copy
 
     from opensearchpy.exceptions import RequestError
 
-    missing = []
+    available = []
     for name in OPTIONAL_FILTERS:
         try:
             client.indices.analyze(body={"tokenizer": "standard", "filter": [name], "text": "a"})
+            available.append(name)
         except RequestError:
-            missing.append(name)
-    if not missing:
+            logger.info("the OpenSearch node has no %r token filter (analysis-common module): titles go without", name)
+    if not available:
         return body
-    logger.warning(
-        "the OpenSearch node lacks the token filters %s (analysis-common module): titles are indexed without them",
-        missing,
-    )
     body = copy.deepcopy(body)
-    for analyzer in body.get("settings", {}).get("analysis", {}).get("analyzer", {}).values():
-        analyzer["filter"] = [f for f in analyzer.get("filter", []) if f not in missing]
+    analyzers = body.get("settings", {}).get("analysis", {}).get("analyzer", {})
+    for name in (TITLE_ANALYZER, TITLE_JOINED_ANALYZER):
+        if name in analyzers:
+            filters = analyzers[name]["filter"]
+            at = filters.index("lowercase") + 1 if "lowercase" in filters else 0
+            analyzers[name]["filter"] = filters[:at] + available + filters[at:]
     return body
 
 
