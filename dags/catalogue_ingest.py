@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 from airflow.sdk import Asset, Param, chain, dag, task
 
 from catalogue_search.settings import Settings
-from catalogue_transform import CatalogueTransformOperator
 
 SETTINGS = Settings.from_env()
+MAX_TRANSFORM_SECONDS = 6 * 3600
 INDEX_ASSET = Asset(
     name=f"catalogue-search-{SETTINGS.index_alias}",
     uri=f"opensearch://{SETTINGS.opensearch_url.split('://')[-1]}/{SETTINGS.index_alias}",
@@ -27,7 +28,11 @@ by text and by image, then points the read alias at it.
    chunks of the images with no embedding yet for this artifact version, one
    SageMaker batch transform over them (one chunk per request, batched forward
    passes), then a check that every chunk has its output and a run report of
-   the images that could not be encoded.
+   the images that could not be encoded. The transform task defers while the
+   job runs (no worker slot held); a Failed job fails it with SageMaker's
+   FailureReason. **prepare_name_encoding** / **encode_names** /
+   **record_name_embeddings** do the same for the product titles with the TEXT
+   model.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: count and self-match checks; a failure leaves the alias alone.
 6. **swap_alias**: one atomic `_aliases` call; older indices beyond the retention are deleted.
@@ -189,26 +194,31 @@ def catalogue_ingest():
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
     copied = copy_images(run_plan)
     config = prepare_encoding(run_plan)
-    encode = CatalogueTransformOperator(
+    encode_images = SageMakerTransformOperator(
         task_id="encode_images",
         config=config,
         aws_conn_id=SETTINGS.aws_conn_id,
         wait_for_completion=True,
+        # The triggerer polls the job; no worker is held for the hours it may run.
+        deferrable=True,
         check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=6 * 3600,
+        max_ingestion_time=MAX_TRANSFORM_SECONDS,
+        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
         # One job per run; a retry after a half-done job starts a new, timestamped one.
         check_if_job_exists=True,
         action_if_job_exists="timestamp",
     )
     recorded = record_embeddings(run_plan)
     name_config = prepare_name_encoding(run_plan)
-    encode_names = CatalogueTransformOperator(
+    encode_names = SageMakerTransformOperator(
         task_id="encode_names",
         config=name_config,
         aws_conn_id=SETTINGS.aws_conn_id,
         wait_for_completion=True,
-        check_interval=30,
-        max_ingestion_time=6 * 3600,
+        deferrable=True,
+        check_interval=SETTINGS.transform_poll_seconds,
+        max_ingestion_time=MAX_TRANSFORM_SECONDS,
+        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
         check_if_job_exists=True,
         action_if_job_exists="timestamp",
     )
@@ -219,7 +229,7 @@ def catalogue_ingest():
         filtered,
         copied,
         [config, name_config],
-        [encode, encode_names],
+        [encode_images, encode_names],
         [recorded, names_recorded],
         loaded,
         validated,

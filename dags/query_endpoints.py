@@ -40,10 +40,9 @@ serving the model.tar.gz at the configured artifact URI with a different
    else the task fails at once, naming the endpoint.
 
 Superseded models and configs stay (a rollback is one UpdateEndpoint) until the
-tear-down. On the local stack moto stands in for SageMaker; its runtime cannot
-run a model, so with `CATSEARCH_QUERY_ENCODER=local` the smoke step first queues
-in moto what the in-process handler answers to the same request. Tear down with
-`query_endpoints_teardown` when the endpoints are idle.
+tear-down. On the local stack the local SageMaker server answers the smoke
+requests with the artifact's own handler, over the same HTTP path. Tear down
+with `query_endpoints_teardown` when the endpoints are idle.
 """
 
 TEARDOWN_DOC = """
@@ -131,15 +130,12 @@ def query_endpoints_deploy():
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
         from airflow.sdk.exceptions import AirflowFailException
 
-        from catalogue_search import airflow_clients, endpoints
+        from catalogue_search import endpoints
 
         settings = Settings.from_env()
         runtime = AwsBaseHook(aws_conn_id=settings.aws_conn_id, client_type="sagemaker-runtime").get_conn()
-        # moto (the local stand-in) cannot carry a binary body: there the image goes base64 in JSON.
-        payload, content_type = endpoints.smoke_payload(encode_type, binary=not settings.is_local)
+        payload, content_type = endpoints.smoke_payload(encode_type)
         try:
-            if endpoints.feeds_moto_locally(settings):
-                endpoints.feed_moto(settings, encode_type, payload, content_type, airflow_clients.s3(settings))
             inference_id = endpoints.smoke_inference_id(run_id, encode_type, ti.try_number)
             return endpoints.smoke_test(runtime, endpoint_name, payload, content_type, inference_id=inference_id)
         except endpoints.SmokeTestError as exc:  # a wrong answer is not transient: no retry

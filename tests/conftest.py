@@ -89,6 +89,47 @@ def opensearch_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def sagemaker_url(moto_url: str, tmp_path_factory):
+    """A local SageMaker server running this checkout's code, in front of the moto server, on a free port.
+
+    Not the stack's shared one (127.0.0.1:5100), which may run another checkout's code.
+    """
+    from catalogue_search_dev.sagemaker_local import LocalSageMaker, serve_in_thread
+
+    settings = Settings.from_env()
+    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, tmp_path_factory.mktemp("transform-jobs"))
+    server, url = serve_in_thread(state)
+    yield url
+    state.close()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """`aws_env(settings)`: the environment that points a DAG run (a subprocess) at `settings`' moto and
+    SageMaker servers, the AWS connection included."""
+    return _aws_env
+
+
+def _aws_env(settings: Settings) -> dict[str, str]:
+    from catalogue_search_dev import localenv
+
+    env = {
+        "CATSEARCH_AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "CATSEARCH_SAGEMAKER_ENDPOINT_URL": settings.sagemaker_endpoint_url,
+    }
+    env["AIRFLOW_CONN_AWS_DEFAULT"] = localenv.aws_connection(
+        settings.aws_endpoint_url,
+        settings.sagemaker_endpoint_url,
+        region=settings.region,
+        login=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        password=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+    )
+    return env
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique token for bucket, index and job names; it starts with the session's token."""
@@ -96,10 +137,11 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(moto_url: str, unique: str) -> Settings:
-    """Settings pointing at moto with a fresh project bucket (created) for this test."""
+def settings(moto_url: str, sagemaker_url: str, unique: str) -> Settings:
+    """Settings pointing at moto and this checkout's SageMaker server, with a fresh project bucket (created)."""
     s = Settings.from_env(
         aws_endpoint_url=moto_url,
+        sagemaker_endpoint_url=sagemaker_url,
         bucket=f"test-project-{unique}",
         index_alias=f"test-products-{unique}",
     )
@@ -123,4 +165,33 @@ def s3(settings: Settings):
 def sagemaker_client(settings: Settings):
     import boto3
 
-    return boto3.client("sagemaker", **settings.boto3_kwargs())
+    return boto3.client("sagemaker", **settings.boto3_kwargs("sagemaker"))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """model.tar.gz of the tiny CLIP config (random weights, saved: every load gives the same vectors)."""
+    from catalogue_search.model_artifact import build_model_artifact
+
+    path = tmp_path_factory.mktemp("tiny-artifact") / "model.tar.gz"
+    build_model_artifact(path, "tiny-clip", "", TINY_MODEL_CONFIG)
+    return path
+
+
+def handler_artifact(path: Path, source: str) -> Path:
+    """A model.tar.gz that ships only its own handler (`code/inference.py` = `source`), as SageMaker allows:
+    for handlers that misbehave on purpose."""
+    import tarfile
+    import textwrap
+
+    code = path.parent / f"{path.name}.inference.py"
+    code.write_text(textwrap.dedent(source))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(code, arcname="code/inference.py")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_handler_artifact():
+    """`make_handler_artifact(path, source)`: see `handler_artifact`."""
+    return handler_artifact

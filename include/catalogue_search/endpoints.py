@@ -20,13 +20,11 @@ calls these functions from its tasks.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import logging
 import re
-import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -292,19 +290,13 @@ def smoke_jpeg(size: int = 32) -> bytes:
     return out.getvalue()
 
 
-def smoke_payload(encode_type: str, *, binary: bool = True) -> tuple[bytes, str]:
-    """The request body and Content-Type of a smoke invocation of the endpoint of `encode_type`.
-
-    The image goes as raw JPEG bytes (`application/x-image`), or, with `binary=False`,
-    base64 in `{"inputs": [...]}` JSON, which the handler takes too: moto's runtime
-    cannot carry a binary body (it decodes every request body as UTF-8).
-    """
+def smoke_payload(encode_type: str) -> tuple[bytes, str]:
+    """The request body and Content-Type of a smoke invocation of the endpoint of `encode_type`:
+    a text in `{"inputs": [...]}` JSON, or an image as raw JPEG bytes (`application/x-image`)."""
     if encode_type == TEXT:
         return json.dumps({"inputs": [SMOKE_TEXT]}).encode(), JSON
     if encode_type == IMAGE:
-        if binary:
-            return smoke_jpeg(), X_IMAGE
-        return json.dumps({"inputs": [base64.b64encode(smoke_jpeg()).decode()]}).encode(), JSON
+        return smoke_jpeg(), X_IMAGE
     raise ValueError(f"encode type {encode_type!r}: use one of {ENCODE_TYPES}")
 
 
@@ -325,8 +317,7 @@ def smoke_test(
 ) -> dict[str, Any]:
     """Invoke the endpoint once through the SageMaker runtime and check it answers one embedding.
 
-    `inference_id` tags the request (data capture, logs); it also makes each smoke
-    request distinct for moto, which otherwise replays its first answer to a request.
+    `inference_id` tags the request in SageMaker's data capture and logs.
     """
     extra = {"InferenceId": inference_id} if inference_id else {}
     try:
@@ -345,62 +336,3 @@ def smoke_inference_id(run_id: str, encode_type: str, try_number: int) -> str:
     """A short id for one smoke request, distinct per run, encode type and try."""
     digest = hashlib.sha1(f"{run_id}/{encode_type}".encode()).hexdigest()[:16]
     return f"smoke-{encode_type.lower()}-{digest}-{try_number}"
-
-
-def queue_moto_results(endpoint_url: str, region: str, bodies: list[bytes | str], content_type: str = JSON) -> None:
-    """Queue answers for moto's invoke_endpoint (its data plane returns canned bytes otherwise).
-
-    moto hands them out in order to the next distinct (endpoint, request) it sees.
-    """
-    results = [
-        {
-            "Body": body.decode() if isinstance(body, bytes) else body,
-            "ContentType": content_type,
-            "InvokedProductionVariant": VARIANT_NAME,
-        }
-        for body in bodies
-    ]
-    request = urllib.request.Request(
-        endpoint_url.rstrip("/") + "/moto-api/static/sagemaker/endpoint-results",
-        data=json.dumps({"region": region, "results": results}).encode(),
-        headers={"Content-Type": JSON},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        if response.status not in (200, 201):
-            raise EndpointError(f"moto did not take the queued endpoint results: HTTP {response.status}")
-
-
-def drain_moto_results(runtime) -> int:
-    """Consume answers left in moto's shared invoke_endpoint queue; return how many there were.
-
-    moto caches an answer by request body alone, so every probe body is unique.
-    """
-    import uuid
-
-    for count in range(200):
-        probe = runtime.invoke_endpoint(
-            EndpointName="drain-queue", Body=f"drain {uuid.uuid4()}".encode(), ContentType="text/plain"
-        )
-        if probe["Body"].read() == b"body":  # moto's canned answer: the queue is empty
-            return count
-    raise EndpointError("moto's endpoint-results queue does not empty")
-
-
-def feeds_moto_locally(settings: Settings) -> bool:
-    """On the local stack with the local query encoder, the in-process handler stands in for the endpoints."""
-    return settings.is_local and settings.query_encoder == "local"
-
-
-def local_answer(settings: Settings, encode_type: str, payload: bytes, content_type: str, s3_client=None) -> bytes:
-    """What the endpoint's handler answers to `payload`, computed in-process from the same artifact."""
-    from catalogue_search.search import LocalEncoder
-
-    vector = LocalEncoder(settings, s3_client=s3_client).encode(encode_type, payload, content_type)
-    return json.dumps({"embeddings": [vector]}).encode()
-
-
-def feed_moto(settings: Settings, encode_type: str, payload: bytes, content_type: str, s3_client=None) -> None:
-    """Queue in moto the in-process handler's answer to `payload`, for the smoke invocation that follows."""
-    answer = local_answer(settings, encode_type, payload, content_type, s3_client)
-    queue_moto_results(settings.aws_endpoint_url, settings.region, [answer])

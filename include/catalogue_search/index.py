@@ -25,6 +25,10 @@ TITLE_JOINED_ANALYZER = "product_title_joined"
 OPTIONAL_FILTERS = ("asciifolding",)
 SELF_MATCH_SCORE = 0.9999  # OpenSearch cosine score is (1 + cos) / 2: 1.0 for the same vector.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Filters on these keyword fields match whatever the case ("animals" finds ANIMALS); each keeps its value as
+# written in a `.raw` sub-field, for display (facet labels).
+NORMALIZED_KEYWORDS = ("product_type", "brand")
+LOWERCASE_NORMALIZER = "catsearch_lowercase"
 
 
 class IndexValidationError(RuntimeError):
@@ -139,7 +143,9 @@ def adapt_to_node(client, body: dict[str, Any], logger: logging.Logger = log) ->
     if not available:
         return body
     body = copy.deepcopy(body)
-    analyzers = body.get("settings", {}).get("analysis", {}).get("analyzer", {})
+    index_settings = body.get("settings", {})
+    analysis = index_settings.get("index", {}).get("analysis") or index_settings.get("analysis") or {}
+    analyzers = analysis.get("analyzer", {})
     for name in (TITLE_ANALYZER, TITLE_JOINED_ANALYZER):
         if name in analyzers:
             filters = analyzers[name]["filter"]
@@ -174,8 +180,11 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "number_of_shards": settings.index_shards,
                 "number_of_replicas": 0,
                 "refresh_interval": "-1",
+                "analysis": {
+                    **title_analysis(),
+                    "normalizer": {LOWERCASE_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}},
+                },
             },
-            "analysis": title_analysis(),
         },
         "mappings": {
             "_meta": {"alias": alias, "model": settings.model_name, "run": run_key},
@@ -198,8 +207,14 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "image_id": {"type": "keyword"},
                 "main_image_id": {"type": "keyword"},
                 "image_path": {"type": "keyword"},
-                "product_type": {"type": "keyword"},
-                "brand": {"type": "keyword"},
+                **{
+                    name: {
+                        "type": "keyword",
+                        "normalizer": LOWERCASE_NORMALIZER,
+                        "fields": {"raw": {"type": "keyword"}},
+                    }
+                    for name in NORMALIZED_KEYWORDS
+                },
                 "model": {"type": "keyword"},
                 VECTOR_FIELD: _knn_field(settings, dimension),
                 NAME_VECTOR_FIELD: _knn_field(settings, dimension),

@@ -8,10 +8,16 @@ node has no neural-search plugin, so no hybrid query of its own). `fold=True`
 folds hits that show the same product image (same image id, or image vectors
 with cosine >= the threshold) into one hit with a count.
 
-The encoder is either the SageMaker runtime (the serverless endpoints the
-`query_endpoints_deploy` DAG creates) or the same inference handler run in
-this process (the local stack). Both send the same bytes with the same
+The encoder is either the SageMaker runtime (`CATSEARCH_QUERY_ENCODER=endpoint`:
+the serverless endpoints the `query_endpoints_deploy` DAG creates; on the local
+stack, the local SageMaker server) or the same inference handler run in this
+process (`local`: no endpoint needed). Both send the same bytes with the same
 content types to the same handler code, so they give the same vectors.
+
+The CLI and the search page's API share everything here: the page checks
+(k + offset within the engine's limit, before any query), "more like this",
+the facets (a terms aggregation with counts), the cosine similarity, and the
+errors, each with the HTTP status the API answers it with.
 """
 
 from __future__ import annotations
@@ -19,42 +25,179 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from catalogue_search import contract, index
 from catalogue_search.contract import IMAGE, TEXT
-from catalogue_search.settings import Settings
+from catalogue_search.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
+# The k-NN plugin refuses a `k` above 10,000, whatever the index settings say.
+KNN_MAX_K = 10_000
+# OpenSearch's default `index.max_result_window` (from + size).
+DEFAULT_MAX_RESULT_WINDOW = 10_000
+# How long a client trusts the alias's max_result_window it read (seconds).
+WINDOW_TTL = 60.0
+# Filters and facets, by their name in the CLI, the API and the index.
+FACETS = {"product_type": "product types", "brand": "brands"}
+
 
 class SearchError(RuntimeError):
-    """A query that cannot be answered, with a message a user can act on."""
+    """A query that cannot be answered, with a message a user can act on.
+
+    `status` is the HTTP status the search API answers with, `code` a stable
+    machine-readable name for it.
+    """
+
+    status = 500
+    code = "search_failed"
 
 
 class EmptyQueryError(SearchError, ValueError):
-    pass
+    status, code = 400, "empty_query"
 
 
 class UnreadableImageError(SearchError, ValueError):
-    pass
+    status, code = 400, "unreadable_image"
+
+
+class OutOfRangeError(SearchError, ValueError):
+    """k or offset outside what the engine can answer."""
+
+    status, code = 400, "out_of_range"
+
+
+class ProductNotFoundError(SearchError, LookupError):
+    status, code = 404, "product_not_found"
 
 
 class IndexMissingError(SearchError):
-    pass
+    status, code = 503, "index_missing"
 
 
 class EndpointNotDeployedError(SearchError):
-    pass
+    status, code = 503, "endpoint_not_deployed"
+
+
+class ModelArtifactMissingError(SearchError):
+    status, code = 503, "model_artifact_missing"
+
+
+class NotConfiguredError(SearchError):
+    status, code = 503, "not_configured"
+
+
+class OpenSearchUnavailableError(SearchError):
+    status, code = 503, "opensearch_unreachable"
+
+
+class QueryRefusedError(SearchError):
+    status, code = 502, "query_refused"
 
 
 class EncoderResponseError(SearchError, contract.EncoderResponseError):
-    pass
+    status, code = 502, "encoder_response"
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """The API's answer to an error: (HTTP status, {"error": code, "detail": one line})."""
+    if isinstance(exc, SearchError):
+        return exc.status, {"error": exc.code, "detail": one_line(str(exc))}
+    if isinstance(exc, SettingsError):
+        return NotConfiguredError.status, {"error": NotConfiguredError.code, "detail": one_line(str(exc))}
+    return 500, {"error": "internal_error", "detail": one_line(f"{type(exc).__name__}: {exc}")}
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A message squeezed onto one line (the CLI prints errors one per line, the API returns them as JSON)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def cosine_similarity(score: float) -> float:
+    """The cosine similarity of a hit: the engine's cosinesimil score is (1 + cos) / 2."""
+    return max(-1.0, min(1.0, 2.0 * float(score) - 1.0))
+
+
+def check_page(k: Any, offset: Any, limit: int = KNN_MAX_K) -> tuple[int, int]:
+    """Refuse k and offset the engine cannot answer, before anything is queried or encoded.
+
+    `limit` is the engine's ceiling on k + offset: the alias's
+    `index.max_result_window` and the k-NN plugin's largest k, whichever is lower.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or isinstance(offset, bool) or not isinstance(offset, int):
+        raise OutOfRangeError("k and offset must be whole numbers")
+    if k < 1:
+        raise OutOfRangeError(f"k must be at least 1, got {_short_int(k)}")
+    if offset < 0:
+        raise OutOfRangeError(f"offset must be 0 or more, got {_short_int(offset)}")
+    if k + offset > limit:
+        raise OutOfRangeError(
+            f"k + offset must be at most {limit} (the engine's limit: index.max_result_window and the k-NN "
+            f"plugin's largest k), got k={_short_int(k)} offset={_short_int(offset)}"
+        )
+    return k, offset
+
+
+def _short_int(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 24 else f"{text[:6]}…({len(text)} digits)"
+
+
+def require_settings(settings: Settings, *names: str) -> None:
+    """The query path's own fail-closed check: only the settings a query needs."""
+    missing = [f"CATSEARCH_{name.upper()}" for name in names if not str(getattr(settings, name)).strip()]
+    if missing:
+        raise NotConfiguredError(
+            "catalogue-search is not configured: " + ", ".join(missing) + " not set (see the README's settings table)"
+        )
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^)'\"\]]+)")
+
+
+@contextmanager
+def opensearch_errors(url: str, alias: str) -> Iterator[None]:
+    """OpenSearch's exceptions as search errors with one readable line."""
+    from opensearchpy import exceptions as osx
+
+    try:
+        yield
+    except osx.ConnectionError as exc:
+        found = _ERRNO.search(str(exc))
+        why = found.group(1).strip() if found else type(getattr(exc, "info", exc)).__name__
+        raise OpenSearchUnavailableError(f"OpenSearch at {url} is unreachable ({why})") from exc
+    except osx.TransportError as exc:
+        kind, reason = _transport_reason(exc)
+        if kind == "index_not_found_exception":
+            raise IndexMissingError(
+                f"index or alias {alias!r} does not exist: run the catalogue_ingest DAG first"
+            ) from exc
+        status = exc.status_code if isinstance(exc.status_code, int) else "?"
+        raise QueryRefusedError(f"OpenSearch refused the query (HTTP {status} {kind}): {reason}") from exc
+
+
+def _transport_reason(exc: Any) -> tuple[str, str]:
+    info = getattr(exc, "info", None)
+    if isinstance(info, dict) and isinstance(info.get("error"), dict):
+        err = info["error"]
+        root = (err.get("root_cause") or [err])[0]
+        caused = err.get("caused_by") or {}
+        reason = caused.get("reason") or root.get("reason") or err.get("reason") or ""
+        return str(root.get("type") or err.get("type") or exc.error), one_line(str(reason), 240)
+    return str(getattr(exc, "error", "error")), one_line(str(info or exc), 240)
 
 
 class ModelVersionMismatchError(SearchError):
     """The query encoder's model is not the one that encoded the index's images."""
+
+    status, code = 409, "model_version_mismatch"
 
 
 def parse_embeddings(raw: bytes, source: str) -> list[float]:
@@ -70,7 +213,7 @@ def parse_embeddings(raw: bytes, source: str) -> list[float]:
 @dataclass(frozen=True)
 class Hit:
     rank: int
-    score: float
+    score: float  # the engine's score, (1 + cos) / 2
     item_id: str
     item_name: str
     image_path: str
@@ -80,6 +223,10 @@ class Hit:
     # With folding: how many other hits showed the same product image, and their item ids.
     duplicates: int = 0
     duplicate_ids: tuple[str, ...] = ()
+    similarity: float = field(init=False)  # the cosine similarity, -1 .. 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "similarity", cosine_similarity(self.score))
 
     def as_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -92,7 +239,6 @@ NAME_MODE = "name"
 HYBRID_MODE = "hybrid"
 MODES = (IMAGE_MODE, NAME_MODE, HYBRID_MODE)
 FOLD_CANDIDATES_FACTOR = 4  # folding looks at this many times offset + k candidates
-MAX_CANDIDATES = 10_000  # OpenSearch's index.max_result_window
 
 
 @dataclass(frozen=True)
@@ -144,6 +290,7 @@ class _Candidate:
     score: float
     source: dict[str, Any]
     folded: list[str] = field(default_factory=list)
+    knn_score: float | None = None  # fused candidates: the best k-NN score (0: found by BM25 alone)
 
 
 def fold_candidates(candidates: list[_Candidate], threshold: float) -> list[_Candidate]:
@@ -166,6 +313,12 @@ def fold_candidates(candidates: list[_Candidate], threshold: float) -> list[_Can
     return kept
 
 
+@dataclass(frozen=True)
+class FacetValue:
+    value: str  # as written in the catalogue (the most common spelling of the normalised value)
+    count: int
+
+
 class QueryEncoder(Protocol):
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]: ...
 
@@ -181,23 +334,41 @@ class LocalEncoder:
         self.s3 = s3_client
         self.cache_dir = cache_dir or settings.model_cache
         self._handlers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._executor = None
+
+    def _runner(self):
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catsearch-encoder")
+        return self._executor
 
     def _handler(self, encode_type: str):
+        handler = self._handlers.get(encode_type)
+        if handler is not None:
+            return handler
+        with self._lock:  # concurrent first queries load the model once
+            return self._load(encode_type)
+
+    def _load(self, encode_type: str):
         if encode_type not in self._handlers:
             from catalogue_search.handler import load_handler_from_artifact
 
             s3 = self.s3
             if s3 is None:
-                import boto3
+                from catalogue_search.settings import boto3_client
 
-                s3 = boto3.client("s3", **self.settings.boto3_kwargs())
+                s3 = boto3_client("s3", self.settings)
             try:
                 self._handlers[encode_type] = load_handler_from_artifact(
                     self.settings.artifact_uri, encode_type, s3_client=s3, cache_dir=self.cache_dir
                 )
             except Exception as exc:
                 if "NoSuchKey" in str(exc) or "404" in str(exc) or "NoSuchBucket" in str(exc):
-                    raise SearchError(
+                    raise ModelArtifactMissingError(
                         f"no model artifact at {self.settings.artifact_uri}: run `./dev demo` or build it with "
                         "`python -m catalogue_search.model_artifact build --upload`"
                     ) from exc
@@ -211,7 +382,9 @@ class LocalEncoder:
     def encode(self, encode_type: str, payload: bytes, content_type: str) -> list[float]:
         handler = self._handler(encode_type)
         try:
-            raw = handler.invoke(payload, content_type, "application/json")
+            # One thread runs every forward pass: a server's many request threads would each start their own
+            # OpenMP team, and on a small machine those teams spin against each other.
+            raw = self._runner().submit(handler.invoke, payload, content_type, "application/json").result()
         except ValueError as exc:  # the handler's InputError
             raise _input_error(encode_type, exc) from exc
         return parse_embeddings(raw, f"the local {encode_type.lower()} encoder")
@@ -221,11 +394,11 @@ class EndpointEncoder:
     """Calls the serverless endpoints through the SageMaker runtime."""
 
     def __init__(self, settings: Settings, runtime_client=None, sagemaker_client=None) -> None:
-        import boto3
+        from catalogue_search.settings import boto3_client
 
         self.settings = settings
-        self.runtime = runtime_client or boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
-        self.control = sagemaker_client or boto3.client("sagemaker", **settings.boto3_kwargs())
+        self.runtime = runtime_client or boto3_client("sagemaker-runtime", settings)
+        self.control = sagemaker_client or boto3_client("sagemaker", settings)
         self._in_service: set[str] = set()
         self._versions: dict[str, str] = {}
 
@@ -292,13 +465,70 @@ def make_encoder(settings: Settings) -> QueryEncoder:
 
 
 class SearchClient:
-    """`search_text` / `search_image` against the read alias; hits never carry the vector."""
+    """Text, image and "more like this" queries against the read alias; hits never carry the vector.
+
+    One client is safe to share between threads (the search page's API does):
+    the encoders load their model once, on first use.
+    """
 
     def __init__(self, settings: Settings | None = None, *, client=None, encoder: QueryEncoder | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        require_settings(self.settings, "opensearch_url")
         self.client = client or index.client_from_settings(self.settings)
-        self.encoder = encoder or make_encoder(self.settings)
+        self._encoder = encoder
+        self._encoder_lock = threading.Lock()
+        self._window: tuple[float, int] | None = None
 
+    @property
+    def encoder(self) -> QueryEncoder:
+        """Made on the first query that needs one: listing facets or paging errors load no model."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    require_settings(self.settings, "query_encoder")
+                    self._encoder = make_encoder(self.settings)
+        return self._encoder
+
+    @property
+    def alias(self) -> str:
+        return self.settings.index_alias
+
+    @contextmanager
+    def _opensearch(self) -> Iterator[None]:
+        with opensearch_errors(self.settings.opensearch_url, self.alias):
+            yield
+
+    # --- checks ---------------------------------------------------------------
+    def result_limit(self) -> int:
+        """The most hits (k + offset) the alias can answer; also fails early when the alias is missing.
+
+        The lower of `index.max_result_window` (of every index behind the alias)
+        and the k-NN plugin's largest k; cached for WINDOW_TTL seconds.
+        """
+        now = time.monotonic()
+        if self._window is not None and now - self._window[0] < WINDOW_TTL:
+            return self._window[1]
+        with self._opensearch():
+            got = self.client.indices.get_settings(
+                index=self.alias, name="index.max_result_window", include_defaults=True, flat_settings=True
+            )
+        windows = []
+        for info in got.values():
+            value = info.get("settings", {}).get("index.max_result_window") or info.get("defaults", {}).get(
+                "index.max_result_window", DEFAULT_MAX_RESULT_WINDOW
+            )
+            windows.append(int(value))
+        if not windows:
+            raise IndexMissingError(f"index or alias {self.alias!r} does not exist: run the catalogue_ingest DAG first")
+        limit = min(KNN_MAX_K, *windows)
+        self._window = (now, limit)
+        return limit
+
+    def check_page(self, k: int, offset: int = 0) -> None:
+        check_page(k, offset)  # obvious mistakes need no round trip
+        check_page(k, offset, self.result_limit())
+
+    # --- queries ----------------------------------------------------------------
     def search_text(
         self,
         query: str,
@@ -313,6 +543,7 @@ class SearchClient:
         _check_mode(mode)
         if not isinstance(query, str) or not query.strip():
             raise EmptyQueryError("the text query is empty")
+        self.check_page(k, options.get("offset", 0))
         body: dict[str, Any] = {"inputs": [query.strip()]}
         if prompt:
             body["prompt"] = prompt
@@ -330,6 +561,7 @@ class SearchClient:
         if not image_bytes:
             raise UnreadableImageError("the image is empty")
         self.check_model_version(IMAGE)
+        self.check_page(k, options.get("offset", 0))
         vector = self.encoder.encode(IMAGE, image_bytes, "application/x-image")
         if mode == HYBRID_MODE:
             return self.search_hybrid(vector, k, text=None, fusion=fusion, **options)
@@ -367,6 +599,24 @@ class SearchClient:
                 "Deploy the index's artifact (query_endpoints_deploy) or re-run catalogue_ingest with the new one."
             )
 
+    def more_like_this(self, item_id: str, k: int = 5, **options: Any) -> list[Hit]:
+        """The products nearest to `item_id`'s stored vector, the product itself left out."""
+        self.check_page(k, options.get("offset", 0))
+        return self.search_vector(self.product_vector(item_id), k, exclude_item_id=item_id, **options)
+
+    def product_vector(self, item_id: str) -> list[float]:
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise EmptyQueryError("the product id is empty")
+        body = {"size": 1, "query": {"ids": {"values": [item_id]}}, "_source": {"includes": [index.VECTOR_FIELD]}}
+        with self._opensearch():
+            hits = self.client.search(index=self.alias, body=body)["hits"]["hits"]
+        if not hits:
+            raise ProductNotFoundError(f"no product {item_id!r} in {self.alias!r}")
+        vector = hits[0].get("_source", {}).get(index.VECTOR_FIELD)
+        if not isinstance(vector, list) or not vector:
+            raise QueryRefusedError(f"product {item_id!r} has no stored vector in {self.alias!r}")
+        return vector
+
     def search_vector(
         self,
         vector: list[float],
@@ -375,20 +625,24 @@ class SearchClient:
         offset: int = 0,
         product_type: str | None = None,
         brand: str | None = None,
+        exclude_item_id: str | None = None,
         field: str = index.VECTOR_FIELD,
         fold: bool = False,
         fold_threshold: float | None = None,
     ) -> list[Hit]:
         """k-NN on `field` (image vectors by default, `name_vector` for titles)."""
-        if k < 1 or offset < 0:
-            raise ValueError("k must be >= 1 and offset >= 0")
-        self._check_alias()
-        filters = _filters(product_type, brand)
-        size = _candidates(offset + k, fold)
-        raw = self._search(
-            index.knn_query(vector, size, filters or None, field=field, candidates=self.settings.knn_candidates),
-            fold=fold,
+        self.check_page(k, offset)
+        body = index.knn_query(
+            vector,
+            _candidates(offset + k, fold),
+            filter_clauses(product_type=product_type, brand=brand) or None,
+            field=field,
+            candidates=min(self.settings.knn_candidates, KNN_MAX_K),
         )
+        if exclude_item_id:
+            knn = body["query"]["knn"][field]
+            knn.setdefault("filter", {"bool": {}})["bool"]["must_not"] = [{"ids": {"values": [exclude_item_id]}}]
+        raw = self._search(body, fold=fold)
         cands = [_Candidate(float(h["_score"]), h["_source"]) for h in raw]
         return self._page(cands, k, offset, fold, fold_threshold)
 
@@ -406,11 +660,9 @@ class SearchClient:
         """BM25 on the title alone (the lexical list of `hybrid`)."""
         if not isinstance(text, str) or not text.strip():
             raise EmptyQueryError("the text query is empty")
-        if k < 1 or offset < 0:
-            raise ValueError("k must be >= 1 and offset >= 0")
-        self._check_alias()
-        size = _candidates(offset + k, fold)
-        raw = self._search(index.title_query(text.strip(), size, _filters(product_type, brand) or None), fold=fold)
+        self.check_page(k, offset)
+        filters = filter_clauses(product_type=product_type, brand=brand) or None
+        raw = self._search(index.title_query(text.strip(), _candidates(offset + k, fold), filters), fold=fold)
         cands = [_Candidate(float(h["_score"]), h["_source"]) for h in raw]
         return self._page(cands, k, offset, fold, fold_threshold)
 
@@ -429,50 +681,43 @@ class SearchClient:
     ) -> list[Hit]:
         """Reciprocal rank fusion of BM25 on the title (when there is `text`), k-NN on the
         title vectors and k-NN on the image vectors; `Hit.score` is the fused score."""
-        if k < 1 or offset < 0:
-            raise ValueError("k must be >= 1 and offset >= 0")
         fusion = fusion or Fusion()
-        self._check_alias()
-        filters = _filters(product_type, brand) or None
-        size = min(MAX_CANDIDATES, max(fusion.candidates, _candidates(offset + k, fold)))
+        self.check_page(k, offset)
+        filters = filter_clauses(product_type=product_type, brand=brand) or None
+        size = min(KNN_MAX_K, max(fusion.candidates, _candidates(offset + k, fold)))
+        cand = min(self.settings.knn_candidates, KNN_MAX_K)
         bodies: dict[str, dict[str, Any]] = {}
         if text and fusion.lexical_weight:
             bodies["lexical"] = index.title_query(text, size, filters)
         if fusion.name_weight:
-            bodies["name"] = index.knn_query(
-                vector, size, filters, field=index.NAME_VECTOR_FIELD, candidates=self.settings.knn_candidates
-            )
+            bodies["name"] = index.knn_query(vector, size, filters, field=index.NAME_VECTOR_FIELD, candidates=cand)
         if fusion.image_weight:
-            bodies["image"] = index.knn_query(
-                vector, size, filters, field=index.VECTOR_FIELD, candidates=self.settings.knn_candidates
-            )
+            bodies["image"] = index.knn_query(vector, size, filters, field=index.VECTOR_FIELD, candidates=cand)
         sources: dict[str, dict[str, Any]] = {}
         ranked: dict[str, list[str]] = {}
+        nearest: dict[str, float] = {}  # item -> its best k-NN score (for Hit.similarity)
         for name, body in bodies.items():
             hits = self._search(body, fold=fold)
             ranked[name] = [h["_source"]["item_id"] for h in hits]
             for h in hits:
-                sources.setdefault(h["_source"]["item_id"], h["_source"])
+                item_id = h["_source"]["item_id"]
+                sources.setdefault(item_id, h["_source"])
+                if name != "lexical":
+                    nearest[item_id] = max(nearest.get(item_id, 0.0), float(h["_score"]))
         weights = {"lexical": fusion.lexical_weight, "name": fusion.name_weight, "image": fusion.image_weight}
         fused = reciprocal_rank_fusion(ranked, weights, fusion.rank_constant)
-        cands = [_Candidate(score, sources[item_id]) for item_id, score in fused]
+        cands = [_Candidate(score, sources[i], knn_score=nearest.get(i, 0.0)) for i, score in fused]
         return self._page(cands, k, offset, fold, fold_threshold)
 
     # --- helpers ---------------------------------------------------------------
-    def _check_alias(self) -> None:
-        alias = self.settings.index_alias
-        if not self.client.indices.exists(index=alias):
-            raise IndexMissingError(f"index or alias {alias!r} does not exist: run the catalogue_ingest DAG first")
-
     def _search(self, body: dict[str, Any], *, fold: bool = False) -> list[dict[str, Any]]:
         """Run one query on the alias; with `fold`, hits carry their image vector (for folding only)."""
-        from opensearchpy.exceptions import RequestError
-
         if fold:
             body["_source"] = {"excludes": [index.NAME_VECTOR_FIELD]}
         try:
-            return self.client.search(index=self.settings.index_alias, body=body)["hits"]["hits"]
-        except RequestError as exc:
+            with self._opensearch():
+                return self.client.search(index=self.alias, body=body)["hits"]["hits"]
+        except QueryRefusedError as exc:
             if index.NAME_VECTOR_FIELD in str(exc):
                 raise SearchError(
                     f"index {self.settings.index_alias!r} has no title vectors ({index.NAME_VECTOR_FIELD}): "
@@ -503,7 +748,50 @@ class SearchClient:
                     duplicate_ids=tuple(cand.folded),
                 )
             )
+            if cand.knn_score is not None:  # a fused hit: its score is RRF's, its similarity its best k-NN one's
+                object.__setattr__(out[-1], "similarity", cosine_similarity(cand.knn_score) if cand.knn_score else 0.0)
         return out
+
+    def facets(self, *, size: int = 100, **filters: str | None) -> dict[str, list[FacetValue]]:
+        """The values present for each facet, with counts (a terms aggregation).
+
+        Each facet counts the products that match the other facets' filters, so
+        a chip's count is what choosing it would give.
+        """
+        unknown = set(filters) - set(FACETS)
+        if unknown:
+            raise ValueError(f"unknown facet {sorted(unknown)[0]!r}: use one of {', '.join(FACETS)}")
+        aggs = {}
+        for name in FACETS:
+            others = filter_clauses(**{f: v for f, v in filters.items() if f != name})
+            aggs[name] = {
+                "filter": {"bool": {"filter": others}} if others else {"match_all": {}},
+                "aggs": {
+                    "values": {
+                        "terms": {"field": name, "size": size},
+                        "aggs": {"label": {"terms": {"field": f"{name}.raw", "size": 1}}},
+                    }
+                },
+            }
+        with self._opensearch():
+            got = self.client.search(index=self.alias, body={"size": 0, "aggs": aggs})
+        out: dict[str, list[FacetValue]] = {}
+        for name in FACETS:
+            values = []
+            for bucket in got["aggregations"][name]["values"]["buckets"]:
+                labels = bucket.get("label", {}).get("buckets") or [{"key": bucket["key"]}]
+                values.append(FacetValue(value=str(labels[0]["key"]), count=int(bucket["doc_count"])))
+            out[name] = values
+        return out
+
+
+def filter_clauses(*, product_type: str | None = None, brand: str | None = None) -> list[dict[str, Any]]:
+    """Term filters; the index's lowercase normalizer makes them match whatever the case."""
+    clauses = []
+    for name, value in (("product_type", product_type), ("brand", brand)):
+        if value is not None and str(value).strip():
+            clauses.append({"term": {name: str(value).strip()}})
+    return clauses
 
 
 def _check_mode(mode: str) -> None:
@@ -515,17 +803,8 @@ def _field_of(mode: str) -> str:
     return index.NAME_VECTOR_FIELD if mode == NAME_MODE else index.VECTOR_FIELD
 
 
-def _filters(product_type: str | None, brand: str | None) -> list[dict[str, Any]]:
-    filters: list[dict[str, Any]] = []
-    if product_type:
-        filters.append({"term": {"product_type": product_type}})
-    if brand:
-        filters.append({"term": {"brand": brand}})
-    return filters
-
-
 def _candidates(wanted: int, fold: bool) -> int:
-    return min(MAX_CANDIDATES, wanted * FOLD_CANDIDATES_FACTOR if fold else wanted)
+    return min(KNN_MAX_K, wanted * FOLD_CANDIDATES_FACTOR if fold else wanted)
 
 
 def format_hits(hits: list[Hit]) -> str:

@@ -3,7 +3,7 @@
 Every name a task, a CLI command or a test needs (buckets, index alias, model,
 endpoints) comes from here. Values are read from environment variables. Production code has no local
 defaults: the settings that name a deployment (bucket, role, OpenSearch,
-backends) are empty unless set, and `check()` (called by the first task of
+query encoder) are empty unless set, and `check()` (called by the first task of
 every DAG and by the CLI) fails with one message naming every one missing.
 The local stack's values live in `tools/catalogue_search_dev/localenv.py`,
 which `./dev` and `docker-compose.yaml` export.
@@ -30,8 +30,11 @@ class Settings:
 
     # --- AWS / local stand-ins -------------------------------------------------
     region: str = "us-east-1"
-    # Endpoint of the S3 + SageMaker stand-in (moto). Empty means real AWS.
+    # Endpoint of the S3 stand-in (moto). Empty means real AWS.
     aws_endpoint_url: str = ""
+    # Endpoint of the SageMaker stand-in (control plane and runtime), the local SageMaker server.
+    # Empty means aws_endpoint_url.
+    sagemaker_endpoint_url: str = ""
     aws_conn_id: str = "aws_default"
 
     # --- Source catalogue (ABO layout) ---------------------------------------
@@ -59,8 +62,6 @@ class Settings:
     sagemaker_role_arn: str = ""
 
     # --- Batch transform -----------------------------------------------------
-    # "local": the local batch-transform runner executes the job; "sagemaker": SageMaker does.
-    transform_backend: str = ""
     transform_instance_type: str = "ml.g4dn.xlarge"
     transform_instance_count: int = 1
     transform_max_concurrent: int = 4
@@ -71,15 +72,14 @@ class Settings:
     transform_batch_size: int = 64
     # ModelClientConfig.InvocationsTimeoutInSeconds (1..3600) for one chunk request.
     transform_invocation_timeout_s: int = 600
-    # Seconds between two status checks of a running transform job (SageMaker jobs take minutes;
-    # the local stand-in reports Completed at once, so localenv.py sets a short interval).
-    transform_poll_seconds: int = 30
+    # How often the deferred transform task asks SageMaker whether the job is done.
+    transform_poll_seconds: int = 60
 
     # --- Query endpoints -----------------------------------------------------
     endpoint_prefix: str = "catalogue-search"
     endpoint_memory_mb: int = 6144
     endpoint_max_concurrency: int = 5
-    # "local": encode queries in-process with the same handler; "endpoint": SageMaker runtime.
+    # "local": encode queries in-process with the same handler; "endpoint": the SageMaker runtime.
     query_encoder: str = ""
 
     # --- OpenSearch ----------------------------------------------------------
@@ -203,12 +203,19 @@ class Settings:
             "max_retry_delay": timedelta(seconds=self.max_retry_delay_seconds),
         }
 
-    def boto3_kwargs(self) -> dict[str, Any]:
+    def endpoint_url(self, service: str = "") -> str:
+        """Where boto3 reaches `service` ("" = real AWS): SageMaker's own stand-in, else the S3 one."""
+        if service in SAGEMAKER_SERVICES and self.sagemaker_endpoint_url:
+            return self.sagemaker_endpoint_url
+        return self.aws_endpoint_url
+
+    def boto3_kwargs(self, service: str = "") -> dict[str, Any]:
+        """`boto3.client(service, **kwargs)` arguments: region, and the local endpoint of `service` if any."""
         from catalogue_search.s3util import client_config
 
         kwargs: dict[str, Any] = {"region_name": self.region, "config": client_config(self.copy_workers)}
-        if self.aws_endpoint_url:
-            kwargs["endpoint_url"] = self.aws_endpoint_url
+        if self.endpoint_url(service):
+            kwargs["endpoint_url"] = self.endpoint_url(service)
         return kwargs
 
 
@@ -217,8 +224,10 @@ class SettingsError(ValueError):
 
 
 # Settings with no safe default: a deployment must name them.
-REQUIRED = ("bucket", "sagemaker_role_arn", "opensearch_url", "transform_backend", "query_encoder")
-CHOICES = {"transform_backend": ("local", "sagemaker"), "query_encoder": ("local", "endpoint")}
+REQUIRED = ("bucket", "sagemaker_role_arn", "opensearch_url", "query_encoder")
+CHOICES = {"query_encoder": ("local", "endpoint")}
+# boto3 service names that the SageMaker endpoint setting applies to.
+SAGEMAKER_SERVICES = ("sagemaker", "sagemaker-runtime")
 
 
 def default_model_cache() -> Path:
@@ -250,8 +259,8 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
 
 
 def boto3_client(service: str, settings: Settings | None = None):
-    """A boto3 client for `service` that honours the local endpoint setting."""
+    """A boto3 client for `service` that honours the local endpoint settings."""
     import boto3
 
     settings = settings or Settings.from_env()
-    return boto3.client(service, **settings.boto3_kwargs())
+    return boto3.client(service, **settings.boto3_kwargs(service))

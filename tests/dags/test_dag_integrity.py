@@ -78,6 +78,9 @@ def test_ingest_dag_shape():
     from catalogue_search.settings import Settings
 
     assert encode.check_interval == Settings.from_env().transform_poll_seconds  # 2 s locally, not 30
+    # Deferred while SageMaker works (no worker held for hours), polled long enough for the longest job.
+    assert encode.deferrable is True and encode.wait_for_completion is True
+    assert encode.max_attempts * encode.check_interval >= encode.max_ingestion_time
     order = [
         "filter_shard",
         "copy_images",

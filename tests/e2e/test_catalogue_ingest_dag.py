@@ -1,16 +1,19 @@
 """End to end: `airflow dags test catalogue_ingest` on the sample catalogue (tiny model).
 
 Real Airflow, real OpenSearch, moto for S3 and the SageMaker control plane, the
-local batch-transform runner for the data plane. Two runs: the second must
-leave the same documents and encode nothing new. Airflow runs in the test
-session's own AIRFLOW_HOME (tests/conftest.py): the user's DB gets no run,
-asset event or DAG version from here.
+local SageMaker server for the data plane: the provider's SageMakerTransformOperator
+creates the job, defers (Airflow runs its trigger inline in `dags test`), and the
+server's local runner writes the outputs. Two runs: the second must leave the
+same documents and encode nothing new. A job that fails fails the task. Airflow
+runs in the test session's own AIRFLOW_HOME (tests/conftest.py): the user's DB
+gets no run, asset event or DAG version from here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +46,7 @@ def _all_ids(client, alias: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def stack_env(moto_url, opensearch_url):
+def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
     token = testenv.unique_name_part()
     env = {
         # Its own source bucket too: the user's sample catalogue bucket stays as it is.
@@ -52,11 +55,12 @@ def stack_env(moto_url, opensearch_url):
         "CATSEARCH_INDEX_ALIAS": f"e2e-products-{token}",
         "CATSEARCH_MODEL_NAME": "tiny-clip",
         "CATSEARCH_MODEL_PRETRAINED": "",
-        "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
         # The tiny model's random weights put 38% of distinct pictures above 0.98: report identical ones.
         "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
+        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
     }
+    env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
     settings = Settings.from_env({**os.environ, **env})
     summary, info = demo.prepare(settings, model_cfg_path=TINY)
     assert info["pretrained_loaded"] is False
@@ -79,6 +83,19 @@ def test_indexes_every_clean_product_and_none_of_the_dirty_ones(stack_env, first
     assert len(ids) == len(summary.clean_item_ids) == 773
     assert ids == set(summary.clean_item_ids)
     assert not ids & set(summary.excluded_item_ids)
+
+
+def test_the_transform_task_deferred_and_the_local_data_plane_wrote_the_outputs(first_run, stack_env):
+    _, settings, _ = stack_env
+    log = first_run.stdout + first_run.stderr
+    assert "running trigger in line" in log  # encode_images deferred; dags test ran its trigger
+    assert re.search(r"SageMaker job catsearch-encode-\S+ completed", log)
+    import boto3
+
+    sagemaker = boto3.client("sagemaker", **settings.boto3_kwargs("sagemaker"))
+    jobs = sagemaker.list_transform_jobs(NameContains="catsearch-encode")["TransformJobSummaries"]
+    ours = [j for j in jobs if j["TransformJobName"] in log]
+    assert [j["TransformJobStatus"] for j in ours] == ["Completed"]
 
 
 def test_logs_name_what_was_dropped_and_why(first_run, stack_env):
@@ -162,3 +179,30 @@ def test_the_duplicate_report_lists_the_products_that_share_a_picture(stack_env,
     for group in identical:
         assert any(set(group) <= found for found in listed), (group, report["counts"])
     assert "near-duplicates:" in first_run.stdout + first_run.stderr
+
+
+def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env):
+    """The model artifact is missing: the job is Failed, encode_images fails with the FailureReason, nothing loads."""
+    import boto3
+
+    env, settings, _ = stack_env
+    broken = {
+        **env,
+        "CATSEARCH_BUCKET": f"{settings.bucket}-noart",
+        "CATSEARCH_INDEX_ALIAS": f"{settings.index_alias}-noart",
+        "CATSEARCH_TASK_RETRIES": "0",
+    }
+    # the catalogue is in the source bucket; the project bucket has no model artifact
+    boto3.client("s3", **settings.boto3_kwargs()).create_bucket(Bucket=broken["CATSEARCH_BUCKET"])
+    artifact = Settings.from_env({**os.environ, **broken}).artifact_uri
+
+    result = _dags_test(broken, conf='{"max_products": 3}')
+
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    failure = [line for line in log.splitlines() if line.startswith("RuntimeError: Error while running transform job")]
+    assert failure, log[-5000:]
+    assert "'status': 'failed'" in failure[0], failure
+    assert artifact in failure[0], failure
+    client = index.client_from_settings(settings)
+    assert not client.indices.exists_alias(name=broken["CATSEARCH_INDEX_ALIAS"])  # nothing was published

@@ -1,9 +1,9 @@
-"""The query endpoint DAGs, run with `airflow dags test` against the moto server.
+"""The query endpoint DAGs, run with `airflow dags test` against the local stack.
 
 moto keeps the SageMaker control plane (models, endpoint configs, endpoints, all
-InService at once); its runtime answers invoke_endpoint with whatever results
-were queued through its API, so each test queues the answers the smoke step
-must see. Every test has its own endpoint prefix and bucket.
+InService at once); the local SageMaker server in front of it answers the smoke
+invocations with the handler of the artifact each endpoint serves, over the
+runtime's real HTTP path. Every test has its own endpoint prefix and bucket.
 """
 
 from __future__ import annotations
@@ -15,23 +15,24 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 
 from catalogue_search import endpoints
 from catalogue_search.endpoints import ENCODE_TYPES, IMAGE, TEXT
+from catalogue_search.handler import load_handler_from_artifact
+from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.s3util import parse_s3_uri
-from catalogue_search.settings import Settings
+from catalogue_search.settings import Settings, boto3_client
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
+EMBED_DIM = json.loads(TINY.read_text())["embed_dim"]
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
-GOOD_ANSWER = json.dumps({"embeddings": [[0.12, -0.5, 0.33, 0.9]]})
 
 
 @dataclass
 class Deployment:
-    """One test's endpoints: the environment the DAGs run with, and clients to look at moto."""
+    """One test's endpoints: the environment the DAGs run with, and clients to look at SageMaker."""
 
     env: dict[str, str]
     settings: Settings
@@ -55,9 +56,6 @@ class Deployment:
         assert result.returncode == 0, f"{dag_id} failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
         return result.stdout + result.stderr
 
-    def queue(self, *bodies: str) -> None:
-        endpoints.queue_moto_results(self.settings.aws_endpoint_url, self.settings.region, list(bodies))
-
     def endpoint_names(self) -> list[str]:
         found = self.sagemaker.list_endpoints(NameContains=self.settings.endpoint_prefix)["Endpoints"]
         return sorted(e["EndpointName"] for e in found if e["EndpointName"].startswith(self.settings.endpoint_prefix))
@@ -76,34 +74,31 @@ class Deployment:
         return self.sagemaker.describe_endpoint_config(EndpointConfigName=name)
 
 
-def put_artifact(s3, settings: Settings, body: bytes = b"not a real model: moto does not read it") -> None:
-    import hashlib
+def put_artifact(s3, settings: Settings, path: Path) -> None:
+    """Upload a real model.tar.gz the way the pipeline does (with its artifact version in the metadata)."""
+    from catalogue_search.model_artifact import upload_model_artifact
 
-    bucket, key = parse_s3_uri(settings.artifact_uri)
-    version = hashlib.sha256(body).hexdigest()[:16]  # what model_artifact records at upload
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"artifact-version": version})
+    upload_model_artifact(settings, s3, path)
 
 
 @pytest.fixture
-def deployment(settings: Settings, unique: str, moto_url: str):
+def deployment(settings: Settings, unique: str, aws_env, s3, tiny_artifact):
+    """The tiny model's artifact in this test's bucket, and the environment that deploys it."""
     env = {
-        "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
+        **aws_env(settings),
         "CATSEARCH_BUCKET": settings.bucket,
         "CATSEARCH_ENDPOINT_PREFIX": f"t{unique}",
         "CATSEARCH_INFERENCE_IMAGE_URI": IMAGE_URI,
-        # The smoke step goes through the runtime (moto) and sees what the test queued.
+        "CATSEARCH_MODEL_NAME": "tiny-clip",
+        "CATSEARCH_MODEL_PRETRAINED": "",
         "CATSEARCH_QUERY_ENCODER": "endpoint",
     }
     s = Settings.from_env({**os.environ, **env})
+    upload_model_artifact(s, s3, tiny_artifact)
     dep = Deployment(
-        env=env,
-        settings=s,
-        sagemaker=boto3.client("sagemaker", **s.boto3_kwargs()),
-        runtime=boto3.client("sagemaker-runtime", **s.boto3_kwargs()),
+        env=env, settings=s, sagemaker=boto3_client("sagemaker", s), runtime=boto3_client("sagemaker-runtime", s)
     )
-    endpoints.drain_moto_results(dep.runtime)
     yield dep
-    endpoints.drain_moto_results(dep.runtime)
     s = dep.settings  # a test may have changed it
     for encode_type in ENCODE_TYPES:  # leave moto as we found it
         endpoints.delete_endpoint(dep.sagemaker, s.endpoint_name(encode_type), wait_delay=1)
@@ -111,10 +106,8 @@ def deployment(settings: Settings, unique: str, moto_url: str):
         endpoints.delete_models(dep.sagemaker, endpoints.resource_prefix(s, encode_type))
 
 
-def test_deploy_creates_a_serverless_endpoint_per_encode_type_and_smoke_tests_each(deployment, s3, unique):
+def test_deploy_creates_a_serverless_endpoint_per_encode_type_and_smoke_tests_each(deployment, s3):
     settings = deployment.settings
-    put_artifact(s3, settings)
-    deployment.queue(GOOD_ANSWER, GOOD_ANSWER)
 
     output = deployment.run_ok("query_endpoints_deploy")
 
@@ -132,19 +125,24 @@ def test_deploy_creates_a_serverless_endpoint_per_encode_type_and_smoke_tests_ea
         assert container["Image"] == IMAGE_URI
         assert container["ModelDataUrl"] == settings.artifact_uri
         assert container["Environment"]["ENCODE_TYPE"] == encode_type
-    # both smoke invocations went through the runtime and took the queued answers
-    assert endpoints.drain_moto_results(deployment.runtime) == 0
-    assert output.count("'dimensions': 4") == 2
+    # both smoke invocations ran the artifact's handler through the runtime (a JSON text, a binary JPEG)
+    assert output.count(f"'dimensions': {EMBED_DIM}") == 2
+    assert "'content_type': 'application/x-image'" in output
+    # and the endpoints the DAG deployed answer what the handler answers in-process
+    for encode_type in ENCODE_TYPES:
+        payload, content_type = endpoints.smoke_payload(encode_type)
+        answer = deployment.runtime.invoke_endpoint(
+            EndpointName=settings.endpoint_name(encode_type), ContentType=content_type, Body=payload
+        )["Body"].read()
+        handler = load_handler_from_artifact(settings.artifact_uri, encode_type, s3_client=s3, env={})
+        assert json.loads(answer) == json.loads(handler.invoke(payload, content_type))
 
 
-def test_deploying_again_leaves_unchanged_endpoints_alone_and_updates_changed_ones(deployment, s3):
+def test_deploying_again_leaves_unchanged_endpoints_alone_and_updates_changed_ones(deployment):
     settings = deployment.settings
-    put_artifact(s3, settings)
-    deployment.queue(GOOD_ANSWER, GOOD_ANSWER)
     deployment.run_ok("query_endpoints_deploy")
     first = {t: deployment.endpoint(t) for t in ENCODE_TYPES}
 
-    deployment.queue(GOOD_ANSWER, GOOD_ANSWER)
     deployment.run_ok("query_endpoints_deploy")
     for encode_type in ENCODE_TYPES:
         again = deployment.endpoint(encode_type)
@@ -153,7 +151,6 @@ def test_deploying_again_leaves_unchanged_endpoints_alone_and_updates_changed_on
         assert again["CreationTime"] == first[encode_type]["CreationTime"]
         assert len(deployment.config_names(encode_type)) == 1
 
-    deployment.queue(GOOD_ANSWER, GOOD_ANSWER)
     deployment.run_ok("query_endpoints_deploy", CATSEARCH_ENDPOINT_MEMORY_MB="4096")
     assert deployment.endpoint_names() == sorted(settings.endpoint_name(t) for t in ENCODE_TYPES)
     for encode_type in ENCODE_TYPES:
@@ -167,10 +164,8 @@ def test_deploying_again_leaves_unchanged_endpoints_alone_and_updates_changed_on
         assert len(deployment.config_names(encode_type)) == len(deployment.model_names(encode_type)) == 2
 
 
-def test_teardown_deletes_endpoints_configs_and_models_and_can_run_again(deployment, s3):
+def test_teardown_deletes_endpoints_configs_and_models_and_can_run_again(deployment):
     settings = deployment.settings
-    put_artifact(s3, settings)
-    deployment.queue(GOOD_ANSWER, GOOD_ANSWER)
     deployment.run_ok("query_endpoints_deploy")
     from catalogue_search.transform import model_request
 
@@ -196,11 +191,20 @@ def test_teardown_deletes_endpoints_configs_and_models_and_can_run_again(deploym
     deployment.sagemaker.delete_model(ModelName=settings.sagemaker_model_name(IMAGE))
 
 
-def test_a_wrong_shaped_smoke_answer_fails_the_deploy_naming_the_endpoint(deployment, s3):
+def test_a_wrong_shaped_smoke_answer_fails_the_deploy_naming_the_endpoint(
+    deployment, s3, tmp_path, make_handler_artifact
+):
     settings = deployment.settings
-    put_artifact(s3, settings)
-    two_vectors = json.dumps({"embeddings": [[0.1, 0.2], [0.3, 0.4]]})
-    deployment.queue(two_vectors, two_vectors)
+    two_vectors = """
+    import json
+
+    def load_model(model_dir, env):
+        return None
+
+    def encode(model, payload, content_type, accept):
+        return json.dumps({"embeddings": [[0.1, 0.2], [0.3, 0.4]]}).encode(), "application/json"
+    """
+    put_artifact(s3, settings, make_handler_artifact(tmp_path / "model.tar.gz", two_vectors))
 
     result = deployment.run("query_endpoints_deploy")
 
@@ -216,7 +220,10 @@ def test_a_wrong_shaped_smoke_answer_fails_the_deploy_naming_the_endpoint(deploy
     assert deployment.endpoint_names() == sorted(settings.endpoint_name(t) for t in ENCODE_TYPES)
 
 
-def test_a_missing_artifact_fails_the_deploy_before_anything_is_created(deployment):
+def test_a_missing_artifact_fails_the_deploy_before_anything_is_created(deployment, s3):
+    bucket, key = parse_s3_uri(deployment.settings.artifact_uri)
+    s3.delete_object(Bucket=bucket, Key=key)
+
     result = deployment.run("query_endpoints_deploy")
 
     output = result.stdout + result.stderr
@@ -225,30 +232,3 @@ def test_a_missing_artifact_fails_the_deploy_before_anything_is_created(deployme
     assert "new_state=up_for_retry" not in output
     assert deployment.endpoint_names() == []
     assert all(deployment.model_names(t) == [] for t in ENCODE_TYPES)
-
-
-@pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory) -> Path:
-    from catalogue_search.model_artifact import build_model_artifact
-
-    path = tmp_path_factory.mktemp("tiny-artifact") / "model.tar.gz"
-    build_model_artifact(path, "tiny-clip", "", TINY)
-    return path
-
-
-def test_local_stack_smoke_test_runs_the_real_handler_through_the_runtime(deployment, s3, unique, tiny_artifact):
-    """With the local query encoder, the smoke step queues the in-process handler's answer; nothing from the test."""
-    from catalogue_search.model_artifact import upload_model_artifact
-
-    deployment.env.update(
-        {"CATSEARCH_QUERY_ENCODER": "local", "CATSEARCH_MODEL_NAME": "tiny-clip", "CATSEARCH_MODEL_PRETRAINED": ""}
-    )
-    deployment.settings = Settings.from_env({**os.environ, **deployment.env})
-    upload_model_artifact(deployment.settings, s3, tiny_artifact)
-    embed_dim = json.loads(TINY.read_text())["embed_dim"]
-
-    output = deployment.run_ok("query_endpoints_deploy")
-
-    assert output.count(f"'dimensions': {embed_dim}") == 2
-    assert endpoints.drain_moto_results(deployment.runtime) == 0
-    assert deployment.endpoint_names() == sorted(deployment.settings.endpoint_name(t) for t in ENCODE_TYPES)

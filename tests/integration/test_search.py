@@ -5,19 +5,17 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from pathlib import Path
 
 import boto3
 import pytest
 from PIL import Image, ImageDraw
 
-from catalogue_search import endpoints, index, search
+from catalogue_search import index, search
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
-from catalogue_search.settings import Settings
+from catalogue_search.model_artifact import upload_model_artifact
+from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import testenv
 
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 SHAPES = {
     "B0RED00001": ("red", "ellipse", "TOY"),
     "B0BLUE0002": ("blue", "rectangle", "TOY"),
@@ -37,11 +35,12 @@ def _jpeg(colour: str, shape: str, size: int = 96) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, moto_url, opensearch_url):
+def world(tiny_artifact, moto_url, sagemaker_url, opensearch_url):
     """A tiny-model artifact in moto S3 and a five-product index behind an alias."""
     token = testenv.unique_name_part()
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,
+        sagemaker_endpoint_url=sagemaker_url,
         opensearch_url=opensearch_url,
         bucket=f"search-{token}",
         index_alias=f"search-{token}",
@@ -50,9 +49,7 @@ def world(tmp_path_factory, moto_url, opensearch_url):
     )
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     s3.create_bucket(Bucket=settings.bucket)
-    out = tmp_path_factory.mktemp("artifact") / "model.tar.gz"
-    build_model_artifact(out, "tiny-clip", "", TINY)
-    upload_model_artifact(settings, s3, out)
+    upload_model_artifact(settings, s3, tiny_artifact)
     images = {item: _jpeg(c, shape) for item, (c, shape, _) in SHAPES.items()}
     handler = load_handler_from_artifact(settings.artifact_uri, "IMAGE", s3_client=s3)
     vectors = handler.encode_images(list(images.values()))
@@ -126,20 +123,18 @@ def test_clear_errors_for_bad_queries(world, local_client):
         missing.search_text("a red ellipse")
 
 
-def _queue_endpoint_results(settings: Settings, bodies: list[str]) -> None:
-    """Queue moto's next invoke_endpoint answers, after draining what other tests left behind."""
-    runtime = boto3.client("sagemaker-runtime", **settings.boto3_kwargs())
-    endpoints.drain_moto_results(runtime)
-    endpoints.queue_moto_results(settings.aws_endpoint_url, settings.region, bodies)
-
-
-def _deploy_in_moto(settings: Settings, encode_type: str) -> None:
-    sm = boto3.client("sagemaker", **settings.boto3_kwargs())
+def _deploy(settings: Settings, encode_type: str, model_data_url: str | None = None) -> str:
+    """Model, serverless config and endpoint, through the local SageMaker server (moto: InService at once)."""
+    sm = boto3_client("sagemaker", settings)
     name = settings.endpoint_name(encode_type)
     sm.create_model(
         ModelName=name,
-        ExecutionRoleArn=settings.sagemaker_role_arn,
-        PrimaryContainer={"Image": "pytorch-inference:2.6-cpu-py312", "ModelDataUrl": settings.artifact_uri},
+        ExecutionRoleArn=settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/r",
+        PrimaryContainer={
+            "Image": "pytorch-inference:2.6-cpu-py312",
+            "ModelDataUrl": model_data_url or settings.artifact_uri,
+            "Environment": {"ENCODE_TYPE": encode_type},
+        },
     )
     sm.create_endpoint_config(
         EndpointConfigName=f"{name}-cfg",
@@ -152,32 +147,74 @@ def _deploy_in_moto(settings: Settings, encode_type: str) -> None:
         ],
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+    return name
 
 
-def test_endpoint_encoder_gives_the_same_vector_as_the_local_one(world, moto_url):
-    """The runtime path parses what the handler answers: queue the handler's own bytes in moto."""
-    settings, s3, images = world
-    settings = settings.replace(endpoint_prefix=f"t{settings.bucket.removeprefix('search-')}")
-    _deploy_in_moto(settings, search.TEXT)
-    # moto caches answers by request body alone (not by endpoint): make the body unique.
-    query = {"inputs": [f"a blue rectangle {uuid.uuid4().hex[:6]}"]}
-    handler = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=s3)
-    expected = handler.invoke(json.dumps(query).encode(), "application/json").decode()
-    _queue_endpoint_results(settings, [expected])
-    remote = search.EndpointEncoder(settings)
-    local = search.LocalEncoder(settings, s3_client=s3)
-    got = remote.encode(search.TEXT, json.dumps(query).encode(), "application/json")
-    assert got == local.encode(search.TEXT, json.dumps(query).encode(), "application/json")
-
-
-def test_endpoint_encoder_rejects_a_wrong_shaped_response(world, moto_url):
+@pytest.fixture(scope="module")
+def endpoint_settings(world):
+    """The world's settings with CATSEARCH_QUERY_ENCODER=endpoint and both endpoints deployed."""
     settings, _, _ = world
+    settings = settings.replace(endpoint_prefix=f"e{settings.bucket[-6:]}", query_encoder="endpoint")
+    names = [_deploy(settings, encode_type) for encode_type in (search.TEXT, search.IMAGE)]
+    yield settings
+    sm = boto3_client("sagemaker", settings)
+    for name in names:
+        sm.delete_endpoint(EndpointName=name)
+        sm.delete_endpoint_config(EndpointConfigName=f"{name}-cfg")
+        sm.delete_model(ModelName=name)
+
+
+def test_endpoint_encoder_gives_the_same_vectors_as_the_local_one(world, endpoint_settings):
+    """Through boto3's sagemaker-runtime and the local SageMaker server: a JSON text and a binary JPEG."""
+    settings, s3, images = world
+    remote = search.EndpointEncoder(endpoint_settings)
+    local = search.LocalEncoder(settings, s3_client=s3)
+    query = json.dumps({"inputs": ["a blue rectangle"]}).encode()
+    assert remote.encode(search.TEXT, query, "application/json") == local.encode(search.TEXT, query, "application/json")
+    for data in list(images.values())[:2]:
+        assert remote.encode(search.IMAGE, data, "application/x-image") == local.encode(
+            search.IMAGE, data, "application/x-image"
+        )
+
+
+def test_search_with_the_endpoint_encoder_matches_the_local_encoder(world, endpoint_settings, local_client):
+    """CATSEARCH_QUERY_ENCODER=endpoint end to end: make_encoder picks the runtime, hits equal the local ones."""
+    _, _, images = world
+    remote = search.SearchClient(endpoint_settings)
+    assert isinstance(remote.encoder, search.EndpointEncoder)
+    assert remote.search_text("a red ellipse", k=5) == local_client.search_text("a red ellipse", k=5)
+    for item_id, data in images.items():
+        hits = remote.search_image(data, k=3)
+        assert hits[0].item_id == item_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits == local_client.search_image(data, k=3)
+    with pytest.raises(search.UnreadableImageError, match="could not be read"):
+        remote.search_image(b"\xff\xd8\xff\xe0 this is not a jpeg")
+
+
+def test_endpoint_encoder_rejects_a_wrong_shaped_response(world, tmp_path, make_handler_artifact):
+    settings, s3, _ = world
     settings = settings.replace(endpoint_prefix=f"w{settings.bucket[-6:]}")
-    _deploy_in_moto(settings, search.TEXT)
-    _queue_endpoint_results(settings, [json.dumps({"predictions": [0.1, 0.2]})])
-    encoder = search.EndpointEncoder(settings)
-    with pytest.raises(search.EncoderResponseError, match=settings.endpoint_name(search.TEXT)):
-        encoder.encode(search.TEXT, json.dumps({"inputs": [f"probe {uuid.uuid4()}"]}).encode(), "application/json")
+    wrong = """
+    import json
+
+    def load_model(model_dir, env):
+        return None
+
+    def encode(model, payload, content_type, accept):
+        return json.dumps({"predictions": [0.1, 0.2]}).encode(), "application/json"
+    """
+    key = f"models/wrong-{uuid.uuid4().hex[:6]}/model.tar.gz"
+    s3.upload_file(str(make_handler_artifact(tmp_path / "model.tar.gz", wrong)), settings.bucket, key)
+    name = _deploy(settings, search.TEXT, f"s3://{settings.bucket}/{key}")
+    try:
+        encoder = search.EndpointEncoder(settings)
+        with pytest.raises(search.EncoderResponseError, match=name):
+            encoder.encode(search.TEXT, json.dumps({"inputs": ["probe"]}).encode(), "application/json")
+    finally:
+        sm = boto3_client("sagemaker", settings)
+        sm.delete_endpoint(EndpointName=name)
+        sm.delete_endpoint_config(EndpointConfigName=f"{name}-cfg")
+        sm.delete_model(ModelName=name)
 
 
 def test_endpoint_not_deployed_is_a_clear_error(world):

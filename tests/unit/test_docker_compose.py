@@ -47,6 +47,8 @@ THIRD_PARTY_NAMES = {
     "PYTHONPATH": "python",
     # Hugging Face tokenizers (via open_clip); localenv.py sets it too.
     "TOKENIZERS_PARALLELISM": "tokenizers",
+    # The official Airflow image's entrypoint: 0 skips its wait for the Airflow DB (local SageMaker).
+    "CONNECTION_CHECK_MAX_COUNT": "airflow image",
     # The official Airflow image's convention for the admin user; airflow-init reads them.
     "_AIRFLOW_WWW_USER_USERNAME": "airflow-init",
     "_AIRFLOW_WWW_USER_PASSWORD": "airflow-init",
@@ -56,7 +58,12 @@ THIRD_PARTY_NAMES = {
 EXPECTED_CONN_TYPES = {Settings().aws_conn_id: "aws", Settings().opensearch_conn_id: "opensearch"}
 
 # Variables whose value addresses a backing service another container provides.
-ADDRESS_VARS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "CATSEARCH_AWS_ENDPOINT_URL", "CATSEARCH_OPENSEARCH_URL")
+ADDRESS_VARS = (
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "CATSEARCH_AWS_ENDPOINT_URL",
+    "CATSEARCH_OPENSEARCH_URL",
+    "CATSEARCH_SAGEMAKER_ENDPOINT_URL",
+)
 
 _INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}")
 _PINNED_TAG = re.compile(r"\d+\.\d+")
@@ -399,7 +406,7 @@ def test_localenv_reads_its_own_names(monkeypatch, tmp_path):
 def test_published_ports_are_loopback_only(compose):
     assert unsafe_ports(compose) == []
     published = {str(p) for svc in services(compose).values() for p in svc.get("ports") or []}
-    assert published == {"127.0.0.1:8080:8080", "127.0.0.1:9200:9200", "127.0.0.1:5000:5000"}
+    assert published == {"127.0.0.1:8080:8080", "127.0.0.1:9200:9200", "127.0.0.1:5000:5000", "127.0.0.1:5100:5100"}
 
 
 def test_catsearch_names_match_the_local_stack(compose):
@@ -418,8 +425,24 @@ def test_containers_mirror_the_repository_layout(compose):
 
 def test_services_wait_for_healthy_dependencies(compose):
     assert dependency_problems(compose) == []
-    for name in ("postgres", "opensearch", "moto"):
+    for name in ("postgres", "opensearch", "moto", "sagemaker"):
         assert "healthcheck" in services(compose)[name], name
+
+
+def test_the_local_sagemaker_serves_the_address_the_airflow_containers_use(compose):
+    """It listens where CATSEARCH_SAGEMAKER_ENDPOINT_URL points, in front of the same moto, and it alone
+    mounts tools/: the Airflow containers run the production code without the local tooling."""
+    sagemaker = services(compose)["sagemaker"]
+    command = [str(part) for part in sagemaker["command"]]
+    assert command[:4] == ["python", "-m", "catalogue_search_dev.sagemaker_local", "serve"]
+    port = command[command.index("--port") + 1]
+    for name, svc in airflow_services(compose).items():
+        env = environment(svc)
+        assert urlsplit(env["CATSEARCH_SAGEMAKER_ENDPOINT_URL"]).netloc == f"sagemaker:{port}", name
+        assert environment(sagemaker)["CATSEARCH_AWS_ENDPOINT_URL"] == env["CATSEARCH_AWS_ENDPOINT_URL"], name
+        assert not any(source.rstrip("/") == "./tools" for source, _ in mounts(svc)), name
+    assert ("./tools", "/opt/airflow/tools") in mounts(sagemaker)
+    assert f"127.0.0.1:{port}:{port}" in sagemaker["ports"]
 
 
 # --- Tests: broken copies are rejected -----------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 
@@ -261,9 +260,6 @@ def test_smoke_payloads():
     jpeg, ctype = endpoints.smoke_payload(IMAGE)
     assert ctype == "application/x-image" and jpeg[:2] == b"\xff\xd8"
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
-    body, ctype = endpoints.smoke_payload(IMAGE, binary=False)
-    assert ctype == "application/json"
-    assert base64.b64decode(json.loads(body)["inputs"][0]) == jpeg
 
 
 @pytest.mark.parametrize(
@@ -333,33 +329,6 @@ def test_smoke_inference_ids_differ_per_run_type_and_try():
         for attempt in (1, 2)
     }
     assert len(ids) == 8 and all(len(i) <= 64 for i in ids)
-
-
-def test_local_stack_feeds_moto_with_the_in_process_handlers_answer(monkeypatch):
-    import catalogue_search.search as search
-
-    seen, queued = [], []
-
-    class FakeLocalEncoder:
-        def __init__(self, settings, s3_client=None):
-            pass
-
-        def encode(self, encode_type, payload, content_type):
-            seen.append((encode_type, payload, content_type))
-            return [0.25, -0.5]
-
-    monkeypatch.setattr(search, "LocalEncoder", FakeLocalEncoder)
-    monkeypatch.setattr(endpoints, "queue_moto_results", lambda *args: queued.append(args))
-    settings = Settings(aws_endpoint_url="http://127.0.0.1:5000", query_encoder="local")
-    assert endpoints.feeds_moto_locally(settings)
-    assert not endpoints.feeds_moto_locally(settings.replace(query_encoder="endpoint"))
-    assert not endpoints.feeds_moto_locally(settings.replace(aws_endpoint_url=""))
-
-    payload, ctype = endpoints.smoke_payload(IMAGE, binary=False)
-    endpoints.feed_moto(settings, IMAGE, payload, ctype)
-    assert seen == [(IMAGE, payload, ctype)]
-    assert len(queued) == 1 and queued[0][:2] == ("http://127.0.0.1:5000", "us-east-1")
-    assert [json.loads(b) for b in queued[0][2]] == [{"embeddings": [[0.25, -0.5]]}]
 
 
 def test_leftovers_names_whatever_the_teardown_missed():

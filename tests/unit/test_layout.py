@@ -50,7 +50,6 @@ def test_one_missing_setting_is_named_in_one_message():
     env = {
         "CATSEARCH_BUCKET": "b",
         "CATSEARCH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::1:role/r",
-        "CATSEARCH_TRANSFORM_BACKEND": "sagemaker",
         "CATSEARCH_QUERY_ENCODER": "endpoint",
     }
     with pytest.raises(SettingsError, match="CATSEARCH_OPENSEARCH_URL is not set") as err:

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 TEXT_QUERY = "two people in front of a swimming pool"
 # Progress lines worth showing on screen; everything else stays in the log file.
 INTERESTING = re.compile(
-    r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|transform \S+: \d+ / \d+ inputs|"
-    r"local transform:|documents loaded:|self-match ok|alias \S+: |deleted superseded|could not be encoded|"
-    r"has no embedding|is missing|more than one shard|\[error|Traceback|DagRun Finished)"
+    r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|SageMaker job \S+ completed|"
+    r"Error while running transform job|documents loaded:|self-match ok|alias \S+: |deleted superseded|"
+    r"could not be encoded|has no embedding|is missing|more than one shard|\[error|Traceback|DagRun Finished)"
 )
 STRUCTLOG = re.compile(r"^\S+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: \S+=\S+)*)?$")
 

@@ -2,7 +2,7 @@
 
 ./dev demo                 index the sample catalogue and answer sample queries
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
-./dev stack up|down|status the local OpenSearch node and moto server
+./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e; see BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,28 @@ def ensure_airflow_db() -> None:
     marker.touch()
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium for the search page's browser test (browsers cannot be downloaded here); idempotent."""
+    if CHROMIUM.exists():
+        return
+    if not shutil.which("apt-get"):
+        _say(f"{CHROMIUM} is missing and there is no apt-get: install Chromium for the browser test")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    _say("installing Debian's chromium package (for the search page's browser test)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", "chromium"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def lint() -> int:
     """`ruff check` and `ruff format --check` on the whole repository: a finding fails the run."""
     for cmd in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
@@ -65,6 +88,7 @@ def cmd_test(args: list[str]) -> int:
     if lint() != 0:
         return 1
     stack_up()
+    ensure_chromium()
     os.chdir(repo_root())
     token = testenv.session_token()
     before = testenv.snapshot()
@@ -140,6 +164,7 @@ BENCHMARKS = {
     "load-index-memory": "load_index_memory.py",
     "knn": "knn_recall.py",
     "e2e": "end_to_end.py",
+    "search-api": "search_api.py",
 }
 
 

@@ -14,6 +14,8 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from catalogue_search.settings import SAGEMAKER_SERVICES
+
 
 def cache_home() -> Path:
     return Path(os.environ.get("CATSEARCH_HOME", Path.home() / ".cache" / "catalogue-search"))
@@ -29,16 +31,18 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     home = cache_home()
     repo = repo_root()
     defaults: dict[str, str] = {
+        # moto: S3, and the SageMaker control plane behind the local SageMaker server.
         "CATSEARCH_AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+        # The local SageMaker server (sagemaker_local.py): runtime and batch transform's data plane.
+        "CATSEARCH_SAGEMAKER_ENDPOINT_URL": "http://127.0.0.1:5100",
         "CATSEARCH_OPENSEARCH_URL": "http://127.0.0.1:9200",
-        "CATSEARCH_TRANSFORM_BACKEND": "local",
         "CATSEARCH_QUERY_ENCODER": "local",
+        # Local transform jobs take seconds, not the minutes SageMaker's do.
+        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
         "CATSEARCH_BUCKET": "catalogue-search-local",
         # moto accepts any role ARN; a real deployment sets its SageMaker execution role.
         "CATSEARCH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/catalogue-search-sagemaker",
         "CATSEARCH_MODEL_CACHE_DIR": str(home / "models"),
-        # moto answers a transform job's status at once: poll it every 2 s, not every 30 s.
-        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
         # moto accepts any credentials; real ones never reach it.
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -62,17 +66,14 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     merged["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = env.get(
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{merged['AIRFLOW__API__PORT']}/execution/"
     )
-    endpoint = merged["CATSEARCH_AWS_ENDPOINT_URL"]
-    region = merged["AWS_DEFAULT_REGION"]
     merged["AIRFLOW_CONN_AWS_DEFAULT"] = env.get(
         "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": merged["AWS_ACCESS_KEY_ID"],
-                "password": merged["AWS_SECRET_ACCESS_KEY"],
-                "extra": {"region_name": region, "endpoint_url": endpoint},
-            }
+        aws_connection(
+            merged["CATSEARCH_AWS_ENDPOINT_URL"],
+            merged["CATSEARCH_SAGEMAKER_ENDPOINT_URL"],
+            region=merged["AWS_DEFAULT_REGION"],
+            login=merged["AWS_ACCESS_KEY_ID"],
+            password=merged["AWS_SECRET_ACCESS_KEY"],
         ),
     )
     merged["AIRFLOW_CONN_OPENSEARCH_DEFAULT"] = env.get(
@@ -98,6 +99,19 @@ def airflow_sizing(cpus: int) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": str(min(2, cpus)),
         "AIRFLOW__API__WORKERS": "1",
     }
+
+
+def aws_connection(endpoint_url: str, sagemaker_url: str, *, region: str, login: str, password: str) -> str:
+    """The `aws_default` connection: moto for every service, the local SageMaker server for SageMaker.
+
+    The Amazon provider's `service_config` extra gives one service its own
+    `endpoint_url`; every client it builds honours it, the aiobotocore ones of
+    deferred triggers included.
+    """
+    extra: dict = {"region_name": region, "endpoint_url": endpoint_url}
+    if sagemaker_url:
+        extra["service_config"] = {service: {"endpoint_url": sagemaker_url} for service in SAGEMAKER_SERVICES}
+    return json.dumps({"conn_type": "aws", "login": login, "password": password, "extra": extra})
 
 
 def _opensearch_connection(url: str) -> str:

@@ -1,4 +1,9 @@
-"""The local stack: a real OpenSearch 2.19.1 node with k-NN and a moto server.
+"""The local stack: a real OpenSearch 2.19.1 node with k-NN, a moto server and the local SageMaker.
+
+moto (127.0.0.1:5000) plays S3 and SageMaker's control plane; the local
+SageMaker server (127.0.0.1:5100, `sagemaker_local.py`) sits in front of moto
+for SageMaker and adds the data planes moto lacks (InvokeEndpoint, batch
+transform jobs that really run).
 
 `up()` is idempotent: a service already healthy at its address is reused, a
 download already in the cache is not fetched again. `down()` stops only the
@@ -93,6 +98,7 @@ def services() -> list[Service]:
             os.environ.get("CATSEARCH_OPENSEARCH_URL", "http://127.0.0.1:9200"),
             "/_cluster/health",
         ),
+        Service("sagemaker", os.environ.get("CATSEARCH_SAGEMAKER_ENDPOINT_URL", "http://127.0.0.1:5100"), "/ping"),
     ]
 
 
@@ -148,6 +154,23 @@ def start_moto(service: Service) -> str:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+        )
+    service.pid_file.write_text(str(proc.pid))
+    _wait_healthy(service, 60, lambda: proc.poll() is None)
+    return "started"
+
+
+# --- the local SageMaker ----------------------------------------------------------
+def start_sagemaker(service: Service, moto: Service) -> str:
+    """Start the local SageMaker server in front of `moto` (which must be up)."""
+    if service.healthy():
+        return "reused"
+    host, port = _check_loopback(service.url)
+    command = [sys.executable, "-m", "catalogue_search_dev.sagemaker_local", "serve", "--host", host]
+    command += ["--port", str(port), "--moto-url", moto.url]
+    with open(service.log_file, "ab") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     service.pid_file.write_text(str(proc.pid))
     _wait_healthy(service, 60, lambda: proc.poll() is None)
@@ -282,8 +305,11 @@ def start_opensearch(service: Service) -> str:
 # --- public ----------------------------------------------------------------------
 def up() -> dict[str, str]:
     """Start (or reuse) every service; return what happened to each."""
-    moto, opensearch = services()
-    return {"moto": start_moto(moto), "opensearch": start_opensearch(opensearch)}
+    moto, opensearch, sagemaker = services()
+    started = {"moto": start_moto(moto)}
+    started["sagemaker"] = start_sagemaker(sagemaker, moto)
+    started["opensearch"] = start_opensearch(opensearch)
+    return started
 
 
 def status() -> dict[str, str]:
@@ -299,23 +325,29 @@ def status() -> dict[str, str]:
     return out
 
 
+def stop(service: Service) -> str:
+    """Stop one service if this module started it (by its recorded pid)."""
+    pid = _read_pid(service)
+    if pid is None:
+        service.pid_file.unlink(missing_ok=True)
+        return "not running (nothing started by ./dev)"
+    try:
+        # moto and the SageMaker server lead their own process group (with the latter's job runners).
+        os.kill(pid, signal.SIGTERM) if service.name == "opensearch" else os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for _ in range(60):
+        try:
+            os.waitpid(pid, os.WNOHANG)  # our own child (a test started it): reap it
+        except ChildProcessError:
+            pass
+        if _read_pid(service) is None:
+            break
+        time.sleep(0.5)
+    service.pid_file.unlink(missing_ok=True)
+    return f"stopped pid {pid}"
+
+
 def down() -> dict[str, str]:
     """Stop the services this module started (by recorded pid) and nothing else."""
-    out = {}
-    for service in services():
-        pid = _read_pid(service)
-        if pid is None:
-            out[service.name] = "not running (nothing started by ./dev)"
-            service.pid_file.unlink(missing_ok=True)
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM) if service.name == "moto" else os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        for _ in range(60):
-            if _read_pid(service) is None:
-                break
-            time.sleep(0.5)
-        service.pid_file.unlink(missing_ok=True)
-        out[service.name] = f"stopped pid {pid}"
-    return out
+    return {service.name: stop(service) for service in reversed(services())}

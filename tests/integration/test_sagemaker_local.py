@@ -1,0 +1,309 @@
+"""The local SageMaker server: InvokeEndpoint through boto3's real HTTP path, transform jobs that really run.
+
+The server (this checkout's code, on a free port) sits in front of the moto
+server; the tiny model's artifact lives in moto S3. Every test has its own
+bucket and resource names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image, ImageDraw
+
+from catalogue_search.handler import load_handler_from_artifact
+from catalogue_search.model_artifact import upload_model_artifact
+from catalogue_search.settings import Settings, boto3_client
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
+IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
+
+
+def jpeg(colour: str = "red", size: int = 64) -> bytes:
+    img = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(img).ellipse((8, 8, size - 8, size - 8), fill=colour)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def crashing_artifact(make_handler_artifact, path: Path, where: str) -> Path:
+    """A model.tar.gz whose own handler raises in `load_model` or in `encode`."""
+    return make_handler_artifact(
+        path,
+        f"""
+        def load_model(model_dir, env):
+            if {where!r} == "load":
+                raise RuntimeError("the weights are corrupt")
+            return object()
+
+        def encode(model, payload, content_type, accept):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        """,
+    )
+
+
+@pytest.fixture
+def tiny(settings: Settings, s3, tiny_artifact) -> Settings:
+    """Settings of the tiny model, its artifact uploaded to this test's bucket."""
+    tiny = settings.replace(model_name="tiny-clip", model_pretrained="", endpoint_prefix=f"t{settings.bucket[-8:]}")
+    upload_model_artifact(tiny, s3, tiny_artifact)
+    return tiny
+
+
+@pytest.fixture
+def sagemaker(settings: Settings):
+    """A control-plane client that goes through the local SageMaker server; cleans up what a test deployed."""
+    client = boto3_client("sagemaker", settings)
+    created: list[tuple[str, str]] = []
+    client.created = created
+    yield client
+    for kind, name in reversed(created):
+        try:
+            getattr(client, f"delete_{kind}")(**{f"{''.join(w.title() for w in kind.split('_'))}Name": name})
+        except ClientError:
+            pass
+
+
+def deploy(sagemaker, settings: Settings, encode_type: str, model_data_url: str | None = None, **variant) -> str:
+    """Model + serverless endpoint config + endpoint, as the deploy DAG creates them (moto: InService at once)."""
+    name = settings.endpoint_name(encode_type)
+    sagemaker.create_model(
+        ModelName=name,
+        ExecutionRoleArn=settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/r",
+        PrimaryContainer={
+            "Image": IMAGE_URI,
+            "ModelDataUrl": model_data_url or settings.artifact_uri,
+            "Environment": {"ENCODE_TYPE": encode_type, "MODEL_NAME": settings.model_name},
+        },
+    )
+    sagemaker.created.append(("model", name))
+    config = {"VariantName": "AllTraffic", "ModelName": name, **variant}
+    if "InstanceType" not in variant:
+        config["ServerlessConfig"] = {"MemorySizeInMB": 2048, "MaxConcurrency": 1}
+    sagemaker.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[config])
+    sagemaker.created.append(("endpoint_config", name))
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    sagemaker.created.append(("endpoint", name))
+    return name
+
+
+def runtime(settings: Settings):
+    return boto3_client("sagemaker-runtime", settings)
+
+
+# --- InvokeEndpoint ------------------------------------------------------------------
+def test_text_and_binary_image_requests_answer_exactly_what_the_handler_answers_in_process(tiny, s3, sagemaker):
+    text_endpoint = deploy(sagemaker, tiny, "TEXT")
+    image_endpoint = deploy(sagemaker, tiny, "IMAGE")
+    text = json.dumps({"inputs": ["a red flower", "a blue car"]}).encode()
+    image = jpeg("red")
+
+    answers = {
+        "TEXT": runtime(tiny).invoke_endpoint(
+            EndpointName=text_endpoint, ContentType="application/json", Accept="application/json", Body=text
+        ),
+        "IMAGE": runtime(tiny).invoke_endpoint(
+            EndpointName=image_endpoint, ContentType="application/x-image", Body=image
+        ),
+    }
+
+    for encode_type, payload, content_type in (
+        ("TEXT", text, "application/json"),
+        ("IMAGE", image, "application/x-image"),
+    ):
+        handler = load_handler_from_artifact(tiny.artifact_uri, encode_type, s3_client=s3, env={})
+        answer = answers[encode_type]
+        assert answer["ContentType"] == "application/json"
+        assert answer["InvokedProductionVariant"] == "AllTraffic"
+        body = answer["Body"].read()
+        assert body == handler.invoke(payload, content_type)  # the same bytes: same code, same weights
+        vectors = json.loads(body)["embeddings"]
+        assert len(vectors) == (2 if encode_type == "TEXT" else 1)
+        assert len(vectors[0]) == json.loads(TINY.read_text())["embed_dim"]
+
+
+def test_accept_chooses_the_response_format(tiny, sagemaker):
+    name = deploy(sagemaker, tiny, "TEXT")
+    answer = runtime(tiny).invoke_endpoint(
+        EndpointName=name,
+        ContentType="application/json",
+        Accept="application/jsonlines",
+        Body=json.dumps({"inputs": ["one", "two"]}).encode(),
+    )
+    assert answer["ContentType"] == "application/jsonlines"
+    lines = answer["Body"].read().decode().splitlines()
+    assert [len(json.loads(line)["embedding"]) > 0 for line in lines] == [True, True]
+
+
+def test_a_request_the_handler_rejects_is_a_model_error_with_the_handlers_message(tiny, sagemaker):
+    name = deploy(sagemaker, tiny, "IMAGE")
+    with pytest.raises(ClientError) as err:
+        runtime(tiny).invoke_endpoint(EndpointName=name, ContentType="application/x-image", Body=b"\xff\xd8 not a jpeg")
+    response = err.value.response
+    assert response["Error"]["Code"] == "ModelError"
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert response["OriginalStatusCode"] == 500
+    assert "image" in response["OriginalMessage"] and "Received server error (500)" in response["Error"]["Message"]
+    assert type(err.value).__name__ == "ModelError"  # botocore's modeled exception, as search.py catches it
+
+
+def test_an_unknown_endpoint_is_a_validation_error(settings):
+    with pytest.raises(ClientError) as err:
+        runtime(settings).invoke_endpoint(EndpointName="never-deployed", ContentType="application/json", Body=b"{}")
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "Endpoint never-deployed of account" in str(err.value) and "not found" in str(err.value)
+
+
+def test_payloads_over_the_serverless_limit_are_refused(tiny, sagemaker):
+    name = deploy(sagemaker, tiny, "IMAGE")
+    with pytest.raises(ClientError) as err:
+        runtime(tiny).invoke_endpoint(EndpointName=name, ContentType="application/x-image", Body=b"x" * (4 * 2**20 + 1))
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    assert "4 MB limit" in str(err.value)
+
+
+def test_a_missing_artifact_or_a_crashing_handler_is_a_model_error_naming_the_cause(
+    tiny, s3, sagemaker, tmp_path, make_handler_artifact
+):
+    missing = deploy(
+        sagemaker, tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"), "TEXT", "s3://nowhere-x/m.tar.gz"
+    )
+    with pytest.raises(ClientError, match="ModelError") as err:
+        runtime(tiny).invoke_endpoint(EndpointName=missing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
+    assert "s3://nowhere-x/m.tar.gz cannot be loaded" in err.value.response["OriginalMessage"]
+
+    crash = crashing_artifact(make_handler_artifact, tmp_path / "model.tar.gz", "encode")
+    s3.upload_file(str(crash), tiny.bucket, "models/crash/model.tar.gz")
+    crashing = deploy(
+        sagemaker,
+        tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "c"),
+        "TEXT",
+        f"s3://{tiny.bucket}/models/crash/model.tar.gz",
+    )
+    with pytest.raises(ClientError, match="ModelError") as err:
+        runtime(tiny).invoke_endpoint(EndpointName=crashing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
+    assert err.value.response["OriginalMessage"] == "RuntimeError: CUDA error: device-side assert triggered"
+
+
+# --- Control plane and transform jobs ------------------------------------------------------
+def test_other_control_plane_calls_reach_moto_unchanged(settings, sagemaker, moto_url):
+    import boto3
+
+    direct = boto3.client("sagemaker", endpoint_url=moto_url, region_name=settings.region)
+    name = f"cp-{settings.bucket[-8:]}"
+    sagemaker.create_model(
+        ModelName=name, ExecutionRoleArn="arn:aws:iam::123456789012:role/r", PrimaryContainer={"Image": IMAGE_URI}
+    )
+    sagemaker.created.append(("model", name))
+    assert direct.describe_model(ModelName=name)["PrimaryContainer"]["Image"] == IMAGE_URI
+    with pytest.raises(ClientError) as err:
+        sagemaker.describe_model(ModelName=name + "-missing")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+
+
+def wait_for_job(sagemaker, name: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = sagemaker.describe_transform_job(TransformJobName=name)
+        if described["TransformJobStatus"] not in {"InProgress", "Stopping"}:
+            return described
+        time.sleep(1)
+    raise AssertionError(f"transform job {name} still running after {timeout}s")
+
+
+def job_request(settings: Settings, name: str, model: str, prefix: str) -> dict:
+    """A CreateTransformJob over every image under `prefix`, one request per image, error records on."""
+    return {
+        "TransformJobName": name,
+        "ModelName": model,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
+        "Environment": {"ERROR_MODE": "record"},
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{settings.bucket}/{prefix}"}},
+            "ContentType": "application/x-image",
+            "SplitType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": f"s3://{settings.bucket}/out/{name}/", "Accept": "application/json"},
+        "TransformResources": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1},
+    }
+
+
+def test_a_transform_job_runs_the_handler_and_reports_its_real_status(tiny, s3, sagemaker):
+    model = deploy(sagemaker, tiny, "IMAGE")
+    for colour in ("red", "green"):
+        s3.put_object(Bucket=tiny.bucket, Key=f"in/{colour}.jpg", Body=jpeg(colour))
+    s3.put_object(Bucket=tiny.bucket, Key="in/corrupt.jpg", Body=jpeg("blue")[:40])  # a record-level error
+    name = f"job-{tiny.bucket[-8:]}"
+
+    sagemaker.create_transform_job(**job_request(tiny, name, model, "in/"))
+    started = sagemaker.describe_transform_job(TransformJobName=name)
+    assert started["TransformJobStatus"] == "InProgress"  # moto alone would say Completed already
+    assert "TransformEndTime" not in started
+    listed = sagemaker.list_transform_jobs(NameContains=name)["TransformJobSummaries"]
+    assert [(j["TransformJobName"], j["TransformJobStatus"]) for j in listed] == [(name, "InProgress")]
+
+    done = wait_for_job(sagemaker, name)
+
+    assert done["TransformJobStatus"] == "Completed", done.get("FailureReason")
+    assert "FailureReason" not in done and done["TransformEndTime"] >= done["TransformStartTime"]
+    handler = load_handler_from_artifact(tiny.artifact_uri, "IMAGE", s3_client=s3, env={})
+    for colour in ("red", "green"):
+        out = s3.get_object(Bucket=tiny.bucket, Key=f"out/{name}/{colour}.jpg.out")["Body"].read()
+        assert (
+            json.loads(out)["embeddings"]
+            == json.loads(handler.invoke(jpeg(colour), "application/x-image"))["embeddings"]
+        )
+    corrupt = json.loads(s3.get_object(Bucket=tiny.bucket, Key=f"out/{name}/corrupt.jpg.out")["Body"].read())
+    assert "error" in corrupt  # the bad record is answered, the job is not failed
+    with pytest.raises(ClientError, match="must be unique"):
+        sagemaker.create_transform_job(**job_request(tiny, name, model, "in/"))
+
+
+@pytest.mark.parametrize("cause", ["missing artifact", "handler crashes at load"])
+def test_a_job_that_cannot_run_is_failed_with_the_reason(tiny, s3, sagemaker, tmp_path, make_handler_artifact, cause):
+    if cause == "missing artifact":
+        url, wanted = f"s3://{tiny.bucket}/models/none/model.tar.gz", "models/none/model.tar.gz"
+    else:
+        bad = crashing_artifact(make_handler_artifact, tmp_path / "m.tar.gz", "load")
+        s3.upload_file(str(bad), tiny.bucket, "models/bad/model.tar.gz")
+        url, wanted = f"s3://{tiny.bucket}/models/bad/model.tar.gz", "the weights are corrupt"
+    model = deploy(sagemaker, tiny, "IMAGE", url)
+    s3.put_object(Bucket=tiny.bucket, Key="in/red.jpg", Body=jpeg("red"))
+    name = f"bad-{tiny.bucket[-8:]}"
+
+    sagemaker.create_transform_job(**job_request(tiny, name, model, "in/"))
+    done = wait_for_job(sagemaker, name)
+
+    assert done["TransformJobStatus"] == "Failed"
+    assert wanted in done["FailureReason"] and "log: " in done["FailureReason"]
+    assert len(done["FailureReason"]) <= 1024
+
+
+def test_a_job_the_server_never_ran_is_not_reported_completed(settings, sagemaker, moto_url):
+    """moto marks every job Completed at once; without outputs that would be a lie."""
+    import boto3
+
+    direct = boto3.client("sagemaker", endpoint_url=moto_url, region_name=settings.region)
+    name = f"ghost-{settings.bucket[-8:]}"
+    direct.create_transform_job(**job_request(settings, name, "some-model", "in/"))
+    assert direct.describe_transform_job(TransformJobName=name)["TransformJobStatus"] == "Completed"
+    described = sagemaker.describe_transform_job(TransformJobName=name)
+    assert described["TransformJobStatus"] == "Failed"
+    assert "did not run this job" in described["FailureReason"]
+
+
+def test_stop_transform_job_stops_the_runner(tiny, s3, sagemaker):
+    model = deploy(sagemaker, tiny, "IMAGE")
+    s3.put_object(Bucket=tiny.bucket, Key="in/red.jpg", Body=jpeg("red"))
+    name = f"stop-{tiny.bucket[-8:]}"
+    sagemaker.create_transform_job(**job_request(tiny, name, model, "in/"))
+    sagemaker.stop_transform_job(TransformJobName=name)
+    assert wait_for_job(sagemaker, name)["TransformJobStatus"] == "Stopped"

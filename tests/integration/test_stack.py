@@ -1,0 +1,41 @@
+"""`./dev stack`: the local SageMaker server is started, reused, shown and stopped by pid.
+
+On a free port with a private CATSEARCH_HOME, so the shared stack is never touched.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import boto3
+
+from catalogue_search_dev import stack
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_stack_starts_reuses_shows_and_stops_the_local_sagemaker(tmp_path, monkeypatch, moto_url):
+    monkeypatch.setenv("CATSEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CATSEARCH_SAGEMAKER_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    services = {service.name: service for service in stack.services()}
+    sagemaker, moto = services["sagemaker"], services["moto"]
+    assert not sagemaker.healthy()
+
+    assert stack.start_sagemaker(sagemaker, moto) == "started"
+    try:
+        assert stack.start_sagemaker(sagemaker, moto) == "reused"
+        shown = stack.status()["sagemaker"]
+        assert shown.startswith(f"healthy at {sagemaker.url} (started by ./dev, pid ")
+        # a SageMaker call through it reaches moto's control plane
+        client = boto3.client("sagemaker", endpoint_url=sagemaker.url, region_name="us-east-1")
+        assert "Models" in client.list_models(MaxResults=1)
+        assert sagemaker.log_file.read_text().count("local SageMaker on") == 1
+    finally:
+        stopped = stack.stop(sagemaker)
+    assert stopped.startswith("stopped pid ")
+    assert not sagemaker.healthy()
+    assert stack.stop(sagemaker) == "not running (nothing started by ./dev)"
