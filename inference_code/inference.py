@@ -823,13 +823,8 @@ def parse_chunk(body: bytes | bytearray | str) -> Batch:
     """
     text = _as_text(body, IMAGE_CHUNK)
     records: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"chunk line {number} is not valid JSON: {exc}") from exc
+    for number, line in jsonlines(text):
+        record = parse_json(line, f"chunk line {number}")
         if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
             raise InputError(f'chunk line {number} must be {{"id": "...", "s3_uri": "s3://..."}} or {{"id", "b64"}}')
         records.append(record)

@@ -478,6 +478,7 @@ class SearchClient:
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
         self._window: tuple[float, int] | None = None
+        self._version: tuple[float, str] | None = None
 
     @property
     def encoder(self) -> QueryEncoder:
@@ -567,38 +568,6 @@ class SearchClient:
             return self.search_hybrid(vector, k, text=None, fusion=fusion, **options)
         return self.search_vector(vector, k, field=_field_of(mode), **options)
 
-    def index_artifact_version(self) -> str:
-        """The artifact version recorded in the `_meta` of the index behind the alias ("" if none)."""
-        from opensearchpy.exceptions import NotFoundError
-
-        alias = self.settings.index_alias
-        try:
-            mappings = self.client.indices.get_mapping(index=alias)
-        except NotFoundError as exc:
-            raise IndexMissingError(
-                f"index or alias {alias!r} does not exist: run the catalogue_ingest DAG first"
-            ) from exc
-        versions = {(m.get("mappings") or {}).get("_meta", {}).get("artifact_version", "") for m in mappings.values()}
-        if len(versions) > 1:
-            raise ModelVersionMismatchError(f"alias {alias!r} spans indices of several artifact versions: {versions}")
-        return versions.pop() if versions else ""
-
-    def check_model_version(self, encode_type: str) -> None:
-        """Refuse to encode a query with a model other than the one that encoded the index."""
-        version_of = getattr(self.encoder, "artifact_version", None)
-        if version_of is None:
-            return
-        wanted = self.index_artifact_version()
-        if not wanted:  # an index loaded before versions were recorded
-            return
-        have = version_of(encode_type)
-        if have != wanted:
-            raise ModelVersionMismatchError(
-                f"the {encode_type.lower()} query encoder runs model artifact {have or '(unversioned)'} but index "
-                f"{self.settings.index_alias!r} was encoded with artifact {wanted}: the vectors are not comparable. "
-                "Deploy the index's artifact (query_endpoints_deploy) or re-run catalogue_ingest with the new one."
-            )
-
     def more_like_this(self, item_id: str, k: int = 5, **options: Any) -> list[Hit]:
         """The products nearest to `item_id`'s stored vector, the product itself left out."""
         self.check_page(k, options.get("offset", 0))
@@ -616,6 +585,40 @@ class SearchClient:
         if not isinstance(vector, list) or not vector:
             raise QueryRefusedError(f"product {item_id!r} has no stored vector in {self.alias!r}")
         return vector
+
+    def index_artifact_version(self) -> str:
+        """The artifact version recorded in the `_meta` of the index behind the alias ("" if none).
+
+        Cached for WINDOW_TTL seconds, like the result window: an alias swap is seen within that time.
+        """
+        now = time.monotonic()
+        if self._version is not None and now - self._version[0] < WINDOW_TTL:
+            return self._version[1]
+        alias = self.alias
+        with self._opensearch():
+            mappings = self.client.indices.get_mapping(index=alias)
+        versions = {(m.get("mappings") or {}).get("_meta", {}).get("artifact_version", "") for m in mappings.values()}
+        if len(versions) > 1:
+            raise ModelVersionMismatchError(f"alias {alias!r} spans indices of several artifact versions: {versions}")
+        version = versions.pop() if versions else ""
+        self._version = (now, version)
+        return version
+
+    def check_model_version(self, encode_type: str) -> None:
+        """Refuse to encode a query with a model other than the one that encoded the index."""
+        version_of = getattr(self.encoder, "artifact_version", None)
+        if version_of is None:
+            return
+        wanted = self.index_artifact_version()
+        if not wanted:  # an index loaded before versions were recorded
+            return
+        have = version_of(encode_type)
+        if have != wanted:
+            raise ModelVersionMismatchError(
+                f"the {encode_type.lower()} query encoder runs model artifact {have or '(unversioned)'} but index "
+                f"{self.alias!r} was encoded with artifact {wanted}: the vectors are not comparable. "
+                "Deploy the index's artifact (query_endpoints_deploy) or re-run catalogue_ingest with the new one."
+            )
 
     def search_vector(
         self,
