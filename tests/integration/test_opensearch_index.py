@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from catalogue_search import index, stack
+from catalogue_search import index
 from catalogue_search.settings import Settings
+from catalogue_search_dev import stack
 
 
 @pytest.fixture
