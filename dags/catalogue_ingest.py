@@ -28,13 +28,20 @@ by text and by image, then points the read alias at it.
    chunks of the images with no embedding yet for this artifact version, one
    SageMaker batch transform over them (one chunk per request, batched forward
    passes), then a check that every chunk has its output and a run report of
-   the images that could not be encoded.
+   the images that could not be encoded. The transform task defers while the
+   job runs (no worker slot held); a Failed job fails it with SageMaker's
+   FailureReason. **prepare_name_encoding** / **encode_names** /
+   **record_name_embeddings** do the same for the product titles with the TEXT
+   model.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: the count, sampled products holding exactly their stored
    embedding, and ANN recall@10 against exact search; a failure leaves the alias alone.
 6. **swap_alias**: the shrink guard, then one atomic `_aliases` call; served
    indices beyond the retention are deleted.
-7. **clean_up** (teardown, runs whatever happened): removes the indices of the
+7. **report_duplicates** (beside the swap): groups of near-duplicate products (same
+   image id, or image vectors with cosine >= the threshold) as a JSON report in the
+   run's prefix of the project bucket, counts in the log.
+8. **clean_up** (teardown, runs whatever happened): removes the indices of the
    alias that never served, this run's included when it failed.
 
 A run publishes the whole catalogue: the shards it processes plus every other
@@ -151,6 +158,27 @@ def catalogue_ingest():
         settings = Settings.from_env()
         return ingest.record_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
 
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def prepare_name_encoding(run_plan: dict) -> dict | None:
+        from catalogue_search import airflow_clients, ingest
+        from catalogue_search.model_artifact import inference_image_uri
+
+        settings = Settings.from_env()
+        return ingest.prepare_name_encoding(
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.sagemaker(settings),
+            ingest.RunPlan.from_dict(run_plan),
+            inference_image_uri(settings),
+        )
+
+    @task(trigger_rule="none_failed")
+    def record_name_embeddings(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.record_name_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+
     @task(trigger_rule="none_failed")
     def load_index(run_plan: dict) -> dict:
         from catalogue_search import airflow_clients, ingest
@@ -207,6 +235,18 @@ def catalogue_ingest():
                 params["alias"],
             )
 
+    @task
+    def report_duplicates(run_plan: dict) -> dict:
+        from catalogue_search import airflow_clients, ingest
+
+        settings = Settings.from_env()
+        return ingest.report_duplicates(
+            settings,
+            airflow_clients.s3(settings),
+            airflow_clients.opensearch(settings),
+            ingest.RunPlan.from_dict(run_plan),
+        )
+
     run_plan = plan()
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
     copied = copy_images(run_plan)
@@ -226,10 +266,34 @@ def catalogue_ingest():
         action_if_job_exists="timestamp",
     )
     recorded = record_embeddings(run_plan)
+    name_config = prepare_name_encoding(run_plan)
+    encode_names = SageMakerTransformOperator(
+        task_id="encode_names",
+        config=name_config,
+        aws_conn_id=SETTINGS.aws_conn_id,
+        wait_for_completion=True,
+        deferrable=True,
+        check_interval=SETTINGS.transform_poll_seconds,
+        max_ingestion_time=MAX_TRANSFORM_SECONDS,
+        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
+        check_if_job_exists=True,
+        action_if_job_exists="timestamp",
+    )
+    names_recorded = record_name_embeddings(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
     published = swap_alias(run_plan)
-    chain(filtered, copied, config, encode_images, recorded, loaded, validated, published)
+    chain(
+        filtered,
+        copied,
+        [config, name_config],
+        [encode_images, encode_names],
+        [recorded, names_recorded],
+        loaded,
+        validated,
+        published,
+    )
+    validated >> report_duplicates(run_plan)
     published >> clean_up().as_teardown()
 
 

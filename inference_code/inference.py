@@ -97,6 +97,7 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 X_IMAGE = "application/x-image"
 IMAGE_CHUNK = "application/x-image-chunk"
+TEXT_CHUNK = "application/x-text-chunk"
 NPZ = "application/x-npz"
 VERSION_FILE = "artifact_version.txt"
 DEFAULT_FETCH_WORKERS = 8
@@ -401,7 +402,7 @@ def _check_inputs_value(value: Any, where: str) -> list[Any]:
 def input_fn(request_body: bytes | bytearray | str, request_content_type: str | None) -> Batch:
     """Parse a request body into a `Batch`; nothing is decoded or tokenised yet."""
     ctype = media_type(request_content_type)
-    if ctype == IMAGE_CHUNK:
+    if ctype in (IMAGE_CHUNK, TEXT_CHUNK):
         return parse_chunk(request_body)
     if ctype in _IMAGE_TYPES:
         if isinstance(request_body, str):
@@ -879,8 +880,8 @@ def _record_pixels(record: Mapping[str, Any], model: ClipModel) -> torch.Tensor:
 def predict_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:
     """Encode a chunk: a thread pool fetches and decodes ahead while forward passes of
     `max_batch_size` rows run; memory stays bounded by a window of in-flight records."""
-    if model.encode_type != "IMAGE":
-        raise InputError(f"{IMAGE_CHUNK} requests go to the IMAGE model, this one encodes TEXT")
+    if model.encode_type == "TEXT":
+        return predict_text_chunk(batch, model)
     from concurrent.futures import ThreadPoolExecutor
 
     ids: list[str] = []
@@ -931,6 +932,58 @@ def predict_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:
         flush()
     embeddings = np.concatenate(rows) if rows else np.zeros((0, model.embed_dim), dtype=np.float32)
     logger.info("chunk: %d records encoded, %d error records", len(ids), len(error_ids))
+    return ChunkPrediction(ids, embeddings, error_ids, errors, model.artifact_version)
+
+
+def predict_text_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:
+    """Encode a chunk of titles (`{"id", "text"}` records) in forward passes of `max_batch_size`.
+
+    A record without a usable text, or an id seen before, becomes an error record.
+    """
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    error_ids: list[str] = []
+    errors: list[str] = []
+    pending_ids: list[str] = []
+    pending: list[str] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            rows.append(embed(prepare(batch_of(pending, "string"), model), model))
+            ids.extend(pending_ids)
+        except InputError:  # one text the tokenizer refuses: the others still encode
+            for rid, text in zip(pending_ids, pending):
+                try:
+                    rows.append(embed(prepare(batch_of([text], "string"), model), model))
+                    ids.append(rid)
+                except InputError as exc:
+                    error_ids.append(rid)
+                    errors.append(str(exc))
+        pending.clear()
+        pending_ids.clear()
+
+    for record in batch.items:
+        rid = record["id"]
+        text = record.get("text")
+        if rid in seen:
+            error_ids.append(rid)
+            errors.append("duplicate id in the chunk (encoded once)")
+            continue
+        if not isinstance(text, str) or not text.strip():
+            error_ids.append(rid)
+            errors.append('record needs a non-empty "text" (a TEXT model encodes titles)')
+            continue
+        seen.add(rid)
+        pending.append(text)
+        pending_ids.append(rid)
+        if len(pending) >= model.max_batch_size:
+            flush()
+    flush()
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, model.embed_dim), dtype=np.float32)
+    logger.info("text chunk: %d records encoded, %d error records", len(ids), len(error_ids))
     return ChunkPrediction(ids, embeddings, error_ids, errors, model.artifact_version)
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from catalogue_search.search import FACETS, SearchClient, format_hits, one_line
+from catalogue_search.search import FACETS, MODES, Fusion, SearchClient, format_hits, one_line
 from catalogue_search.settings import Settings
 
 # `--list product-types` -> the facet field `product_type`
@@ -49,6 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--list",
         choices=sorted(LISTABLE),
         help="list the values present in the index, with their counts (the valid filter values)",
+    )
+    ranking = search.add_argument_group("ranking (see the README's 'Search modes')")
+    ranking.add_argument(
+        "--mode",
+        choices=MODES,
+        default="image",
+        help="image: the product images' vectors (default); name: the titles' vectors; "
+        "hybrid: BM25 on the title + both vector lists, fused by reciprocal rank",
+    )
+    ranking.add_argument("--hybrid", dest="mode", action="store_const", const="hybrid", help="same as --mode hybrid")
+    ranking.add_argument("--lexical-weight", type=float, default=1.0, help="hybrid: weight of BM25 on the title")
+    ranking.add_argument("--name-weight", type=float, default=1.0, help="hybrid: weight of the title vectors")
+    ranking.add_argument("--image-weight", type=float, default=1.0, help="hybrid: weight of the image vectors")
+    ranking.add_argument("--rank-constant", type=int, default=60, help="hybrid: RRF rank constant (default 60)")
+    ranking.add_argument(
+        "--fold", action="store_true", help="fold hits that show the same image (same image id or near-identical)"
+    )
+    ranking.add_argument(
+        "--fold-threshold", type=float, help="cosine at or above which images count as the same (default: setting)"
     )
     return parser
 
@@ -90,18 +109,32 @@ def _main(argv: list[str] | None) -> int:
     client = SearchClient(settings)
     if args.list:
         return _list(client, LISTABLE[args.list], args.json)
-    options = {"offset": args.offset, "product_type": args.product_type, "brand": args.brand}
+    options = {
+        "offset": args.offset,
+        "product_type": args.product_type,
+        "brand": args.brand,
+        "fold": args.fold,
+        "fold_threshold": args.fold_threshold,
+    }
+    ranking: dict = {"mode": args.mode}
+    if args.mode == "hybrid":
+        ranking["fusion"] = Fusion(
+            rank_constant=args.rank_constant,
+            lexical_weight=args.lexical_weight,
+            name_weight=args.name_weight,
+            image_weight=args.image_weight,
+        )
     if args.image is not None:
         client.check_page(args.k, args.offset)  # before reading a large file or loading the model
         try:
             data = args.image.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {args.image}: {exc.strerror or exc}") from exc
-        hits = client.search_image(data, args.k, **options)
+        hits = client.search_image(data, args.k, **ranking, **options)
     elif args.like is not None:
         hits = client.more_like_this(args.like, args.k, **options)
     else:
-        hits = client.search_text(args.query, args.k, prompt=args.prompt, **options)
+        hits = client.search_text(args.query, args.k, prompt=args.prompt, **ranking, **options)
     if args.json:
         for hit in hits:
             print(json.dumps(hit.as_dict(), ensure_ascii=False))

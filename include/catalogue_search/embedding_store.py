@@ -29,7 +29,7 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -204,9 +204,22 @@ def manifest_key(run_prefix: str) -> str:
 
 
 def write_chunks(
-    s3, settings: Settings, run_prefix: str, version: str, paths: list[str], etags: dict[str, str], chunk_size: int
+    s3,
+    settings: Settings,
+    run_prefix: str,
+    version: str,
+    paths: list[str],
+    etags: dict[str, str],
+    chunk_size: int,
+    *,
+    body: Callable[[list[str]], bytes] | None = None,
+    content_type: str = CHUNK_CONTENT_TYPE,
 ) -> EncodePlan:
-    """Write the input chunks, their ManifestFile and the plan; return the plan."""
+    """Write the input chunks, their ManifestFile and the plan; return the plan.
+
+    `body` turns a chunk's ids into its request (default: image records,
+    `chunk_body`); the titles' chunks (`names`) pass their own, with `content_type`.
+    """
     if not 1 <= chunk_size <= MAX_CHUNK_RECORDS:
         raise ValueError(f"chunk size {chunk_size} must be between 1 and {MAX_CHUNK_RECORDS}")
     chunk_prefix = encode_prefix(run_prefix) + "chunks/"
@@ -220,13 +233,13 @@ def write_chunks(
         digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:10]
         name = f"{number:05d}-{digest}.jsonl"
         plan.chunks.append({"input": chunk_prefix + name, "output": out_prefix + name + OUTPUT_SUFFIX, "ids": ids})
-        bodies.append((chunk_prefix + name, chunk_body(settings, ids)))
+        bodies.append((chunk_prefix + name, body(ids) if body is not None else chunk_body(settings, ids)))
     limit = settings.transform_max_payload_mb * 1024 * 1024
-    for key, body in bodies:
-        if len(body) > limit:
-            raise ValueError(f"chunk {key} is {len(body)} bytes, above MaxPayloadInMB: lower the chunk size")
+    for key, data in bodies:
+        if len(data) > limit:
+            raise ValueError(f"chunk {key} is {len(data)} bytes, above MaxPayloadInMB: lower the chunk size")
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda kb: put_bytes(s3, settings.bucket, kb[0], kb[1], CHUNK_CONTENT_TYPE), bodies))
+        list(pool.map(lambda kb: put_bytes(s3, settings.bucket, kb[0], kb[1], content_type), bodies))
     manifest = [
         {"prefix": f"s3://{settings.bucket}/{chunk_prefix}"},
         *(c["input"][len(chunk_prefix) :] for c in plan.chunks),

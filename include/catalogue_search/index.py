@@ -19,7 +19,12 @@ from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VECTOR_FIELD = "embedding"
+VECTOR_FIELD = "embedding"  # the product image, encoded by the IMAGE model
+NAME_VECTOR_FIELD = "name_vector"  # the product's item_name, encoded by the TEXT model
+VECTOR_FIELDS = (VECTOR_FIELD, NAME_VECTOR_FIELD)
+TITLE_ANALYZER = "product_title"
+TITLE_JOINED_ANALYZER = "product_title_joined"
+OPTIONAL_FILTERS = ("asciifolding",)
 SELF_MATCH_SCORE = 0.9999  # OpenSearch cosine score is (1 + cos) / 2: 1.0 for the same vector.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # Filters on these keyword fields match whatever the case ("animals" finds ANIMALS); each keeps its value as
@@ -98,8 +103,80 @@ def index_name(alias: str, model_slug: str, run_key: str) -> str:
     return f"{alias}-{model_slug}-{digest}"
 
 
+def title_analysis() -> dict[str, Any]:
+    """Analyzers for product titles (BM25 on `item_name`), with core Lucene filters only.
+
+    `product_title`: standard tokenizer + lowercase. `product_title_joined`
+    (the `item_name.joined` subfield) adds shingles of 2-3 words joined with no
+    separator, so a model number written apart or together matches: "WH-1000XM4",
+    "wh1000xm4", "ZX 200" and "zx200" give the same token. `create_index` adds
+    asciifolding ("Crème" finds "creme") where the node has OpenSearch's
+    analysis-common module: every distribution, Amazon's included, but not the
+    local integ-test node. So this body is valid on any node.
+    """
+    return {
+        "filter": {
+            "title_joined": {
+                "type": "shingle",
+                "min_shingle_size": 2,
+                "max_shingle_size": 3,
+                "output_unigrams": False,
+                "token_separator": "",
+            }
+        },
+        "analyzer": {
+            TITLE_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": ["lowercase"]},
+            TITLE_JOINED_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "title_joined"]},
+        },
+    }
+
+
+def adapt_to_node(client, body: dict[str, Any], logger: logging.Logger = log) -> dict[str, Any]:
+    """`body` with the title analyzers' optional filters (asciifolding) where the node has them."""
+    import copy
+
+    from opensearchpy.exceptions import RequestError
+
+    available = []
+    for name in OPTIONAL_FILTERS:
+        try:
+            client.indices.analyze(body={"tokenizer": "standard", "filter": [name], "text": "a"})
+            available.append(name)
+        except RequestError:
+            logger.info("the OpenSearch node has no %r token filter (analysis-common module): titles go without", name)
+    if not available:
+        return body
+    body = copy.deepcopy(body)
+    index_settings = body.get("settings", {})
+    analysis = index_settings.get("index", {}).get("analysis") or index_settings.get("analysis") or {}
+    analyzers = analysis.get("analyzer", {})
+    for name in (TITLE_ANALYZER, TITLE_JOINED_ANALYZER):
+        if name in analyzers:
+            filters = analyzers[name]["filter"]
+            at = filters.index("lowercase") + 1 if "lowercase" in filters else 0
+            analyzers[name]["filter"] = filters[:at] + available + filters[at:]
+    return body
+
+
+def _knn_field(settings: Settings, dimension: int) -> dict[str, Any]:
+    return {
+        "type": "knn_vector",
+        "dimension": dimension,
+        "method": {
+            "name": "hnsw",
+            "engine": "lucene",
+            "space_type": "cosinesimil",
+            "parameters": {"m": settings.knn_m, "ef_construction": settings.knn_ef_construction},
+        },
+    }
+
+
 def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) -> dict[str, Any]:
-    """Settings and mapping of a new index, in its loading state (no refresh, no replicas)."""
+    """Settings and mapping of a new index, in its loading state (no refresh, no replicas).
+
+    Two vector fields of the same dimension (CLIP's image and text towers share
+    the embedding space): `embedding` (the image) and `name_vector` (the title).
+    """
     return {
         "settings": {
             "index": {
@@ -107,15 +184,30 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                 "number_of_shards": settings.index_shards,
                 "number_of_replicas": 0,
                 "refresh_interval": "-1",
-                "analysis": {"normalizer": {LOWERCASE_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}},
-            }
+                "analysis": {
+                    **title_analysis(),
+                    "normalizer": {LOWERCASE_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}},
+                },
+            },
         },
         "mappings": {
             "_meta": {"alias": alias, "model": settings.model_name, "run": run_key},
             "dynamic": "strict",
             "properties": {
                 "item_id": {"type": "keyword"},
-                "item_name": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 512}}},
+                "item_name": {
+                    "type": "text",
+                    "analyzer": TITLE_ANALYZER,
+                    "fields": {
+                        "keyword": {"type": "keyword", "ignore_above": 512},
+                        # Queries are analysed as plain words: "zx200" meets the indexed shingle "zx200".
+                        "joined": {
+                            "type": "text",
+                            "analyzer": TITLE_JOINED_ANALYZER,
+                            "search_analyzer": TITLE_ANALYZER,
+                        },
+                    },
+                },
                 "image_id": {"type": "keyword"},
                 "main_image_id": {"type": "keyword"},
                 "image_path": {"type": "keyword"},
@@ -128,16 +220,8 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
                     for name in NORMALIZED_KEYWORDS
                 },
                 "model": {"type": "keyword"},
-                VECTOR_FIELD: {
-                    "type": "knn_vector",
-                    "dimension": dimension,
-                    "method": {
-                        "name": "hnsw",
-                        "engine": "lucene",
-                        "space_type": "cosinesimil",
-                        "parameters": {"m": settings.knn_m, "ef_construction": settings.knn_ef_construction},
-                    },
-                },
+                VECTOR_FIELD: _knn_field(settings, dimension),
+                NAME_VECTOR_FIELD: _knn_field(settings, dimension),
             },
         },
     }
@@ -159,12 +243,15 @@ def create_index(client, name: str, body: dict[str, Any], served: Iterable[str] 
             raise RuntimeError(f"index {name} exists with vector dimension {have}, expected {want}")
         client.indices.put_settings(index=name, body={"index": {"refresh_interval": "-1", "number_of_replicas": 0}})
         return "reused"
-    client.indices.create(index=name, body=body)
+    client.indices.create(index=name, body=adapt_to_node(client, body))
     return "created"
 
 
-def document(product: dict[str, Any], vector: list[float], model: str) -> dict[str, Any]:
-    return {
+def document(
+    product: dict[str, Any], vector: list[float], model: str, name_vector: list[float] | None = None
+) -> dict[str, Any]:
+    """An index document; `name_vector` (the title's TEXT embedding) may come later, by an update."""
+    doc = {
         "item_id": product["item_id"],
         "item_name": product["item_name"],
         "image_id": product["image_id"],
@@ -175,6 +262,9 @@ def document(product: dict[str, Any], vector: list[float], model: str) -> dict[s
         "model": model,
         VECTOR_FIELD: vector,
     }
+    if name_vector is not None:
+        doc[NAME_VECTOR_FIELD] = name_vector
+    return doc
 
 
 @dataclass
@@ -231,9 +321,15 @@ def finish_loading(client, index: str, replicas: int) -> None:
 
 
 def knn_query(
-    vector: list[float], k: int, filters: list[dict[str, Any]] | None = None, *, candidates: int = 0
+    vector: list[float],
+    k: int,
+    filters: list[dict[str, Any]] | None = None,
+    *,
+    candidates: int = 0,
+    field: str = VECTOR_FIELD,
 ) -> dict[str, Any]:
-    """A k-NN query for the top `k`, searching `candidates` neighbours (at least k).
+    """A k-NN query on `field` (`embedding`: image vectors, `name_vector`: title vectors) for
+    the top `k`, searching `candidates` neighbours (at least k); no vector in `_source`.
 
     With the Lucene engine the query's `k` is also HNSW's candidate list
     (ef_search): asking for only 10 out of 150,000 vectors misses true
@@ -244,7 +340,22 @@ def knn_query(
     knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": max(k, candidates)}
     if filters:
         knn["filter"] = {"bool": {"filter": filters}}
-    return {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
+    return {"size": k, "query": {"knn": {field: knn}}, "_source": {"excludes": list(VECTOR_FIELDS)}}
+
+
+def title_query(text: str, size: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """BM25 on the title: words (`item_name`), words joined (`item_name.joined`: model numbers
+    written apart or together), and a boost for the exact phrase, so the title that says what
+    the shopper typed comes first."""
+    should = [
+        {"match": {"item_name": {"query": text}}},
+        {"match": {"item_name.joined": {"query": text}}},
+        {"match_phrase": {"item_name": {"query": text, "boost": 2.0}}},
+    ]
+    query: dict[str, Any] = {"bool": {"should": should, "minimum_should_match": 1}}
+    if filters:
+        query["bool"]["filter"] = filters
+    return {"size": size, "query": query, "_source": {"excludes": list(VECTOR_FIELDS)}}
 
 
 def validate(

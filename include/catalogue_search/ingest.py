@@ -52,6 +52,10 @@ class RunPlan:
     def shard_key(self, shard: str) -> str:
         return f"{self.prefix}shards/listings_{shard}.jsonl"
 
+    @property
+    def duplicates_key(self) -> str:
+        return f"{self.prefix}duplicates.json"
+
 
 _SHARD = re.compile(r"listings_([0-9a-f])\.json\.gz$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
@@ -296,11 +300,125 @@ def record_embeddings(settings: Settings, s3, plan: RunPlan, logger: logging.Log
     return summary
 
 
+def prepare_name_encoding(
+    settings: Settings, s3, sagemaker, plan: RunPlan, image_uri: str, logger: logging.Logger = log
+) -> dict[str, Any] | None:
+    """Step 3a': chunks of the titles the title store lacks for this artifact version, and the
+    transform request that encodes them with the TEXT model (None: nothing to do).
+
+    The image path's rails (`embedding_store`): same chunk size, batch size,
+    payload limit and version keying; records are `{"id": <title digest>, "text": <title>}`.
+    """
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+    from catalogue_search.model_artifact import read_artifact_version
+
+    version = read_artifact_version(s3, settings.artifact_uri)
+    name_settings = names.store_settings(settings)
+    catalogue = store.Catalogue.load(s3, name_settings, version)
+    titles = names.titles_of(products(settings, s3, plan))
+    same = {tid: "" for tid in titles}  # content-addressed ids: no ETag to compare
+    pending = store.pending_paths(titles, catalogue, same, plan.force_reencode)
+    logger.info(
+        "%d of %d distinct titles need encoding with %s (TEXT), artifact version %s (%d in its title store)%s",
+        len(pending),
+        len(titles),
+        settings.model_name,
+        version,
+        len(catalogue.images),
+        " (force_reencode)" if plan.force_reencode else "",
+    )
+    run_prefix = names.run_prefix(plan.prefix)
+    encode = store.write_chunks(
+        s3,
+        name_settings,
+        run_prefix,
+        version,
+        pending,
+        same,
+        settings.transform_chunk_size,
+        body=lambda ids: names.chunk_body(titles, ids),
+        content_type=names.TEXT_CHUNK_CONTENT_TYPE,
+    )
+    if not pending:
+        logger.info("nothing new to encode: every title already has an embedding for artifact %s", version)
+        return None
+    what = transform.ensure_model(sagemaker, transform.model_request(settings, transform.TEXT, image_uri, version))
+    logger.info("SageMaker model %s: %s", settings.sagemaker_model_name(transform.TEXT), what)
+    return transform.transform_request(
+        settings,
+        job=transform.job_name(settings, f"{plan.run_key}/{version}/names"),
+        manifest_uri=f"s3://{settings.bucket}/{store.manifest_key(run_prefix)}",
+        output_uri=f"s3://{settings.bucket}/{encode.output_prefix}",
+        encode_type=transform.TEXT,
+    )
+
+
+def record_name_embeddings(settings: Settings, s3, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 3c': the title chunks' outputs are all there; the title store learns them; run report."""
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+
+    run_prefix = names.run_prefix(plan.prefix)
+    report = store.record_outputs(s3, names.store_settings(settings), run_prefix, logger=logger)
+    summary = report.as_dict()
+    summary.pop("errors")
+    summary["report"] = f"s3://{settings.bucket}/{store.report_key(run_prefix)}"
+    return summary
+
+
+def add_name_vectors(
+    settings: Settings,
+    s3,
+    client,
+    plan: RunPlan,
+    items: list[dict[str, Any]],
+    version: str,
+    logger: logging.Logger = log,
+) -> int:
+    """Add each product's title vector to its document: partial updates streamed chunk by chunk."""
+    from opensearchpy import helpers
+
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+
+    name_settings = names.store_settings(settings)
+    catalogue = store.Catalogue.load(s3, name_settings, version)
+    by_title = names.products_by_title(items)
+    missing = [tid for tid in by_title if tid not in catalogue.images]
+    if missing:
+        logger.warning(
+            "%d titles have no title vector for artifact %s (their products are found by image and BM25 only)",
+            len(missing),
+            version,
+        )
+    vectors = store.iter_vectors(s3, name_settings, catalogue, by_title)
+    updated, failed = 0, []
+    for ok, item in helpers.streaming_bulk(
+        client,
+        names.name_updates(plan.index, index.NAME_VECTOR_FIELD, by_title, vectors),
+        chunk_size=500,
+        max_retries=5,
+        initial_backoff=1,
+        max_backoff=30,
+        raise_on_error=False,
+    ):
+        if ok:
+            updated += 1
+        else:
+            failed.append(str(item))
+    if failed:
+        raise RuntimeError(f"{len(failed)} title vectors were rejected, first: {failed[0]}")
+    logger.info("title vectors added to %d of %d documents", updated, len(items))
+    return updated
+
+
 def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
     """Step 4: create the run's index and bulk-load every product that has an embedding.
 
     Vectors stream from the store chunk by chunk (float32), so memory does
-    not grow with the number of vectors.
+    not grow with the number of vectors; title vectors follow as partial
+    updates, streamed from the title store the same way.
     """
     from catalogue_search import embedding_store as store
 
@@ -349,10 +467,13 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
     report = index.bulk_load(client, plan.index, docs(), total=ready, logger=logger)
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
+    loaded = [p for p in items if p["path"] in catalogue.images]
+    titled = add_name_vectors(settings, s3, client, plan, loaded, version, logger=logger)
     index.finish_loading(client, plan.index, settings.index_replicas)
     return {
         "index": plan.index,
         "indexed": report.indexed,
+        "title_vectors": titled,
         "dropped_no_embedding": dropped,
         "dimension": dimension,
         "artifact_version": version,
@@ -388,6 +509,42 @@ def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[s
         candidates=settings.knn_candidates,
         logger=logger,
     )
+
+
+def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """The run's near-duplicate groups (same image id, or image vectors with cosine >= the
+    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log."""
+    import json
+
+    from catalogue_search import duplicates
+
+    total = client.count(index=plan.index)["count"]
+    report = duplicates.find_duplicates(
+        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD),
+        total=total,
+        threshold=settings.duplicate_cosine_threshold,
+        block_rows=settings.duplicate_block_rows,
+        logger=logger,
+    )
+    body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
+    put_bytes(s3, settings.bucket, plan.duplicates_key, body, "application/json")
+    counts = report.counts
+    logger.info(
+        "near-duplicates: %d groups (%d same image id, %d near-identical vectors, cosine >= %.2f) holding %d of %d "
+        "products; folding would hide %d. Report: s3://%s/%s",
+        counts["groups"],
+        counts["same_image_groups"],
+        counts["near_vector_groups"],
+        report.threshold,
+        counts["products_in_groups"],
+        counts["products"],
+        counts["folded_away"],
+        settings.bucket,
+        plan.duplicates_key,
+    )
+    for group in report.groups[:20]:
+        logger.info("  %s: %s", group.reason, ", ".join(f"{i} ({n})" for i, n in zip(group.item_ids, group.item_names)))
+    return {**counts, "report": f"s3://{settings.bucket}/{plan.duplicates_key}"}
 
 
 def served_indices(settings: Settings, s3, client, alias: str) -> set[str]:

@@ -1,5 +1,13 @@
 """The query path: encode a text or an image, k-NN search the read alias.
 
+Query modes (`mode=`): `image` searches the image vectors (`embedding`),
+`name` the title vectors (`name_vector`, each `item_name` encoded by the TEXT
+model), `hybrid` fuses BM25 on the title (text queries only), the title
+vectors and the image vectors by reciprocal rank fusion, in this client (the
+node has no neural-search plugin, so no hybrid query of its own). `fold=True`
+folds hits that show the same product image (same image id, or image vectors
+with cosine >= the threshold) into one hit with a count.
+
 The encoder is either the SageMaker runtime (`CATSEARCH_QUERY_ENCODER=endpoint`:
 the serverless endpoints the `query_endpoints_deploy` DAG creates; on the local
 stack, the local SageMaker server) or the same inference handler run in this
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -211,13 +220,97 @@ class Hit:
     image_id: str | None = None
     product_type: str | None = None
     brand: str | None = None
+    # With folding: how many other hits showed the same product image, and their item ids.
+    duplicates: int = 0
+    duplicate_ids: tuple[str, ...] = ()
     similarity: float = field(init=False)  # the cosine similarity, -1 .. 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "similarity", cosine_similarity(self.score))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        doc["duplicate_ids"] = list(self.duplicate_ids)
+        return doc
+
+
+IMAGE_MODE = "image"
+NAME_MODE = "name"
+HYBRID_MODE = "hybrid"
+MODES = (IMAGE_MODE, NAME_MODE, HYBRID_MODE)
+FOLD_CANDIDATES_FACTOR = 4  # folding looks at this many times offset + k candidates
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Reciprocal rank fusion: score(d) = sum over lists of weight / (rank_constant + rank of d).
+
+    Each list (BM25 on the title, k-NN on the title vectors, k-NN on the image
+    vectors) contributes its top `candidates`; a weight of 0 leaves a list out.
+    60 is the rank constant of Cormack et al. (2009) and of OpenSearch's own RRF.
+    """
+
+    rank_constant: int = 60
+    lexical_weight: float = 1.0
+    name_weight: float = 1.0
+    image_weight: float = 1.0
+    candidates: int = 100
+
+    def __post_init__(self) -> None:
+        if self.rank_constant < 1 or self.candidates < 1:
+            raise ValueError("rank_constant and candidates must be >= 1")
+        weights = (self.lexical_weight, self.name_weight, self.image_weight)
+        if min(weights) < 0 or not any(weights):
+            raise ValueError("fusion weights must be >= 0 and not all 0")
+
+
+def reciprocal_rank_fusion(
+    ranked: dict[str, list[str]], weights: dict[str, float], rank_constant: int = 60
+) -> list[tuple[str, float]]:
+    """Fuse ranked id lists: (id, score) by descending score, ties by id (deterministic)."""
+    scores: dict[str, float] = {}
+    for name, ids in ranked.items():
+        weight = weights.get(name, 1.0)
+        if not weight:
+            continue
+        for rank, doc_id in enumerate(ids, start=1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + weight / (rank_constant + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+@dataclass
+class _Candidate:
+    score: float
+    source: dict[str, Any]
+    folded: list[str] = field(default_factory=list)
+    knn_score: float | None = None  # fused candidates: the best k-NN score (0: found by BM25 alone)
+
+
+def fold_candidates(candidates: list[_Candidate], threshold: float) -> list[_Candidate]:
+    """Fold, in rank order, each candidate into the first kept one with the same image
+    (image id or image path) or an image vector with cosine >= `threshold`."""
+    kept: list[_Candidate] = []
+    for cand in candidates:
+        src = cand.source
+        for lead in kept:
+            ls = lead.source
+            same_image = (src.get("image_id") and src.get("image_id") == ls.get("image_id")) or (
+                src.get("image_path") and src.get("image_path") == ls.get("image_path")
+            )
+            vec, lvec = src.get(index.VECTOR_FIELD), ls.get(index.VECTOR_FIELD)
+            if same_image or (vec and lvec and cosine(vec, lvec) >= threshold):
+                lead.folded.append(src["item_id"])
+                break
+        else:
+            kept.append(cand)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -437,7 +530,18 @@ class SearchClient:
         check_page(k, offset, self.result_limit())
 
     # --- queries ----------------------------------------------------------------
-    def search_text(self, query: str, k: int = 5, *, prompt: str | None = None, **options: Any) -> list[Hit]:
+    def search_text(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        prompt: str | None = None,
+        mode: str = IMAGE_MODE,
+        fusion: Fusion | None = None,
+        **options: Any,
+    ) -> list[Hit]:
+        """Text -> image vectors (`image`), title vectors (`name`) or both fused with BM25 (`hybrid`)."""
+        _check_mode(mode)
         if not isinstance(query, str) or not query.strip():
             raise EmptyQueryError("the text query is empty")
         self.check_page(k, options.get("offset", 0))
@@ -446,15 +550,23 @@ class SearchClient:
             body["prompt"] = prompt
         self.check_model_version(TEXT)
         vector = self.encoder.encode(TEXT, json.dumps(body).encode(), "application/json")
-        return self.search_vector(vector, k, **options)
+        if mode == HYBRID_MODE:
+            return self.search_hybrid(vector, k, text=query.strip(), fusion=fusion, **options)
+        return self.search_vector(vector, k, field=_field_of(mode), **options)
 
-    def search_image(self, image_bytes: bytes, k: int = 5, **options: Any) -> list[Hit]:
+    def search_image(
+        self, image_bytes: bytes, k: int = 5, *, mode: str = IMAGE_MODE, fusion: Fusion | None = None, **options: Any
+    ) -> list[Hit]:
+        """Image -> image vectors (`image`), title vectors (`name`) or both fused (`hybrid`)."""
+        _check_mode(mode)
         if not image_bytes:
             raise UnreadableImageError("the image is empty")
-        self.check_page(k, options.get("offset", 0))
         self.check_model_version(IMAGE)
+        self.check_page(k, options.get("offset", 0))
         vector = self.encoder.encode(IMAGE, image_bytes, "application/x-image")
-        return self.search_vector(vector, k, **options)
+        if mode == HYBRID_MODE:
+            return self.search_hybrid(vector, k, text=None, fusion=fusion, **options)
+        return self.search_vector(vector, k, field=_field_of(mode), **options)
 
     def more_like_this(self, item_id: str, k: int = 5, **options: Any) -> list[Hit]:
         """The products nearest to `item_id`'s stored vector, the product itself left out."""
@@ -517,35 +629,130 @@ class SearchClient:
         product_type: str | None = None,
         brand: str | None = None,
         exclude_item_id: str | None = None,
+        field: str = index.VECTOR_FIELD,
+        fold: bool = False,
+        fold_threshold: float | None = None,
     ) -> list[Hit]:
+        """k-NN on `field` (image vectors by default, `name_vector` for titles)."""
         self.check_page(k, offset)
         body = index.knn_query(
             vector,
-            offset + k,
+            _candidates(offset + k, fold),
             filter_clauses(product_type=product_type, brand=brand) or None,
+            field=field,
             candidates=min(self.settings.knn_candidates, KNN_MAX_K),
         )
         if exclude_item_id:
-            knn = body["query"]["knn"][index.VECTOR_FIELD]
+            knn = body["query"]["knn"][field]
             knn.setdefault("filter", {"bool": {}})["bool"]["must_not"] = [{"ids": {"values": [exclude_item_id]}}]
-        body["from"], body["size"] = offset, k
-        with self._opensearch():
-            hits = self.client.search(index=self.alias, body=body)["hits"]["hits"]
+        raw = self._search(body, fold=fold)
+        cands = [_Candidate(float(h["_score"]), h["_source"]) for h in raw]
+        return self._page(cands, k, offset, fold, fold_threshold)
+
+    def search_lexical(
+        self,
+        text: str,
+        k: int = 5,
+        *,
+        offset: int = 0,
+        product_type: str | None = None,
+        brand: str | None = None,
+        fold: bool = False,
+        fold_threshold: float | None = None,
+    ) -> list[Hit]:
+        """BM25 on the title alone (the lexical list of `hybrid`)."""
+        if not isinstance(text, str) or not text.strip():
+            raise EmptyQueryError("the text query is empty")
+        self.check_page(k, offset)
+        filters = filter_clauses(product_type=product_type, brand=brand) or None
+        raw = self._search(index.title_query(text.strip(), _candidates(offset + k, fold), filters), fold=fold)
+        cands = [_Candidate(float(h["_score"]), h["_source"]) for h in raw]
+        return self._page(cands, k, offset, fold, fold_threshold)
+
+    def search_hybrid(
+        self,
+        vector: list[float],
+        k: int = 5,
+        *,
+        text: str | None = None,
+        fusion: Fusion | None = None,
+        offset: int = 0,
+        product_type: str | None = None,
+        brand: str | None = None,
+        fold: bool = False,
+        fold_threshold: float | None = None,
+    ) -> list[Hit]:
+        """Reciprocal rank fusion of BM25 on the title (when there is `text`), k-NN on the
+        title vectors and k-NN on the image vectors; `Hit.score` is the fused score."""
+        fusion = fusion or Fusion()
+        self.check_page(k, offset)
+        filters = filter_clauses(product_type=product_type, brand=brand) or None
+        size = min(KNN_MAX_K, max(fusion.candidates, _candidates(offset + k, fold)))
+        cand = min(self.settings.knn_candidates, KNN_MAX_K)
+        bodies: dict[str, dict[str, Any]] = {}
+        if text and fusion.lexical_weight:
+            bodies["lexical"] = index.title_query(text, size, filters)
+        if fusion.name_weight:
+            bodies["name"] = index.knn_query(vector, size, filters, field=index.NAME_VECTOR_FIELD, candidates=cand)
+        if fusion.image_weight:
+            bodies["image"] = index.knn_query(vector, size, filters, field=index.VECTOR_FIELD, candidates=cand)
+        sources: dict[str, dict[str, Any]] = {}
+        ranked: dict[str, list[str]] = {}
+        nearest: dict[str, float] = {}  # item -> its best k-NN score (for Hit.similarity)
+        for name, body in bodies.items():
+            hits = self._search(body, fold=fold)
+            ranked[name] = [h["_source"]["item_id"] for h in hits]
+            for h in hits:
+                item_id = h["_source"]["item_id"]
+                sources.setdefault(item_id, h["_source"])
+                if name != "lexical":
+                    nearest[item_id] = max(nearest.get(item_id, 0.0), float(h["_score"]))
+        weights = {"lexical": fusion.lexical_weight, "name": fusion.name_weight, "image": fusion.image_weight}
+        fused = reciprocal_rank_fusion(ranked, weights, fusion.rank_constant)
+        cands = [_Candidate(score, sources[i], knn_score=nearest.get(i, 0.0)) for i, score in fused]
+        return self._page(cands, k, offset, fold, fold_threshold)
+
+    # --- helpers ---------------------------------------------------------------
+    def _search(self, body: dict[str, Any], *, fold: bool = False) -> list[dict[str, Any]]:
+        """Run one query on the alias; with `fold`, hits carry their image vector (for folding only)."""
+        if fold:
+            body["_source"] = {"excludes": [index.NAME_VECTOR_FIELD]}
+        try:
+            with self._opensearch():
+                return self.client.search(index=self.alias, body=body)["hits"]["hits"]
+        except QueryRefusedError as exc:
+            if index.NAME_VECTOR_FIELD in str(exc):
+                raise SearchError(
+                    f"index {self.settings.index_alias!r} has no title vectors ({index.NAME_VECTOR_FIELD}): "
+                    "re-run catalogue_ingest to add them, or search with mode=image"
+                ) from exc
+            raise
+
+    def _page(
+        self, cands: list[_Candidate], k: int, offset: int, fold: bool, fold_threshold: float | None
+    ) -> list[Hit]:
+        if fold:
+            threshold = self.settings.duplicate_cosine_threshold if fold_threshold is None else fold_threshold
+            cands = fold_candidates(cands, threshold)
         out = []
-        for rank, hit in enumerate(hits, start=offset + 1):
-            src = hit["_source"]
+        for rank, cand in enumerate(cands[offset : offset + k], start=offset + 1):
+            src = cand.source
             out.append(
                 Hit(
                     rank=rank,
-                    score=float(hit["_score"]),
+                    score=cand.score,
                     item_id=src["item_id"],
                     item_name=src["item_name"],
                     image_path=src["image_path"],
                     image_id=src.get("image_id"),
                     product_type=src.get("product_type"),
                     brand=src.get("brand"),
+                    duplicates=len(cand.folded),
+                    duplicate_ids=tuple(cand.folded),
                 )
             )
+            if cand.knn_score is not None:  # a fused hit: its score is RRF's, its similarity its best k-NN one's
+                object.__setattr__(out[-1], "similarity", cosine_similarity(cand.knn_score) if cand.knn_score else 0.0)
         return out
 
     def facets(self, *, size: int = 100, **filters: str | None) -> dict[str, list[FacetValue]]:
@@ -590,6 +797,19 @@ def filter_clauses(*, product_type: str | None = None, brand: str | None = None)
     return clauses
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+
+
+def _field_of(mode: str) -> str:
+    return index.NAME_VECTOR_FIELD if mode == NAME_MODE else index.VECTOR_FIELD
+
+
+def _candidates(wanted: int, fold: bool) -> int:
+    return min(KNN_MAX_K, wanted * FOLD_CANDIDATES_FACTOR if fold else wanted)
+
+
 def format_hits(hits: list[Hit]) -> str:
     """A readable table: rank, score, item name, item id, image path."""
     if not hits:
@@ -598,5 +818,6 @@ def format_hits(hits: list[Hit]) -> str:
     lines = [f"{'rank':>4}  {'score':>7}  {'item name':<{name_width}}  {'item id':<12}  image path"]
     for h in hits:
         name = h.item_name if len(h.item_name) <= name_width else h.item_name[: name_width - 1] + "…"
-        lines.append(f"{h.rank:>4}  {h.score:>7.4f}  {name:<{name_width}}  {h.item_id:<12}  {h.image_path}")
+        folded = f"  (+{h.duplicates} with the same image: {', '.join(h.duplicate_ids)})" if h.duplicates else ""
+        lines.append(f"{h.rank:>4}  {h.score:>7.4f}  {name:<{name_width}}  {h.item_id:<12}  {h.image_path}{folded}")
     return "\n".join(lines)

@@ -114,6 +114,11 @@ class Settings:
     knn_m: int = 16
     knn_ef_construction: int = 100
     knn_candidates: int = 100
+    # Near-duplicates: two products whose image vectors have cosine >= this are one
+    # product for hit folding and the per-run duplicate report (same image id: always).
+    duplicate_cosine_threshold: float = 0.98
+    # Rows per block of the duplicate report's blocked matmul (memory ~ 4 * block^2 bytes).
+    duplicate_block_rows: int = 4096
 
     # --- DAGs ----------------------------------------------------------------
     dag_owner: str = "catalogue-search"
@@ -255,6 +260,11 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
             return int(raw)
         except ValueError as exc:
             raise ValueError(f"{_env_name(f.name)}={raw!r} is not a whole number") from exc
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ValueError(f"{_env_name(f.name)}={raw!r} is not a number") from exc
     if kind == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     return raw

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 IMAGE = contract.IMAGE
 TEXT = contract.TEXT
 CHUNK_CONTENT_TYPE = "application/x-image-chunk"
+TEXT_CHUNK_CONTENT_TYPE = "application/x-text-chunk"  # titles for the TEXT model (`names`)
 OUTPUT_ACCEPT = "application/x-npz"
 # SageMaker's documented limits (CreateTransformJob, ModelClientConfig).
 MAX_PAYLOAD_MB = 100
@@ -85,7 +86,9 @@ def ensure_model(sagemaker, request: dict[str, Any]) -> str:
     return "created"
 
 
-def transform_request(settings: Settings, *, job: str, manifest_uri: str, output_uri: str) -> dict[str, Any]:
+def transform_request(
+    settings: Settings, *, job: str, manifest_uri: str, output_uri: str, encode_type: str = IMAGE
+) -> dict[str, Any]:
     """The CreateTransformJob request that SageMakerTransformOperator sends.
 
     The manifest lists the run's chunk objects; each is one request
@@ -99,7 +102,7 @@ def transform_request(settings: Settings, *, job: str, manifest_uri: str, output
         raise ValueError(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
     return {
         "TransformJobName": job,
-        "ModelName": settings.sagemaker_model_name(IMAGE),
+        "ModelName": settings.sagemaker_model_name(encode_type),
         "BatchStrategy": "SingleRecord",
         "MaxConcurrentTransforms": settings.transform_max_concurrent,
         "MaxPayloadInMB": settings.transform_max_payload_mb,
@@ -114,7 +117,7 @@ def transform_request(settings: Settings, *, job: str, manifest_uri: str, output
         },
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
-            "ContentType": CHUNK_CONTENT_TYPE,
+            "ContentType": TEXT_CHUNK_CONTENT_TYPE if encode_type == TEXT else CHUNK_CONTENT_TYPE,
             "SplitType": "None",
             "CompressionType": "None",
         },

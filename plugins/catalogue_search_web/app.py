@@ -89,8 +89,13 @@ class HitOut(BaseModel):
     item_name: str
     product_type: str | None
     brand: str | None
-    similarity: float = Field(description="cosine similarity of the query and the product's image, -1 .. 1")
-    score: float = Field(description="the engine's score, (1 + cosine) / 2")
+    similarity: float = Field(
+        description="cosine similarity of the query and the product's image (mode name: its title), -1 .. 1; "
+        "hybrid: the best of its vector lists' (0 when only BM25 found it)"
+    )
+    score: float = Field(description="the engine's score, (1 + cosine) / 2; hybrid: the reciprocal rank fusion score")
+    duplicates: int = Field(0, description="with fold: how many other hits showed the same image")
+    duplicate_ids: list[str] = Field(default_factory=list, description="with fold: their item ids")
     image_path: str
     image_url: str
 
@@ -137,6 +142,14 @@ Page = Annotated[int, Query(description="number of hits per page")]
 Offset = Annotated[int, Query(description="hits to skip (paging)")]
 TypeFilter = Annotated[str | None, Query(description="only this product type (any case)")]
 BrandFilter = Annotated[str | None, Query(description="only this brand (any case)")]
+Mode = Annotated[
+    Literal["image", "name", "hybrid"],
+    Query(
+        description="image: the products' image vectors; name: their title vectors; "
+        "hybrid: BM25 on the title (text queries) + both vector lists, fused by reciprocal rank"
+    ),
+]
+Fold = Annotated[bool, Query(description="fold hits that show the same image (same image id or near-identical)")]
 
 
 def _warm(request: Request) -> Warm:
@@ -198,6 +211,8 @@ def create_app(warm: Warm | None = None) -> FastAPI:
                     brand=h.brand,
                     similarity=round(h.similarity, 6),
                     score=h.score,
+                    duplicates=h.duplicates,
+                    duplicate_ids=list(h.duplicate_ids),
                     image_path=h.image_path,
                     image_url=f"{root}/images/{quote(h.image_path)}",
                 )
@@ -216,6 +231,8 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         offset: Offset = 0,
         product_type: TypeFilter = None,
         brand: BrandFilter = None,
+        mode: Mode = "image",
+        fold: Fold = False,
     ) -> SearchPage:
         if not q.strip():
             raise search.EmptyQueryError("the text query is empty")
@@ -225,7 +242,9 @@ def create_app(warm: Warm | None = None) -> FastAPI:
             q,
             k,
             offset,
-            lambda n: warm.client.search_text(q, n, offset=offset, product_type=product_type, brand=brand),
+            lambda n: warm.client.search_text(
+                q, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold
+            ),
         )
 
     @app.post("/api/search/image", response_model=SearchPage, responses=ERRORS, summary="Search by an uploaded image")
@@ -237,6 +256,8 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         offset: Offset = 0,
         product_type: TypeFilter = None,
         brand: BrandFilter = None,
+        mode: Mode = "image",
+        fold: Fold = False,
     ) -> SearchPage:
         data = image.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
@@ -247,7 +268,9 @@ def create_app(warm: Warm | None = None) -> FastAPI:
             image.filename,
             k,
             offset,
-            lambda n: warm.client.search_image(data, n, offset=offset, product_type=product_type, brand=brand),
+            lambda n: warm.client.search_image(
+                data, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold
+            ),
         )
 
     @app.get(

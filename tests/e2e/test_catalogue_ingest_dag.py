@@ -11,16 +11,18 @@ gets no run, asset event or DAG version from here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from catalogue_search import index
-from catalogue_search.search import SearchClient
+from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
 from catalogue_search_dev import demo, testenv
 
@@ -54,6 +56,8 @@ def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
         "CATSEARCH_MODEL_NAME": "tiny-clip",
         "CATSEARCH_MODEL_PRETRAINED": "",
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
+        # The tiny model's random weights put 38% of distinct pictures above 0.98: report identical ones.
+        "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
         "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
     }
     env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
@@ -91,7 +95,7 @@ def test_the_transform_task_deferred_and_the_local_data_plane_wrote_the_outputs(
     sagemaker = boto3.client("sagemaker", **settings.boto3_kwargs("sagemaker"))
     jobs = sagemaker.list_transform_jobs(NameContains="catsearch-encode")["TransformJobSummaries"]
     ours = [j for j in jobs if j["TransformJobName"] in log]
-    assert [j["TransformJobStatus"] for j in ours] == ["Completed"]
+    assert [j["TransformJobStatus"] for j in ours] == ["Completed", "Completed"]  # images, titles
 
 
 def test_logs_name_what_was_dropped_and_why(first_run, stack_env):
@@ -138,6 +142,43 @@ def test_second_run_encodes_nothing_new_and_keeps_the_same_documents(stack_env, 
     assert _all_ids(client, settings.index_alias) == set(summary.clean_item_ids)
     # The previous index is kept for rollback (retention 1).
     assert client.indices.exists(index=before_index[0])
+
+
+def test_every_title_is_encoded_and_finds_its_product(stack_env, first_run):
+    _, settings, summary = stack_env
+    client = index.client_from_settings(settings)
+    with_titles = client.count(
+        index=settings.index_alias, body={"query": {"exists": {"field": index.NAME_VECTOR_FIELD}}}
+    )["count"]
+    assert with_titles == len(summary.clean_item_ids)
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    searcher = SearchClient(settings, encoder=LocalEncoder(settings, s3_client=s3))
+    for item_id in summary.clean_item_ids[:3]:
+        title = client.get(index=settings.index_alias, id=item_id)["_source"]["item_name"]
+        hits = searcher.search_text(title, k=5, mode="name")
+        assert item_id in {h.item_id for h in hits if h.score >= 0.9999}, (title, hits)
+        assert item_id in {h.item_id for h in searcher.search_text(title, k=5, mode="hybrid")}
+
+
+def test_the_duplicate_report_lists_the_products_that_share_a_picture(stack_env, first_run):
+    from catalogue_search_dev import sample_index
+
+    _, settings, _ = stack_env
+    layout = sample_index.layout_dir()
+    identical = sample_index.identical_image_groups(layout, sample_index.sample_products(layout))
+    assert identical
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    keys = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix=settings.manifests_prefix).get("Contents", [])
+        if o["Key"].endswith("duplicates.json")
+    ]
+    assert keys
+    report = json.loads(s3.get_object(Bucket=settings.bucket, Key=sorted(keys)[0])["Body"].read())
+    listed = [set(g["item_ids"]) for g in report["groups"]]
+    for group in identical:
+        assert any(set(group) <= found for found in listed), (group, report["counts"])
+    assert "near-duplicates:" in first_run.stdout + first_run.stderr
 
 
 def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env):

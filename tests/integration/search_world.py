@@ -105,6 +105,8 @@ def build_world(
         )
     handler = load_handler_from_artifact(settings.artifact_uri, "IMAGE", s3_client=s3, cache_dir=settings.model_cache)
     vectors = handler.encode_images([p.image for p in products])
+    text = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=s3, cache_dir=settings.model_cache)
+    titles = text.encode_texts([p.item_name for p in products])  # the title vectors (search modes name, hybrid)
     client = index.make_client(opensearch_url)
     name = f"{settings.index_alias}-v1"
     body = index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key=token)
@@ -122,8 +124,9 @@ def build_world(
             },
             vec.tolist(),
             settings.model_name,
+            name_vector=title.tolist(),
         )
-        for p, vec in zip(products, vectors)
+        for p, vec, title in zip(products, vectors, titles)
     ]
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)

@@ -121,6 +121,23 @@ def test_text_query_returns_cards_data_with_cosine_similarity(http, world):
     assert again.status_code == 304
 
 
+def test_search_modes_and_folding_through_the_api(http, world):
+    target = world.products[3]
+    by_name = http.get("/catalogue-search/api/search", params={"q": target.item_name, "k": 3, "mode": "name"})
+    assert by_name.status_code == 200, by_name.text
+    first = by_name.json()["hits"][0]
+    assert first["item_id"] == target.item_id and first["similarity"] == pytest.approx(1.0, abs=1e-4)
+    # An exact title is first in BM25 and in the title vectors: first in hybrid, whatever the images say.
+    hybrid = http.get("/catalogue-search/api/search", params={"q": target.item_name, "k": 3, "mode": "hybrid"})
+    assert hybrid.status_code == 200, hybrid.text
+    assert hybrid.json()["hits"][0]["item_id"] == target.item_id
+    assert hybrid.json()["hits"][0]["score"] >= 2 / 61
+    folded = http.get("/catalogue-search/api/search", params={"q": "a red ellipse", "k": 3, "fold": "true"})
+    assert folded.status_code == 200 and {"duplicates", "duplicate_ids"} <= set(folded.json()["hits"][0])
+    bad = http.get("/catalogue-search/api/search", params={"q": "x", "mode": "psychic"})
+    assert bad.status_code == 422
+
+
 def test_image_upload_finds_its_product_first_and_pages(http, world):
     target = world.products[5]
     got = http.post(

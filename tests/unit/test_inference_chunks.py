@@ -141,3 +141,24 @@ def test_s3_records_are_fetched_with_the_client_the_model_is_given(handler):
         handler.model.s3_client = None
     assert out.ids == ["ab/1.jpg"]
     assert "could not be fetched" in out.errors["ab/9.jpg"] and "NoSuchKey" in out.errors["ab/9.jpg"]
+
+
+def test_a_text_chunk_of_titles_is_encoded_in_batched_passes_with_error_records(model_dir: Path, monkeypatch):
+    text = load_handler(model_dir, "TEXT", env={"MAX_BATCH_SIZE": "4"})
+    sizes: list[int] = []
+    real = text.module.embed
+
+    def counting(inputs, model):
+        sizes.append(int(inputs.shape[0]))
+        return real(inputs, model)
+
+    monkeypatch.setattr(text.module, "embed", counting)
+    titles = [f"title number {i}" for i in range(9)]
+    records = [{"id": f"t{i}", "text": t} for i, t in enumerate(titles)]
+    records += [{"id": "blank", "text": "  "}, {"id": "t0", "text": "again"}, {"id": "picture", "b64": "AAAA"}]
+    out = store.parse_output(text.invoke(chunk(records), "application/x-text-chunk", NPZ), "text chunk")
+    assert out.ids == [f"t{i}" for i in range(9)]
+    assert set(out.errors) == {"blank", "t0", "picture"} and "duplicate" in out.errors["t0"]
+    assert sizes[:3] == [4, 4, 1]
+    sizes.clear()
+    np.testing.assert_allclose(out.vectors, text.encode_texts(titles), atol=1e-5)
