@@ -22,6 +22,7 @@ import boto3
 import pytest
 
 from catalogue_search import index
+from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
 from catalogue_search_dev import demo, testenv
@@ -181,8 +182,9 @@ def test_the_duplicate_report_lists_the_products_that_share_a_picture(stack_env,
     assert "near-duplicates:" in first_run.stdout + first_run.stderr
 
 
-def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env):
-    """The model artifact is missing: the job is Failed, encode_images fails with the FailureReason, nothing loads."""
+def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env, tmp_path, make_handler_artifact):
+    """The artifact's handler cannot load its weights: the job is Failed, encode_images fails with the
+    FailureReason, nothing is published."""
     import boto3
 
     env, settings, _ = stack_env
@@ -192,17 +194,30 @@ def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env):
         "CATSEARCH_INDEX_ALIAS": f"{settings.index_alias}-noart",
         "CATSEARCH_TASK_RETRIES": "0",
     }
-    # the catalogue is in the source bucket; the project bucket has no model artifact
-    boto3.client("s3", **settings.boto3_kwargs()).create_bucket(Bucket=broken["CATSEARCH_BUCKET"])
-    artifact = Settings.from_env({**os.environ, **broken}).artifact_uri
+    # the catalogue is in the source bucket; the project bucket holds an artifact (with a version,
+    # as model_artifact uploads it) whose own handler raises while loading
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    s3.create_bucket(Bucket=broken["CATSEARCH_BUCKET"])
+    crashing = make_handler_artifact(
+        tmp_path / "model.tar.gz",
+        """
+        def load_model(model_dir, env):
+            raise RuntimeError("the weights are corrupt")
 
-    result = _dags_test(broken, conf='{"max_products": 3}')
+        def encode(model, payload, content_type, accept):
+            raise RuntimeError("unreachable")
+        """,
+    )
+    bucket, key = parse_s3_uri(Settings.from_env({**os.environ, **broken}).artifact_uri)
+    s3.upload_file(str(crashing), bucket, key, ExtraArgs={"Metadata": {"artifact-version": "crashing0000"}})
+
+    result = _dags_test(broken)
 
     log = result.stdout + result.stderr
     assert result.returncode != 0
     failure = [line for line in log.splitlines() if line.startswith("RuntimeError: Error while running transform job")]
     assert failure, log[-5000:]
     assert "'status': 'failed'" in failure[0], failure
-    assert artifact in failure[0], failure
+    assert "the weights are corrupt" in failure[0], failure
     client = index.client_from_settings(settings)
     assert not client.indices.exists_alias(name=broken["CATSEARCH_INDEX_ALIAS"])  # nothing was published

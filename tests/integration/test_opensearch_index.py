@@ -107,4 +107,4 @@ def test_alias_swap_is_atomic(client, unique):
 
 
 def test_stack_up_reuses_running_services():
-    assert stack.up() == {"moto": "reused", "opensearch": "reused"}
+    assert stack.up() == {"moto": "reused", "sagemaker": "reused", "opensearch": "reused"}
