@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import uuid
 from pathlib import Path
 
 import pytest
@@ -72,9 +71,9 @@ def test_full_catalogue_in_s3_matches_the_summary_and_a_rerun_skips_everything(
     assert list_keys(s3, settings.bucket) == keys
 
 
-def test_upload_creates_the_bucket_and_honours_the_prefix(small_build, settings: Settings, s3) -> None:
+def test_upload_creates_the_bucket_and_honours_the_prefix(small_build, settings: Settings, s3, unique: str) -> None:
     out, summary = small_build
-    bucket = f"test-source-{uuid.uuid4().hex[:8]}"
+    bucket = f"test-source-{unique}"
     report = upload_catalogue(out, bucket, s3, prefix="abo/v1")
     assert report.prefix == "abo/v1/"
     assert report.uploaded == summary.objects
@@ -102,9 +101,9 @@ def test_a_changed_file_is_uploaded_again(small_build, settings: Settings, s3, t
 
 
 def test_cli_builds_and_uploads_to_the_source_bucket(
-    stamps_root: Path, settings: Settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    stamps_root: Path, settings: Settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, unique: str
 ) -> None:
-    bucket = f"test-abo-{uuid.uuid4().hex[:8]}"
+    bucket = f"test-abo-{unique}"
     monkeypatch.setenv("CATSEARCH_AWS_ENDPOINT_URL", settings.aws_endpoint_url)
     monkeypatch.setenv("CATSEARCH_SOURCE_BUCKET", bucket)
     monkeypatch.setenv("CATSEARCH_SOURCE_PREFIX", "sample")
