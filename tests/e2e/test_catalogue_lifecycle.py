@@ -105,7 +105,7 @@ def _empty_bucket(s3, bucket: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(moto_url, opensearch_url, tmp_path_factory):
+def world(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_factory):
     token = testenv.unique_name_part()  # the session's sweep removes whatever a failure leaves behind
     # A private AIRFLOW_HOME for this sequence of runs (a migrated, empty DB).
     home = testenv.fresh_airflow_home(tmp_path_factory.mktemp("airflow"))
@@ -121,6 +121,8 @@ def world(moto_url, opensearch_url, tmp_path_factory):
         "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
     }
+    # this checkout's SageMaker server (runtime and transform jobs), as the ingest e2e test uses
+    env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
     settings = Settings.from_env({**os.environ, **env})
     summary, _ = demo.prepare(settings, model_cfg_path=TINY)
     w = World(env, settings, summary, tmp_path_factory.mktemp("dag-runs"))

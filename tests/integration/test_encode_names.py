@@ -104,7 +104,7 @@ def test_titles_are_encoded_by_the_text_model_in_chunks_and_loaded(stack, s3, sa
         np.testing.assert_allclose(doc[index.NAME_VECTOR_FIELD], want, atol=1e-5)
 
     # A word of a title that no picture carries finds its product through the loaded index.
-    ingest.publish(settings, client, plan)
+    ingest.publish(settings, s3, client, plan)
     searcher = SearchClient(settings, client=client, encoder=LocalEncoder(settings, s3_client=s3, cache_dir=cache))
     assert searcher.search_text("zx004", k=3, mode="hybrid")[0].item_id == "B0004"
     assert searcher.search_text(TITLES[5], k=1, mode="name")[0].item_id == "B0005"

@@ -85,7 +85,7 @@ def world(tmp_path_factory, moto_url, opensearch_url):
         docs.append(index.document(product, img.tolist(), settings.model_name, name_vector=txt.tolist()))
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)
-    index.swap_alias(client, settings.index_alias, name, retention=0)
+    index.swap_alias(client, settings.index_alias, name)
     searcher = search.SearchClient(settings, client=client, encoder=search.LocalEncoder(settings, s3_client=s3))
     yield settings, client, name, searcher, images
     client.indices.delete(index=name, ignore_unavailable=True)
