@@ -144,6 +144,8 @@ def settings(moto_url: str, sagemaker_url: str, unique: str) -> Settings:
         sagemaker_endpoint_url=sagemaker_url,
         bucket=f"test-project-{unique}",
         index_alias=f"test-products-{unique}",
+        # SageMaker models (batch transform's too) are named with this prefix: the session's sweep finds them
+        endpoint_prefix=f"t{unique}",
     )
     s3 = s3_client_for(s)
     s3.create_bucket(Bucket=s.bucket)

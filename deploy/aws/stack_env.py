@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "include"))
 from catalogue_search.settings import CHOICES, Settings  # noqa: E402
 
 # The value each backend setting takes on AWS (only those the settings still have are printed).
-AWS_CHOICES = {"transform_backend": "sagemaker", "query_encoder": "endpoint"}
+AWS_CHOICES = {"query_encoder": "endpoint"}
 _SETTING = re.compile(r"^(CATSEARCH_[A-Z0-9_]+)\b")
 
 

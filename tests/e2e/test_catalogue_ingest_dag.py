@@ -53,6 +53,7 @@ def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
         # Its own source bucket too: the user's sample catalogue bucket stays as it is.
         "CATSEARCH_SOURCE_BUCKET": f"e2e-abo-{token}",
         "CATSEARCH_BUCKET": f"e2e-project-{token}",
+        "CATSEARCH_ENDPOINT_PREFIX": f"e2e-{token}",
         "CATSEARCH_INDEX_ALIAS": f"e2e-products-{token}",
         "CATSEARCH_MODEL_NAME": "tiny-clip",
         "CATSEARCH_MODEL_PRETRAINED": "",

@@ -114,6 +114,7 @@ def world(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_factory):
         "CATSEARCH_BUCKET": f"e2e9-project-{token}",
         "CATSEARCH_SOURCE_BUCKET": f"e2e9-source-{token}",
         "CATSEARCH_INDEX_ALIAS": f"e2e9-products-{token}",
+        "CATSEARCH_ENDPOINT_PREFIX": f"e2e9-{token}",
         "CATSEARCH_INDEX_RETENTION": "1",
         "CATSEARCH_SHRINK_GUARD_PERCENT": "10",
         "CATSEARCH_MODEL_NAME": "tiny-clip",

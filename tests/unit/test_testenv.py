@@ -99,8 +99,12 @@ def test_the_user_db_is_read_without_writing(tmp_path, monkeypatch):
     monkeypatch.delenv("CATSEARCH_OPENSEARCH_URL", raising=False)
     snap = testenv.snapshot(str(tmp_path))
     assert snap.airflow == {} and not (tmp_path / "airflow.db").exists()
-    home = Path(os.environ["AIRFLOW_HOME"])  # the session's migrated DB: every table is there, empty
+    # a freshly migrated DB (every table there, empty), whatever earlier tests did to the session's own
+    home = testenv.fresh_airflow_home(tmp_path)
+    db = Path(home) / "airflow.db"
+    before = db.read_bytes()
     assert testenv.snapshot(str(home)).airflow == {t: 0 for t in testenv.AIRFLOW_TABLES}
+    assert db.read_bytes() == before
 
 
 def test_a_sweep_refuses_anything_but_a_test_token():
