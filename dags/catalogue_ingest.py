@@ -89,6 +89,24 @@ PARAMS = {
 }
 
 
+def _transform(task_id: str, config) -> SageMakerTransformOperator:
+    """A batch transform task (images or titles): the same deferral, polling and rerun policy for both."""
+    return SageMakerTransformOperator(
+        task_id=task_id,
+        config=config,
+        aws_conn_id=SETTINGS.aws_conn_id,
+        wait_for_completion=True,
+        # The triggerer polls the job; no worker is held for the hours it may run.
+        deferrable=True,
+        check_interval=SETTINGS.transform_poll_seconds,
+        max_ingestion_time=MAX_TRANSFORM_SECONDS,
+        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
+        # One job per run; a retry after a half-done job starts a new, timestamped one.
+        check_if_job_exists=True,
+        action_if_job_exists="timestamp",
+    )
+
+
 @dag(
     dag_id="catalogue_ingest",
     schedule=SETTINGS.schedule or None,
@@ -251,34 +269,10 @@ def catalogue_ingest():
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
     copied = copy_images(run_plan)
     config = prepare_encoding(run_plan)
-    encode_images = SageMakerTransformOperator(
-        task_id="encode_images",
-        config=config,
-        aws_conn_id=SETTINGS.aws_conn_id,
-        wait_for_completion=True,
-        # The triggerer polls the job; no worker is held for the hours it may run.
-        deferrable=True,
-        check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=MAX_TRANSFORM_SECONDS,
-        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
-        # One job per run; a retry after a half-done job starts a new, timestamped one.
-        check_if_job_exists=True,
-        action_if_job_exists="timestamp",
-    )
+    encode_images = _transform("encode_images", config)
     recorded = record_embeddings(run_plan)
     name_config = prepare_name_encoding(run_plan)
-    encode_names = SageMakerTransformOperator(
-        task_id="encode_names",
-        config=name_config,
-        aws_conn_id=SETTINGS.aws_conn_id,
-        wait_for_completion=True,
-        deferrable=True,
-        check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=MAX_TRANSFORM_SECONDS,
-        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
-        check_if_job_exists=True,
-        action_if_job_exists="timestamp",
-    )
+    encode_names = _transform("encode_names", name_config)
     names_recorded = record_name_embeddings(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
