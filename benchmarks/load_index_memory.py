@@ -41,22 +41,6 @@ def _settings(bucket: str, alias: str):
     return Settings.from_env(local_environment(dict(os.environ)), bucket=bucket, index_alias=alias)
 
 
-def _plan(settings):
-    from catalogue_search import index, ingest
-
-    run_key = f"{settings.model_slug}/bench"
-    return ingest.RunPlan(
-        run_key=run_key,
-        shards=["0"],
-        language_tag="en_US",
-        max_products=None,
-        alias=settings.index_alias,
-        force_reencode=False,
-        index=index.index_name(settings.index_alias, settings.model_slug, run_key),
-        prefix=settings.run_prefix("bench"),
-    )
-
-
 def write_store(settings, s3, n: int, dim: int, chunk: int) -> None:
     """N unit vectors in chunks, the catalogue, the run's products and encode plan."""
     from concurrent.futures import ThreadPoolExecutor
@@ -65,8 +49,9 @@ def write_store(settings, s3, n: int, dim: int, chunk: int) -> None:
 
     from catalogue_search import catalogue as cat
     from catalogue_search import embedding_store as store
+    from catalogue_search import ingest
 
-    plan = _plan(settings)
+    plan = ingest.RunPlan.for_run(settings, "bench")
     paths = [f"{i % 256:02x}/{i:08d}.jpg" for i in range(n)]
     out_prefix = store.run_output_prefix(settings, VERSION, plan.prefix)
     catalogue = store.Catalogue(version=VERSION)
@@ -137,7 +122,7 @@ def child(bucket: str, alias: str) -> None:
     client.info()
     before = _memory("VmRSS")
     started = time.monotonic()
-    loaded = ingest.load_index(settings, s3, client, _plan(settings))
+    loaded = ingest.load_index(settings, s3, client, ingest.RunPlan.for_run(settings, "bench"))
     seconds = time.monotonic() - started
     peak = _memory("VmHWM")
     print(json.dumps({"indexed": loaded["indexed"], "rss_before": before, "rss_peak": peak, "seconds": seconds}))

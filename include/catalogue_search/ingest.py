@@ -42,6 +42,22 @@ class RunPlan:
         return asdict(self)
 
     @classmethod
+    def for_run(cls, settings: Settings, run_id: str, shards: list[str] | None = None) -> RunPlan:
+        """A plan with the default Params for `run_id` (shard 0 unless given), named as `plan_run` names it:
+        for notebooks, tests and benchmarks that call the steps without a DAG run."""
+        run_key = f"{settings.model_slug}/{run_id}"
+        return cls(
+            run_key=run_key,
+            shards=list(shards or ["0"]),
+            language_tag=settings.language_tag,
+            max_products=None,
+            alias=settings.index_alias,
+            force_reencode=False,
+            index=index.index_name(settings.index_alias, settings.model_slug, run_key),
+            prefix=settings.run_prefix(run_id),
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunPlan:
         return cls(**data)
 

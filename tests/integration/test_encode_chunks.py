@@ -87,7 +87,7 @@ def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, artifac
     products.append(
         {"item_id": "B9999", "item_name": "lost", "image_id": "I9", "main_image_id": "I9", "path": "ee/gone.jpg"}
     )
-    plan = make_plan(settings, "run-1")
+    plan = ingest.RunPlan.for_run(settings, "run-1")
     s3.put_object(Bucket=settings.bucket, Key=plan.products_key, Body=catalogue.to_jsonl(products))
     client = index.client_from_settings(settings)
     yield settings, plan, images, client, tmp_path / "model-cache"
@@ -95,22 +95,8 @@ def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, artifac
         client.indices.delete(index=name)
 
 
-def make_plan(settings: Settings, run_id: str) -> ingest.RunPlan:
-    run_key = f"{settings.model_slug}/{run_id}"
-    return ingest.RunPlan(
-        run_key=run_key,
-        shards=["0"],
-        language_tag="en_US",
-        max_products=None,
-        alias=settings.index_alias,
-        force_reencode=False,
-        index=index.index_name(settings.index_alias, settings.model_slug, run_key),
-        prefix=settings.run_prefix(run_id),
-    )
-
-
 def copy_plan(settings: Settings, s3, source: ingest.RunPlan, run_id: str) -> ingest.RunPlan:
-    plan = make_plan(settings, run_id)
+    plan = ingest.RunPlan.for_run(settings, run_id)
     body = s3.get_object(Bucket=settings.bucket, Key=source.products_key)["Body"].read()
     s3.put_object(Bucket=settings.bucket, Key=plan.products_key, Body=body)
     return plan

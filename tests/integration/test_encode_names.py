@@ -32,20 +32,6 @@ def _jpeg(seed: int) -> bytes:
     return out.getvalue()
 
 
-def _plan(settings: Settings, run_id: str) -> ingest.RunPlan:
-    run_key = f"{settings.model_slug}/{run_id}"
-    return ingest.RunPlan(
-        run_key=run_key,
-        shards=["0"],
-        language_tag="en_US",
-        max_products=None,
-        alias=settings.index_alias,
-        force_reencode=False,
-        index=index.index_name(settings.index_alias, settings.model_slug, run_key),
-        prefix=settings.run_prefix(run_id),
-    )
-
-
 @pytest.fixture
 def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, tmp_path: Path):
     settings = settings.replace(
@@ -63,7 +49,7 @@ def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, tmp_pat
         s3.put_object(Bucket=settings.bucket, Key=settings.images_prefix + path, Body=_jpeg(i))
         products.append({"item_id": f"B{i:04d}", "item_name": title, "image_id": f"I{i}", "main_image_id": f"I{i}"})
         products[-1]["path"] = path
-    plan = _plan(settings, "run-1")
+    plan = ingest.RunPlan.for_run(settings, "run-1")
     s3.put_object(Bucket=settings.bucket, Key=plan.products_key, Body=catalogue.to_jsonl(products))
     client = index.client_from_settings(settings)
     yield settings, plan, products, client, tmp_path / "cache"
@@ -113,7 +99,7 @@ def test_titles_are_encoded_by_the_text_model_in_chunks_and_loaded(stack, s3, sa
 def test_a_second_run_encodes_no_title_again_and_a_new_title_only(stack, s3, sagemaker_client):
     settings, plan, products, client, cache = stack
     _run(settings, s3, sagemaker_client, plan, cache)
-    second = _plan(settings, "run-2")
+    second = ingest.RunPlan.for_run(settings, "run-2")
     changed = [*products[:-1], {**products[-1], "item_name": "Crème brûlée set, 4 pieces"}]
     s3.put_object(Bucket=settings.bucket, Key=second.products_key, Body=catalogue.to_jsonl(changed))
     request = ingest.prepare_name_encoding(settings, s3, sagemaker_client, second, IMAGE_URI)
@@ -121,6 +107,6 @@ def test_a_second_run_encodes_no_title_again_and_a_new_title_only(stack, s3, sag
     assert request is not None and [c["ids"] for c in encode.chunks] == [[names.title_id(changed[-1]["item_name"])]]
     _run(settings, s3, sagemaker_client, second, cache)
     assert ingest.load_index(settings, s3, client, second)["title_vectors"] == len(products)
-    third = _plan(settings, "run-3")
+    third = ingest.RunPlan.for_run(settings, "run-3")
     s3.put_object(Bucket=settings.bucket, Key=third.products_key, Body=catalogue.to_jsonl(changed))
     assert ingest.prepare_name_encoding(settings, s3, sagemaker_client, third, IMAGE_URI) is None
