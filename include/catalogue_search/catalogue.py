@@ -111,12 +111,25 @@ def read_images_csv(raw: bytes, source: str = IMAGES_CSV_KEY):
         raise ValueError(f"{source} lacks the columns {sorted(missing)}")
     for column in ("height", "width"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    bad = int((~(frame["height"].map(_valid_size) & frame["width"].map(_valid_size))).sum())
+    bad = int((~(_valid_sizes(frame["height"]) & _valid_sizes(frame["width"]))).sum())
     if bad:
         log.warning(
             "%s: %d image rows have a missing or invalid height or width (%s)", source, bad, DROP_BAD_IMAGE_SIZE
         )
     return frame.drop_duplicates("image_id")
+
+
+def _valid_sizes(values):
+    """`_valid_size` of a column: vectorised for numeric columns (397k rows in milliseconds), per value otherwise."""
+    import numpy as np
+    import pandas as pd
+
+    if values.dtype == object or pd.api.types.is_bool_dtype(values):
+        return values.map(_valid_size).astype(bool)
+    v = values.to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(v) & (v == np.floor(v)) & (v >= 1) & (v <= MAX_IMAGE_SIDE)
+    return pd.Series(ok, index=values.index)
 
 
 def _valid_size(value: Any) -> bool:
@@ -181,7 +194,7 @@ def filter_listings(
     unknown = joined["path"].isna()
     drops[DROP_UNKNOWN_IMAGE] += int(unknown.sum())
     joined = joined[~unknown]
-    sized = (joined["height"].map(_valid_size) & joined["width"].map(_valid_size)).astype(bool)
+    sized = _valid_sizes(joined["height"]) & _valid_sizes(joined["width"])
     drops[DROP_BAD_IMAGE_SIZE] += int((~sized).sum())
     joined = joined[sized].sort_values("item_id")
     products = []

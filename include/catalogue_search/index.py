@@ -12,7 +12,7 @@ import hashlib
 import logging
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from catalogue_search.errors import PermanentError
 from catalogue_search.settings import Settings
@@ -284,33 +284,79 @@ def bulk_load(
     *,
     total: int,
     chunk_size: int = 500,
+    threads: int = 1,
     logger: logging.Logger = log,
 ) -> LoadReport:
-    """Upsert documents keyed by item_id; 429s are retried with back-off."""
+    """Upsert documents keyed by item_id (see `bulk`)."""
+    actions = ({"_op_type": "index", "_index": index, "_id": doc["item_id"], "_source": doc} for doc in docs)
+    return bulk(client, index, actions, total=total, chunk_size=chunk_size, threads=threads, logger=logger)
+
+
+def bulk(
+    client,
+    index: str,
+    actions: Iterable[dict[str, Any]],
+    *,
+    total: int,
+    chunk_size: int = 500,
+    threads: int = 1,
+    what: str = "documents loaded",
+    logger: logging.Logger = log,
+) -> LoadReport:
+    """Send bulk actions, `threads` requests in flight; progress every 10% as `what`.
+
+    Each request is `chunk_size` documents; a 429 is retried with back-off
+    (per request, as `streaming_bulk` does it), and a rejected document is
+    reported, not raised. At most `2 * threads` chunks are held in memory, so
+    memory does not grow with `total`. One request in flight keeps one of the
+    node's write threads busy building the HNSW graph; two keep two (BENCHMARKS.md).
+    """
+    import itertools
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from opensearchpy import helpers
 
-    def actions() -> Iterator[dict[str, Any]]:
-        for doc in docs:
-            yield {"_op_type": "index", "_index": index, "_id": doc["item_id"], "_source": doc}
+    def send(chunk: list[dict[str, Any]]) -> tuple[int, list[str]]:
+        indexed, failed = 0, []
+        for ok, item in helpers.streaming_bulk(
+            client,
+            chunk,
+            chunk_size=len(chunk),
+            max_retries=5,
+            initial_backoff=1,
+            max_backoff=30,
+            raise_on_error=False,
+        ):
+            if ok:
+                indexed += 1
+            else:
+                failed.append(str(item))
+        return indexed, failed
 
+    actions = iter(actions)
     report = LoadReport(index=index)
     step = max(1, total // 10)
-    for ok, item in helpers.streaming_bulk(
-        client,
-        actions(),
-        chunk_size=chunk_size,
-        max_retries=5,
-        initial_backoff=1,
-        max_backoff=30,
-        raise_on_error=False,
-    ):
-        if ok:
-            report.indexed += 1
-        else:
-            report.failed.append(str(item))
-        done = report.indexed + len(report.failed)
-        if done % step == 0 or done == total:
-            logger.info("documents loaded: %d / %d", done, total)
+    logged = 0
+
+    def collect(done) -> None:
+        nonlocal logged
+        for future in done:
+            indexed, failed = future.result()
+            report.indexed += indexed
+            report.failed.extend(failed)
+        loaded = report.indexed + len(report.failed)
+        if loaded // step > logged // step or loaded == total:
+            logger.info("%s: %d / %d", what, loaded, total)
+            logged = loaded
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="bulk") as pool:
+        pending: set = set()
+        while chunk := list(itertools.islice(actions, chunk_size)):
+            if len(pending) >= 2 * max(1, threads):
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                collect(done)
+            pending.add(pool.submit(send, chunk))
+        collect(wait(pending).done)
     return report
 
 

@@ -393,8 +393,6 @@ def add_name_vectors(
     logger: logging.Logger = log,
 ) -> int:
     """Add each product's title vector to its document: partial updates streamed chunk by chunk."""
-    from opensearchpy import helpers
-
     from catalogue_search import embedding_store as store
     from catalogue_search import names
 
@@ -409,22 +407,19 @@ def add_name_vectors(
             version,
         )
     vectors = store.iter_vectors(s3, name_settings, catalogue, by_title)
-    updated, failed = 0, []
-    for ok, item in helpers.streaming_bulk(
+    report = index.bulk(
         client,
+        plan.index,
         names.name_updates(plan.index, index.NAME_VECTOR_FIELD, by_title, vectors),
-        chunk_size=500,
-        max_retries=5,
-        initial_backoff=1,
-        max_backoff=30,
-        raise_on_error=False,
-    ):
-        if ok:
-            updated += 1
-        else:
-            failed.append(str(item))
-    if failed:
-        raise RuntimeError(f"{len(failed)} title vectors were rejected, first: {failed[0]}")
+        total=sum(len(by_title[t]) for t in by_title if t in catalogue.images),
+        chunk_size=settings.bulk_chunk_size,
+        threads=settings.bulk_threads,
+        what="title vectors added",
+        logger=logger,
+    )
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} title vectors were rejected, first: {report.failed[0]}")
+    updated = report.indexed
     logger.info("title vectors added to %d of %d documents", updated, len(items))
     return updated
 
@@ -480,7 +475,15 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
             for product in by_path[path]:
                 yield index.document(product, row, settings.model_name)
 
-    report = index.bulk_load(client, plan.index, docs(), total=ready, logger=logger)
+    report = index.bulk_load(
+        client,
+        plan.index,
+        docs(),
+        total=ready,
+        chunk_size=settings.bulk_chunk_size,
+        threads=settings.bulk_threads,
+        logger=logger,
+    )
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
     loaded = [p for p in items if p["path"] in catalogue.images]

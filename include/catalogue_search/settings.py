@@ -96,6 +96,10 @@ class Settings:
     index_alias: str = "products"
     index_shards: int = 1
     index_replicas: int = 0
+    # Loading: documents per _bulk request, and requests in flight (one keeps one
+    # of the node's write threads building the HNSW graph; BENCHMARKS.md "Bulk load").
+    bulk_chunk_size: int = 500
+    bulk_threads: int = 2
     # How many earlier served indices (former alias targets) to keep for rollback.
     index_retention: int = 1
     # Refuse to move the alias when the new index holds more than this percentage
@@ -113,7 +117,7 @@ class Settings:
     # every query asks for max(page, knn_candidates) neighbours and keeps the page.
     knn_m: int = 16
     knn_ef_construction: int = 100
-    knn_candidates: int = 100
+    knn_candidates: int = 75
     # Near-duplicates: two products whose image vectors have cosine >= this are one
     # product for hit folding and the per-run duplicate report (same image id: always).
     duplicate_cosine_threshold: float = 0.98

@@ -66,7 +66,7 @@ def test_mapping_carries_the_chosen_hnsw_parameters(loaded):
     assert method["engine"] == "lucene"
     # Explicit, as chosen in BENCHMARKS.md (not left to the engine's defaults, which may change).
     assert method["parameters"] == {"m": settings.knn_m, "ef_construction": settings.knn_ef_construction}
-    assert (settings.knn_m, settings.knn_ef_construction, settings.knn_candidates) == (16, 100, 100)
+    assert (settings.knn_m, settings.knn_ef_construction, settings.knn_candidates) == (16, 100, 75)
 
 
 def test_index_body_follows_the_settings():

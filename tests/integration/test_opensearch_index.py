@@ -108,3 +108,60 @@ def test_alias_swap_is_atomic(client, unique):
 
 def test_stack_up_reuses_running_services():
     assert stack.up() == {"moto": "reused", "sagemaker": "reused", "opensearch": "reused"}
+
+
+def test_parallel_bulk_load_loads_everything_and_reports_rejected_documents(client, unique, monkeypatch):
+    """Two requests in flight, small chunks: every good document lands once, a document
+    with a vector of the wrong dimension is reported (not raised), progress is logged,
+    two requests do run at once, and the loader pulls documents lazily (never more
+    than 2 x threads chunks ahead of what the node has answered)."""
+    import logging
+    import threading
+
+    from opensearchpy import helpers
+
+    c, created = client
+    name = f"t-par-{unique}"
+    created.append(name)
+    body = index.index_body(Settings(), alias=f"alias-{unique}", dimension=3, run_key=name)
+    index.create_index(c, name, body)
+    lock = threading.Lock()
+    state = {"pulled": 0, "answered": 0, "ahead": 0, "in_flight": 0, "most_in_flight": 0}
+    real = helpers.streaming_bulk
+
+    def counting(client, actions, **kwargs):
+        with lock:
+            state["in_flight"] += 1
+            state["most_in_flight"] = max(state["most_in_flight"], state["in_flight"])
+        try:
+            for result in real(client, actions, **kwargs):
+                with lock:
+                    state["answered"] += 1
+                yield result
+        finally:
+            with lock:
+                state["in_flight"] -= 1
+
+    monkeypatch.setattr(helpers, "streaming_bulk", counting)
+
+    def docs():
+        for i in range(1000):
+            with lock:
+                state["pulled"] += 1
+                state["ahead"] = max(state["ahead"], state["pulled"] - state["answered"])
+            vector = [0.0, 0.0] if i == 617 else _unit(1 + i % 7, 1 + i % 5, 1 + i % 3)
+            yield index.document(_product(f"p{i:04d}"), vector, "test")
+
+    lines: list[str] = []
+    logger = logging.getLogger(f"test-par-{unique}")
+    logger.addHandler(handler := logging.Handler())
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger.setLevel(logging.INFO)
+
+    report = index.bulk_load(c, name, docs(), total=1000, chunk_size=37, threads=2, logger=logger)
+    index.finish_loading(c, name, 0)
+    assert report.indexed == 999 and len(report.failed) == 1 and "p0617" in report.failed[0]
+    assert c.count(index=name)["count"] == 999
+    assert lines[-1] == "documents loaded: 1000 / 1000" and 5 <= len(lines) <= 11
+    assert state["most_in_flight"] == 2
+    assert state["ahead"] <= (2 * 2 + 1) * 37

@@ -310,9 +310,9 @@ def upload(
     """Put the layout into `bucket` (created if needed); the images listed in the bucket are
     skipped when already there (a rerun uploads only what is missing)."""
     from catalogue_search.s3util import list_objects
-    from catalogue_search_dev.sample_catalogue import _ensure_bucket
+    from catalogue_search_dev.sample_catalogue import ensure_bucket
 
-    _ensure_bucket(s3, bucket)
+    ensure_bucket(s3, bucket)
     pool = jpeg_pool(seed=gen.summary.seed)
     existing = list_objects(s3, bucket, "")
     files = [p.relative_to(out_dir).as_posix() for p in sorted(out_dir.rglob("*.gz"))]
@@ -359,16 +359,14 @@ def precomputed_vectors(gen: Generated, dim: int = 512, seed: int = 0) -> tuple[
 
 
 def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: int = 1024, log=print) -> int:
-    """Write the precomputed vectors into the project's embedding store, as if a transform had
-    encoded every main image: chunk outputs (`.npz`: ids = ABO paths, float32 rows) under the
-    artifact version of `settings.artifact_uri`, and the store's catalogue with each image's
-    ETag (the pool JPEG's MD5, which a server-side copy keeps). `catalogue_ingest` then finds
-    nothing to encode and loads these vectors. Needs the embedding store (issue 8a)."""
-    try:
-        from catalogue_search import embedding_store as store
-        from catalogue_search.model_artifact import read_artifact_version
-    except ImportError as exc:  # before issue 8a's store is on main
-        raise RuntimeError(f"the embedding store is not in this tree yet ({exc}): merge main after issue 8a") from exc
+    """Write the precomputed vectors into the project's embedding stores, as if a transform had
+    encoded every main image and every title: chunk outputs (`.npz`: ids, float32 rows) under the
+    artifact version of `settings.artifact_uri`, and each store's catalogue (an image's ETag is the
+    pool JPEG's MD5, which a server-side copy keeps; a title's id is the digest of its text).
+    `catalogue_ingest` then finds nothing to encode and loads these vectors."""
+    from catalogue_search import embedding_store as store
+    from catalogue_search import names
+    from catalogue_search.model_artifact import read_artifact_version
 
     npz = np.load(out_dir / VECTORS_FILENAME)
     paths, vecs = [str(p) for p in npz["ids"]], npz["embeddings"]
@@ -377,24 +375,54 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     pool_md5 = [hashlib.md5(b).hexdigest() for b in pool]
     where = {p: int(gen.pool_index[i]) for i, p in enumerate(gen.paths.tolist())}
     etags = {p: pool_md5[where[p]] for p in paths}
+    _seed_store(s3, settings, version, paths, vecs, etags, chunk)
+    log(
+        f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors"
+    )
+    # Every en_US title of the listings (a superset of the one the filter keeps per product).
+    title_ids = sorted({names.title_id(title) for lines in gen.shards for line in lines for title in _titles(line)})
+    rng = np.random.default_rng([gen.summary.seed, 512, 1])
+    title_vecs = rng.standard_normal((len(title_ids), vecs.shape[1]), dtype=np.float32)
+    title_vecs /= np.linalg.norm(title_vecs, axis=1, keepdims=True)
+    name_settings = names.store_settings(settings)
+    _seed_store(s3, name_settings, version, title_ids, title_vecs, dict.fromkeys(title_ids, ""), chunk)
+    log(
+        f"title store {settings.bucket}/{store.store_prefix(name_settings, version)}: "
+        f"{len(title_ids):,} PRECOMPUTED title vectors (random, not CLIP text embeddings)"
+    )
+    return len(paths)
+
+
+def _titles(line: str) -> list[str]:
+    """Every non-empty en_US title of one listing line, as the filter strips it (dirt included)."""
+    try:
+        listing = json.loads(line)
+    except ValueError:
+        return []
+    entries = listing.get("item_name") if isinstance(listing, dict) else None
+    if not isinstance(entries, list):
+        return []
+    values = [e.get("value") for e in entries if isinstance(e, dict) and e.get("language_tag") == LANGUAGE]
+    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def _seed_store(s3, settings, version: str, ids: list[str], vecs, etags: dict[str, str], chunk: int) -> None:
+    from catalogue_search import embedding_store as store
+
     prefix = store.run_output_prefix(settings, version, "precomputed/abo-synthetic/")
     catalogue = store.Catalogue.load(s3, settings, version)
 
     def put(lo: int) -> tuple[str, list[str]]:
-        ids = paths[lo : lo + chunk]
+        part = ids[lo : lo + chunk]
         key = f"{prefix}{lo // chunk:05d}.jsonl.out"
-        body = store.encode_output(ids, vecs[lo : lo + chunk], version=version)
+        body = store.encode_output(part, vecs[lo : lo + chunk], version=version)
         s3.put_object(Bucket=settings.bucket, Key=key, Body=body, ContentType=store.OUTPUT_CONTENT_TYPE)
-        return key, ids
+        return key, part
 
     with ThreadPoolExecutor(max_workers=8) as ex:
-        for key, ids in ex.map(put, range(0, len(paths), chunk)):
-            catalogue.add(key, ids, etags, {})
+        for key, part in ex.map(put, range(0, len(ids), chunk)):
+            catalogue.add(key, part, etags, {})
     catalogue.save(s3, settings)
-    log(
-        f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors"
-    )
-    return len(paths)
 
 
 def moto_rss_mib(url: str) -> float | None:

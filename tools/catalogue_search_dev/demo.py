@@ -60,13 +60,6 @@ def s3_client(settings: Settings):
     return boto3.client("s3", **settings.boto3_kwargs())
 
 
-def ensure_bucket(s3, bucket: str) -> None:
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except Exception:
-        s3.create_bucket(Bucket=bucket)
-
-
 def prepare_catalogue(settings: Settings, s3, out_dir: Path | None = None):
     """Build (once) and upload (idempotently) the sample catalogue; return its summary."""
     from catalogue_search_dev import sample_catalogue as sc
@@ -106,6 +99,8 @@ def prepare_model(settings: Settings, s3, model_cfg_path: Path | None = None) ->
 
 def prepare(settings: Settings, model_cfg_path: Path | None = None):
     s3 = s3_client(settings)
+    from catalogue_search_dev.sample_catalogue import ensure_bucket
+
     ensure_bucket(s3, settings.bucket)
     summary = prepare_catalogue(settings, s3)
     info = prepare_model(settings, s3, model_cfg_path)

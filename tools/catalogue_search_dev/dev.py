@@ -197,6 +197,7 @@ BENCHMARKS = {
     "knn": "knn_recall.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
+    "full-dag": "full_dag_run.py",
 }
 
 

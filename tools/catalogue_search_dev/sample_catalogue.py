@@ -535,7 +535,7 @@ def upload_catalogue(out_dir: Path, bucket: str, s3_client: Any, prefix: str = "
     files = layout_files(out_dir)
     if not files:
         raise SampleCatalogueError(f"no ABO layout under {out_dir}: build it first")
-    _ensure_bucket(s3_client, bucket)
+    ensure_bucket(s3_client, bucket)
     existing: dict[str, tuple[int, str]] = {}
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
@@ -567,7 +567,7 @@ def upload_catalogue(out_dir: Path, bucket: str, s3_client: Any, prefix: str = "
     return report
 
 
-def _ensure_bucket(s3_client: Any, bucket: str) -> None:
+def ensure_bucket(s3_client: Any, bucket: str) -> None:
     from botocore.exceptions import ClientError
 
     try:

@@ -1,0 +1,120 @@
+"""End to end at the full-size run's shape, small: the synthetic ABO catalogue, its
+PRECOMPUTED vectors seeded into the embedding stores, then `catalogue_ingest`.
+
+This is what `./dev bench full-dag` does at 147,702 listings (BENCHMARKS.md): here
+2,000 listings, so that the suite checks the same path in a minute. It proves the
+generator's own count of what a correct run indexes, that the seeded stores are
+in the format the pipeline reads (nothing but the dirt is sent to the transform),
+and that the dirt is dropped with its reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from botocore.config import Config
+
+from catalogue_search import index
+from catalogue_search.settings import Settings
+from catalogue_search_dev import abo_generator, demo, testenv
+from catalogue_search_dev.sample_catalogue import ensure_bucket
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
+LISTINGS = 2_000
+
+
+@pytest.fixture(scope="module")
+def generated_run(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_factory):
+    token = testenv.unique_name_part()
+    env = {
+        "CATSEARCH_SOURCE_BUCKET": f"e2e-gen-abo-{token}",
+        "CATSEARCH_BUCKET": f"e2e-gen-project-{token}",
+        "CATSEARCH_ENDPOINT_PREFIX": f"e2e-gen-{token}",
+        "CATSEARCH_INDEX_ALIAS": f"e2e-gen-products-{token}",
+        "CATSEARCH_MODEL_NAME": "tiny-clip",
+        "CATSEARCH_MODEL_PRETRAINED": "",
+        "CATSEARCH_OPENSEARCH_URL": opensearch_url,
+        "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
+        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
+    }
+    env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
+    settings = Settings.from_env({**os.environ, **env})
+    s3 = boto3.client("s3", config=Config(max_pool_connections=32), **settings.boto3_kwargs())
+    out_dir = tmp_path_factory.mktemp("abo")
+    gen = abo_generator.generate(LISTINGS, seed=3)
+    abo_generator.write_layout(gen, out_dir)
+    abo_generator.upload(gen, out_dir, s3, settings.source_bucket, log=lambda _: None)
+    ensure_bucket(s3, settings.bucket)
+    demo.prepare_model(settings, s3, TINY)
+    paths, vecs = abo_generator.precomputed_vectors(gen, seed=3)
+    np.savez(out_dir / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
+    seeded = abo_generator.seed_embedding_store(gen, out_dir, s3, settings, chunk=256, log=lambda _: None)
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", "catalogue_ingest"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    return gen, settings, seeded, result.stdout + result.stderr
+
+
+def test_the_run_indexes_what_the_generator_says_a_correct_run_indexes(generated_run):
+    gen, settings, seeded, log = generated_run
+    client = index.client_from_settings(settings)
+    assert client.count(index=settings.index_alias)["count"] == gen.summary.expected_products
+    assert f"documents loaded: {gen.summary.expected_products} / {gen.summary.expected_products}" in log
+    # Every indexed product got its seeded title vector.
+    n = gen.summary.expected_products
+    assert f"title vectors added to {n} of {n} documents" in log
+
+
+def test_only_the_dirt_goes_to_the_transform(generated_run):
+    """The seeded stores cover every image that exists and decodes and every title: the image
+    transform gets only truncated JPEGs (which fail with a reason), the title one nothing."""
+    gen, _, seeded, log = generated_run
+    main = set(gen.main_paths.tolist())
+    corrupt = len(gen.corrupt_paths & main)
+    assert corrupt > 0 and seeded == len(main - gen.absent_paths - gen.corrupt_paths)
+    pending = re.search(r"(\d+) of (\d+) images need encoding", log)
+    assert pending and 0 < int(pending.group(1)) <= corrupt, pending
+    assert "nothing new to encode: every title already has an embedding" in log
+    assert "could not be encoded" in log
+
+
+def test_a_product_s_seeded_vector_finds_it_first(generated_run):
+    """The indexed vectors are the seeded ones: each sampled product's precomputed vector
+    finds that product first, with cosine 1 (score 1.0)."""
+    gen, settings, _, _ = generated_run
+    client = index.client_from_settings(settings)
+    paths, vecs = abo_generator.precomputed_vectors(gen, seed=3)
+    row = {p: i for i, p in enumerate(paths)}
+    hits = client.search(
+        index=settings.index_alias,
+        body={"size": 5, "_source": ["item_id", "image_path"], "query": {"match_all": {}}},
+    )["hits"]["hits"]
+    assert len(hits) == 5
+    for hit in hits:
+        path = hit["_source"]["image_path"]
+        vector = vecs[row[path]].tolist()
+        # Unfiltered, through HNSW: a product with this image comes first, with cosine 1.
+        top = client.search(
+            index=settings.index_alias, body=index.knn_query(vector, 1, candidates=settings.knn_candidates)
+        )
+        top = top["hits"]["hits"][0]
+        assert top["_source"]["image_path"] == path and top["_score"] == pytest.approx(1.0, abs=1e-5)
+        # Filtered on the product: its own document holds exactly this vector.
+        own = index.knn_query(
+            vector, 1, [{"term": {"item_id": hit["_source"]["item_id"]}}], candidates=settings.knn_candidates
+        )
+        own = client.search(index=settings.index_alias, body=own)["hits"]["hits"][0]
+        assert own["_id"] == hit["_id"] and own["_score"] == pytest.approx(1.0, abs=1e-5)
