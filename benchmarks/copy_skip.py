@@ -6,9 +6,10 @@
 Uploads `--n` small JPEGs to a `bench-` source bucket, runs the project's
 `s3util.copy_images` once (everything copied), then again with everything
 already at the destination: the skip check, which is what a weekly re-index
-pays. Every S3 request is counted by operation. The reference, measured in
-the same run, is a check from two listings alone (source and destination,
-1,000 keys a request, ETags compared), which needs no request per image.
+pays. Every S3 request is counted by operation. The references, measured in
+the same run: a check from two listings alone (source and destination, 1,000
+keys a request, ETags compared: the floor), and the check before the copy
+ledger (a HEAD of each source image and of each copy).
 Both buckets are deleted afterwards.
 """
 
@@ -49,8 +50,8 @@ def _empty_bucket(s3, bucket: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import boto3
-    from botocore.config import Config
 
+    from catalogue_search.s3util import client_config
     from catalogue_search_dev.abo_generator import jpeg_pool
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     s = cm.settings()
-    s3 = boto3.client("s3", config=Config(max_pool_connections=64), **s.boto3_kwargs())
+    s3 = boto3.client("s3", **{**s.boto3_kwargs(), "config": client_config(64)})
     source, dest = cm.bench_name("copy-src"), cm.bench_name("copy-dst")
     print(f"machine: {cm.machine()}; moto at {s.aws_endpoint_url}")
     pool = jpeg_pool(200)
@@ -114,8 +115,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{sum(ref_req.values()):,} requests {dict(ref_req)}"
         )
         print(
-            f"ratio: skip check / reference = x{skip_s / ref_s:.1f} time, "
-            f"x{sum(skip_req.values()) / sum(ref_req.values()):.0f} requests"
+            f"ratio: skip check / reference = x{skip_s / ref_s:.2f} time, "
+            f"x{sum(skip_req.values()) / sum(ref_req.values()):.2f} requests"
+        )
+
+        # The check before the copy ledger: a HEAD of each source image and of each copy.
+        started = time.perf_counter()
+
+        def heads(p: dict) -> bool:
+            src_head = s3.head_object(Bucket=source, Key="images/small/" + p["path"])
+            dst_head = s3.head_object(Bucket=dest, Key="images/small/" + p["path"])
+            return dst_head["Metadata"].get(s3util.SOURCE_ETAG) == src_head["ETag"].strip('"')
+
+        with ThreadPoolExecutor(max_workers=args.workers) as ex:
+            assert all(ex.map(heads, products))
+        head_s, head_req = time.perf_counter() - started, counter.take()
+        print(
+            f"previous check (a HEAD per source image and per copy, {args.workers} threads): {head_s:.1f} s, "
+            f"{sum(head_req.values()):,} requests; the skip check is x{head_s / skip_s:.1f} faster, "
+            f"x{sum(head_req.values()) / sum(skip_req.values()):.0f} fewer requests"
         )
         cm.save_json(
             args.json,
@@ -129,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 "skip_requests": dict(skip_req),
                 "reference_s": ref_s,
                 "reference_requests": dict(ref_req),
+                "per_image_head_s": head_s,
+                "per_image_head_requests": dict(head_req),
             },
         )
     finally:

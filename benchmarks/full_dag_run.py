@@ -83,8 +83,8 @@ class TreeRss:
 
 def _prepare(listings: int, settings) -> tuple[abo_generator.Generated, Path, dict[str, float]]:
     import boto3
-    from botocore.config import Config
 
+    from catalogue_search.s3util import client_config
     from catalogue_search_dev import demo
     from catalogue_search_dev.localenv import cache_home
     from catalogue_search_dev.sample_catalogue import ensure_bucket
@@ -95,7 +95,7 @@ def _prepare(listings: int, settings) -> tuple[abo_generator.Generated, Path, di
     out_dir = cache_home() / f"abo-synthetic-{listings}-0"
     abo_generator.write_layout(gen, out_dir)
     timings["generate"] = time.perf_counter() - t0
-    s3 = boto3.client("s3", config=Config(max_pool_connections=32), **settings.boto3_kwargs())
+    s3 = boto3.client("s3", **{**settings.boto3_kwargs(), "config": client_config(32)})
     t0 = time.perf_counter()
     report = abo_generator.upload(gen, out_dir, s3, settings.source_bucket, log=lambda m: print(m, flush=True))
     timings["upload"] = time.perf_counter() - t0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -89,14 +91,42 @@ class CopyReport:
         return asdict(self)
 
 
-def _same_copy(s3, bucket: str, key: str, there: dict[str, Any] | None, source_etag: str, size: int) -> bool:
-    """Is the object at `key` a copy of the source object with ETag `source_etag`?"""
-    if not there or there["size"] != size:
-        return False
-    recorded = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(SOURCE_ETAG)
-    if recorded is not None:
-        return recorded == source_etag
-    return there["etag"] == source_etag
+def ledger_key(dest_prefix: str) -> str:
+    """Where the copy ledger of the images under `dest_prefix` lives (beside them, not among them)."""
+    return f"{dest_prefix.rstrip('/') or 'images'}.copies.json.gz"
+
+
+def read_ledger(s3, bucket: str, key: str) -> dict[str, list[str]]:
+    """The copy ledger: destination key -> [source ETag, the copy's own ETag]; empty if none yet."""
+    try:
+        raw = get_bytes(s3, bucket, key)
+    except Exception as exc:
+        if not _is_missing(exc):
+            raise
+        return {}
+    ledger = json.loads(gzip.decompress(raw))
+    return {k: v for k, v in ledger.items() if isinstance(v, list) and len(v) == 2}
+
+
+def _write_ledger(s3, bucket: str, key: str, entries: dict[str, list[str]], present: set[str]) -> None:
+    """Merge this run's entries into the stored ledger (re-read: another run may have written since)."""
+    ledger = {k: v for k, v in read_ledger(s3, bucket, key).items() if k in present}
+    ledger.update(entries)
+    body = gzip.compress(json.dumps(ledger, separators=(",", ":"), sort_keys=True).encode(), mtime=0)
+    put_bytes(s3, bucket, key, body, "application/gzip")
+
+
+def _source_listing(s3, bucket: str, prefix: str, paths: list[str], workers: int) -> dict[str, dict[str, Any]] | None:
+    """The source objects of the folders `paths` live in (ABO: `images/small/<2 hex>/`), or None
+    where a HEAD per image is cheaper: fewer than 2 images per folder, or images at the top level."""
+    folders = {path.rpartition("/")[0] for path in paths}
+    if "" in folders or len(paths) < 2 * len(folders):
+        return None
+    listing: dict[str, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for part in pool.map(lambda folder: list_objects(s3, bucket, f"{prefix}{folder}/"), sorted(folders)):
+            listing.update(part)
+    return listing
 
 
 def copy_images(
@@ -112,28 +142,62 @@ def copy_images(
 ) -> tuple[list[dict[str, Any]], CopyReport]:
     """Server-side copy of each product's image; skip what is already there.
 
-    Each copy records the source's ETag in its metadata (`source-etag`), and an
-    object already at the destination whose recorded source ETag (and size) match
-    the source's is not copied again. The copy's own ETag is not compared: it
-    differs from the source's under SSE-KMS default encryption or for multipart
-    sources. Copies made before the metadata existed fall back to equal ETags.
+    What a re-index of an unchanged catalogue pays is listings, not a request
+    per image: the source folders the images live in are listed (a HEAD per
+    image only where that is cheaper), and so is the destination. A copy ledger
+    beside the copies (`ledger_key`) holds, per copied object, the source's ETag
+    and the copy's own ETag; an image is skipped when the destination lists it
+    with the size of the source and the ETag the ledger recorded for a copy of
+    this very source ETag. The copy's ETag is not compared with the source's: it
+    differs under SSE-KMS default encryption or for multipart sources. Objects
+    the ledger does not know (copies made before it, or rewritten since) fall
+    back to the `source-etag` metadata each copy also carries (one HEAD), then
+    to equal ETags, and enter the ledger.
     A product whose source image is missing is dropped (and named in the
     report), not an error: the run goes on without it.
     """
     products = list(products)
+    source_base = f"{source_prefix}images/small/"
     existing = list_objects(s3, dest_bucket, dest_prefix)
+    sources = _source_listing(s3, source_bucket, source_base, [p["path"] for p in products], workers)
+    ledger_at = ledger_key(dest_prefix)
+    ledger = read_ledger(s3, dest_bucket, ledger_at)
+    entries: dict[str, list[str]] = {}
     report = CopyReport()
     lock = threading.Lock()
     progress = Progress("images copied or checked", len(products), logger)
 
-    def one(product: dict[str, Any]) -> bool:
-        src_key = f"{source_prefix}images/small/{product['path']}"
-        dest_key = f"{dest_prefix}{product['path']}"
+    def source(key: str) -> tuple[str, int] | None:
+        if sources is not None:
+            obj = sources.get(key)
+            return (obj["etag"], obj["size"]) if obj else None
         try:
-            head = s3.head_object(Bucket=source_bucket, Key=src_key)
+            head = s3.head_object(Bucket=source_bucket, Key=key)
         except Exception as exc:
             if not _is_missing(exc):
                 raise
+            return None
+        return head["ETag"].strip('"'), head["ContentLength"]
+
+    def already_copied(key: str, etag: str, size: int) -> bool:
+        there = existing.get(key)
+        if not there or there["size"] != size:
+            return False
+        recorded = ledger.get(key)
+        if recorded is not None and recorded[1] == there["etag"]:
+            return recorded[0] == etag
+        metadata = s3.head_object(Bucket=dest_bucket, Key=key).get("Metadata", {})
+        same = metadata.get(SOURCE_ETAG, there["etag"]) == etag
+        if same:
+            with lock:
+                entries[key] = [etag, there["etag"]]
+        return same
+
+    def one(product: dict[str, Any]) -> bool:
+        src_key = f"{source_base}{product['path']}"
+        dest_key = f"{dest_prefix}{product['path']}"
+        found = source(src_key)
+        if found is None:
             with lock:
                 report.missing.append(product["item_id"])
             logger.warning(
@@ -144,12 +208,12 @@ def copy_images(
             )
             progress.tick()
             return False
-        etag = head["ETag"].strip('"')
-        if _same_copy(s3, dest_bucket, dest_key, existing.get(dest_key), etag, head["ContentLength"]):
+        etag, size = found
+        if already_copied(dest_key, etag, size):
             with lock:
                 report.skipped += 1
         else:
-            s3.copy_object(
+            result = s3.copy_object(
                 Bucket=dest_bucket,
                 Key=dest_key,
                 CopySource={"Bucket": source_bucket, "Key": src_key},
@@ -158,12 +222,18 @@ def copy_images(
                 MetadataDirective="REPLACE",
             )
             with lock:
+                entries[dest_key] = [etag, result["CopyObjectResult"]["ETag"].strip('"')]
                 report.copied += 1
         progress.tick()
         return True
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        keep = list(pool.map(one, products))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            keep = list(pool.map(one, products))
+    finally:
+        # Also after a failure: a retry then skips what this try copied without a HEAD each.
+        if entries:
+            _write_ledger(s3, dest_bucket, ledger_at, entries, set(existing) | set(entries))
     kept = [p for p, ok in zip(products, keep) if ok]
     report.missing.sort()
     return kept, report

@@ -19,9 +19,9 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from botocore.config import Config
 
 from catalogue_search import index
+from catalogue_search.s3util import client_config
 from catalogue_search.settings import Settings
 from catalogue_search_dev import abo_generator, demo, testenv
 from catalogue_search_dev.sample_catalogue import ensure_bucket
@@ -47,7 +47,7 @@ def generated_run(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_fac
     }
     env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
     settings = Settings.from_env({**os.environ, **env})
-    s3 = boto3.client("s3", config=Config(max_pool_connections=32), **settings.boto3_kwargs())
+    s3 = boto3.client("s3", **{**settings.boto3_kwargs(), "config": client_config(32)})
     out_dir = tmp_path_factory.mktemp("abo")
     gen = abo_generator.generate(LISTINGS, seed=3)
     abo_generator.write_layout(gen, out_dir)

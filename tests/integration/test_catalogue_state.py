@@ -13,7 +13,7 @@ import pytest
 
 from catalogue_search import index, ingest, state
 from catalogue_search.errors import PermanentError
-from catalogue_search.s3util import SOURCE_ETAG, copy_images
+from catalogue_search.s3util import SOURCE_ETAG, copy_images, ledger_key
 from catalogue_search_dev import dev
 
 
@@ -195,3 +195,74 @@ def test_copy_skips_by_the_recorded_source_etag_not_the_copy_etag(s3, settings, 
     assert (again.copied, again.skipped) == (0, 2)
     s3.put_object(Bucket=source, Key="images/small/ab/two.jpg", Body=b"TWO")  # the source changed
     assert copy().copied == 1
+
+
+def _calls(s3):
+    """The S3 operations `s3` makes from now on, by name."""
+    calls: list[str] = []
+    s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_a_re_index_checks_its_copies_by_listing_with_no_request_per_image(s3, settings, unique):
+    source = f"test-source-{unique}"
+    s3.create_bucket(Bucket=source)
+    products = [{"item_id": f"B{i:03d}", "path": f"{i % 4:02x}/{i:04d}.jpg"} for i in range(40)]
+    for p in products:
+        s3.put_object(Bucket=source, Key=f"images/small/{p['path']}", Body=f"jpeg {p['path']}".encode())
+
+    def copy():
+        return copy_images(
+            s3, products, source_bucket=source, source_prefix="", dest_bucket=settings.bucket, dest_prefix="img/"
+        )[1]
+
+    calls = _calls(s3)
+    assert copy().copied == 40
+    assert calls.count("HeadObject") == 0 and calls.count("CopyObject") == 40  # the source folders were listed
+    calls.clear()
+    again = copy()
+    assert (again.copied, again.skipped) == (0, 40)
+    assert set(calls) == {"ListObjectsV2", "GetObject"}  # 4 source folders, the destination, the ledger
+    assert len(calls) == 6
+
+    # A source image changed: only that one is copied again.
+    s3.put_object(Bucket=source, Key=f"images/small/{products[7]['path']}", Body=b"a new photo")
+    assert (copy().copied, copy().copied) == (1, 0)
+
+    # A copy rewritten behind the ledger's back (same size, other bytes) is checked and copied again.
+    dest_key = f"img/{products[3]['path']}"
+    size = s3.head_object(Bucket=settings.bucket, Key=dest_key)["ContentLength"]
+    s3.put_object(Bucket=settings.bucket, Key=dest_key, Body=b"x" * size)
+    calls.clear()
+    assert copy().copied == 1
+    assert calls.count("HeadObject") == 1
+    assert s3.get_object(Bucket=settings.bucket, Key=dest_key)["Body"].read() == f"jpeg {products[3]['path']}".encode()
+
+    # Without the ledger (copies made before it), the recorded source ETag still decides, one HEAD each;
+    # the ledger is then rebuilt and the next run needs none.
+    s3.delete_object(Bucket=settings.bucket, Key=ledger_key("img/"))
+    calls.clear()
+    assert copy().skipped == 40 and calls.count("HeadObject") == 40
+    calls.clear()
+    assert copy().skipped == 40 and calls.count("HeadObject") == 0
+
+
+def test_a_missing_source_image_drops_its_product_in_both_lookups(s3, settings, unique):
+    """Many images per folder: listed; one image per folder: a HEAD each. Either way the missing one is named."""
+    source = f"test-source-{unique}"
+    s3.create_bucket(Bucket=source)
+    for per_folder in (True, False):
+        products = [{"item_id": f"B{i}", "path": f"{0 if per_folder else i:02x}/{i}.jpg"} for i in range(6)]
+        for p in products[1:]:
+            s3.put_object(Bucket=source, Key=f"images/small/{p['path']}", Body=b"jpeg")
+        calls = _calls(s3)
+        kept, report = copy_images(
+            s3,
+            products,
+            source_bucket=source,
+            source_prefix="",
+            dest_bucket=settings.bucket,
+            dest_prefix=f"{per_folder}/",
+        )
+        assert report.missing == ["B0"] and [p["item_id"] for p in kept] == [f"B{i}" for i in range(1, 6)]
+        assert calls.count("HeadObject") == (0 if per_folder else 6)

@@ -484,9 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         from catalogue_search.settings import Settings
 
         settings = Settings.from_env()
-        from botocore.config import Config
+        from catalogue_search.s3util import client_config
 
-        s3 = boto3.client("s3", config=Config(max_pool_connections=args.workers), **settings.boto3_kwargs())
+        s3 = boto3.client("s3", **{**settings.boto3_kwargs(), "config": client_config(args.workers)})
         before = moto_rss_mib(settings.aws_endpoint_url) if settings.aws_endpoint_url else None
         t0 = time.perf_counter()
         report = upload(gen, out_dir, s3, args.bucket, all_images=args.all_images, workers=args.workers)
