@@ -177,6 +177,15 @@ def _run_dag(env: dict[str, str], home: Path, log_path: Path) -> dict:
     }
 
 
+def drop_alias(client) -> None:
+    """Remove the benchmark's alias and delete every `bench-abo-full-*` index."""
+    targets = index.alias_targets(client, ALIAS)
+    if targets:
+        client.indices.update_aliases(body={"actions": [{"remove": {"index": n, "alias": ALIAS}} for n in targets]})
+    for name in client.indices.get(index=f"{ALIAS}-*", allow_no_indices=True):
+        index.delete_index(client, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listings", type=int, default=abo_generator.ABO_LISTINGS)
@@ -185,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    bucket = abo_generator.DEFAULT_BUCKET
+    bucket, project = abo_generator.DEFAULT_BUCKET, PROJECT_BUCKET
     if args.listings != abo_generator.ABO_LISTINGS:
-        bucket = f"{bucket}-{args.listings}"
-    settings = cm.settings(source_bucket=bucket, bucket=PROJECT_BUCKET, index_alias=ALIAS)
+        bucket, project = f"{bucket}-{args.listings}", f"{project}-{args.listings}"
+    settings = cm.settings(source_bucket=bucket, bucket=project, index_alias=ALIAS)
+    client = cm.client()
+    drop_alias(client)  # a run left by `--keep`: this one starts with no live index
     print(f"machine: {cm.machine()}", flush=True)
     gen, out_dir, timings = _prepare(args.listings, settings)
     expected = gen.summary.expected_products
@@ -204,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         "CATSEARCH_AWS_ENDPOINT_URL": settings.aws_endpoint_url,
         "CATSEARCH_OPENSEARCH_URL": settings.opensearch_url,
     }
-    client = cm.client()
     runs = []
     try:
         for n in range(1, args.runs + 1):
@@ -225,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         if not args.keep:
-            for name in client.indices.get(index=f"{ALIAS}-*", allow_no_indices=True):
-                index.delete_index(client, name)
+            drop_alias(client)
     cm.save_json(args.json, {"benchmark": "full-dag", "machine": cm.machine(), "prepare_s": timings, "runs": runs})
     return 0 if all(r["indexed"] == expected for r in runs) else 1
 
