@@ -383,16 +383,9 @@ def record_name_embeddings(settings: Settings, s3, plan: RunPlan, logger: loggin
     return summary
 
 
-def add_name_vectors(
-    settings: Settings,
-    s3,
-    client,
-    plan: RunPlan,
-    items: list[dict[str, Any]],
-    version: str,
-    logger: logging.Logger = log,
-) -> int:
-    """Add each product's title vector to its document: partial updates streamed chunk by chunk."""
+def title_vectors(settings: Settings, s3, items: list[dict[str, Any]], version: str, logger: logging.Logger = log):
+    """The title vectors of `items` from the title store (artifact `version`), ready for lookup
+    (`names.TitleVectors`); a title the store lacks is named in a warning."""
     from catalogue_search import embedding_store as store
     from catalogue_search import names
 
@@ -406,30 +399,16 @@ def add_name_vectors(
             len(missing),
             version,
         )
-    vectors = store.iter_vectors(s3, name_settings, catalogue, by_title)
-    report = index.bulk(
-        client,
-        plan.index,
-        names.name_updates(plan.index, index.NAME_VECTOR_FIELD, by_title, vectors),
-        total=sum(len(by_title[t]) for t in by_title if t in catalogue.images),
-        chunk_size=settings.bulk_chunk_size,
-        threads=settings.bulk_threads,
-        what="title vectors added",
-        logger=logger,
-    )
-    if report.failed:
-        raise RuntimeError(f"{len(report.failed)} title vectors were rejected, first: {report.failed[0]}")
-    updated = report.indexed
-    logger.info("title vectors added to %d of %d documents", updated, len(items))
-    return updated
+    return names.TitleVectors(store.iter_vectors(s3, name_settings, catalogue, by_title))
 
 
 def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
     """Step 4: create the run's index and bulk-load every product that has an embedding.
 
     Vectors stream from the store chunk by chunk (float32), so memory does
-    not grow with the number of vectors; title vectors follow as partial
-    updates, streamed from the title store the same way.
+    not grow with the number of vectors. Each document carries its title vector
+    too, looked up in a local spool of the title store (`names.TitleVectors`):
+    one indexing per document, no partial updates.
     """
     from catalogue_search import embedding_store as store
 
@@ -467,27 +446,34 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
             "served": True,
         }
 
-    def docs():
+    loaded = [p for p in items if p["path"] in catalogue.images]
+    titled = 0
+
+    def docs(titles):
+        nonlocal titled
         import itertools
 
         for path, vector in itertools.chain([(first_path, first_vector)], vectors):
             row = vector.tolist()
             for product in by_path[path]:
-                yield index.document(product, row, settings.model_name)
+                name_vector = titles.get(product.get("item_name"))
+                titled += name_vector is not None
+                yield index.document(product, row, settings.model_name, name_vector)
 
-    report = index.bulk_load(
-        client,
-        plan.index,
-        docs(),
-        total=ready,
-        chunk_size=settings.bulk_chunk_size,
-        threads=settings.bulk_threads,
-        logger=logger,
-    )
+    with title_vectors(settings, s3, loaded, version, logger) as titles:
+        logger.info("title vectors: %d read for %d documents", len(titles.rows), ready)
+        report = index.bulk_load(
+            client,
+            plan.index,
+            docs(titles),
+            total=ready,
+            chunk_size=settings.bulk_chunk_size,
+            threads=settings.bulk_threads,
+            logger=logger,
+        )
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
-    loaded = [p for p in items if p["path"] in catalogue.images]
-    titled = add_name_vectors(settings, s3, client, plan, loaded, version, logger=logger)
+    logger.info("title vectors added to %d of %d documents", titled, len(loaded))
     index.finish_loading(client, plan.index, settings.index_replicas)
     return {
         "index": plan.index,

@@ -72,9 +72,50 @@ def products_by_title(products: Iterable[dict[str, Any]]) -> dict[str, list[str]
     return out
 
 
-def name_updates(index: str, field: str, by_title: dict[str, list[str]], vectors: Iterator[tuple[str, Any]]):
-    """Bulk partial updates that add each product's title vector, streamed title chunk by chunk."""
-    for tid, vector in vectors:
-        row = vector.tolist()
-        for item_id in by_title.get(tid, ()):
-            yield {"_op_type": "update", "_index": index, "_id": item_id, "doc": {field: row}}
+class TitleVectors:
+    """Title vectors looked up by title while the index documents stream, so a document is
+    indexed once with both vectors (a later partial update re-indexes the whole document,
+    image vector and HNSW insertions included, and leaves a deleted copy behind).
+
+    The vectors are spooled to a local temporary file (4 x dim bytes a title) and read
+    back with one `pread` each: memory holds only the title id -> row map, not the vectors.
+    """
+
+    def __init__(self, vectors: Iterator[tuple[str, Any]]) -> None:
+        import tempfile
+
+        import numpy as np
+
+        self._np = np
+        self._file = tempfile.TemporaryFile(prefix="catsearch-titles-")
+        self.rows: dict[str, int] = {}
+        self.row_bytes = 0
+        for tid, vector in vectors:
+            raw = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            if self.row_bytes and len(raw) != self.row_bytes:
+                raise ValueError(f"title vector {tid} has {len(raw) // 4} dimensions, not {self.row_bytes // 4}")
+            self.row_bytes = len(raw)
+            self.rows[tid] = len(self.rows)
+            self._file.write(raw)
+        self._file.flush()
+
+    def get(self, title: Any) -> list[float] | None:
+        """The vector of `title` (None: no title, or the store has none for it)."""
+        import os
+
+        if not isinstance(title, str) or not title.strip():
+            return None
+        row = self.rows.get(title_id(title))
+        if row is None:
+            return None
+        raw = os.pread(self._file.fileno(), self.row_bytes, row * self.row_bytes)
+        return self._np.frombuffer(raw, dtype=self._np.float32).tolist()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TitleVectors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -123,8 +123,11 @@ def test_title_records_are_keyed_by_content():
     assert by_title[names.title_id("A fireman.")] == ["a", "b"]
     lines = names.chunk_body(titles, sorted(titles)).decode().splitlines()
     assert [json.loads(line)["text"] for line in lines] == [titles[i] for i in sorted(titles)]
-    updates = list(
-        names.name_updates("ix", "name_vector", by_title, iter([(names.title_id("A fireman."), np.ones(2))]))
-    )
-    assert [(u["_id"], u["doc"]["name_vector"]) for u in updates] == [("a", [1.0, 1.0]), ("b", [1.0, 1.0])]
+    spooled = [(names.title_id("A fireman."), np.array([0.5, -1.0])), (names.title_id("Crème brûlée"), np.ones(2))]
+    with names.TitleVectors(iter(spooled)) as vectors:
+        assert vectors.get("A fireman.") == [0.5, -1.0] and vectors.get("Crème brûlée") == [1.0, 1.0]
+        assert vectors.get("A fireman") is None and vectors.get("  ") is None and vectors.get(None) is None
+        assert len(vectors.rows) == 2 and vectors.row_bytes == 8
+    with pytest.raises(ValueError, match="dimensions"):
+        names.TitleVectors(iter([("t1", np.ones(2)), ("t2", np.ones(3))]))
     assert names.store_settings(Settings(embeddings_prefix="emb/")).embeddings_prefix == "emb/names/"
