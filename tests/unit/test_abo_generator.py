@@ -85,3 +85,11 @@ def test_jpeg_pool_and_precomputed_vectors(built):
     assert vecs.shape == (len(paths), 512) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
     assert not (set(paths) & (gen.absent_paths | gen.corrupt_paths))
+    # Clustered like embeddings, not uniform on the sphere: a vector's nearest neighbour is
+    # much closer than a typical pair (uniform 512-d vectors are all nearly orthogonal).
+    sample = vecs[:400]
+    cos = sample @ sample.T
+    np.fill_diagonal(cos, -1)
+    assert np.median(cos.max(axis=1)) > 0.5 and abs(np.median(cos)) < 0.2
+    again = abo_generator.precomputed_vectors(gen)[1]
+    assert np.array_equal(vecs, again)

@@ -18,7 +18,8 @@ images with `--all-images`) into a moto source bucket of its own.
 
 Vectors: encoding 147,702 images with ViT-B-32 on a CPU takes hours, so
 `--vectors` writes precomputed random unit vectors (512-d, one per main image
-path) in the embedding store's chunk format, standing in for the transform.
+path; clustered in a 32-d latent space, as embeddings are, not uniform) in the
+embedding store's chunk format, standing in for the transform.
 
 Deterministic: the same arguments give the same bytes (seeded numpy, gzip with
 no timestamp).
@@ -350,12 +351,16 @@ def upload(
 
 
 def precomputed_vectors(gen: Generated, dim: int = 512, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """Random unit vectors standing in for ViT-B-32's, one per main image path (float32)."""
+    """Random unit vectors standing in for ViT-B-32's, one per main image path (float32).
+
+    Not uniform on the sphere: embeddings of real images have low intrinsic dimension,
+    and uniform random 512-d vectors are all nearly equidistant, which no ANN index
+    (and no recall check) can tell apart. They are the benchmarks' "latent" set:
+    200 clusters in a 32-d space projected to `dim` (`vector_sets.vectors`)."""
+    from catalogue_search_dev.vector_sets import vectors
+
     paths = sorted(set(gen.main_paths.tolist()) - gen.absent_paths - gen.corrupt_paths)
-    rng = np.random.default_rng([seed, 512])
-    vecs = rng.standard_normal((len(paths), dim), dtype=np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return paths, vecs
+    return paths, vectors("latent", len(paths), dim, seed=seed)
 
 
 def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: int = 1024, log=print) -> int:
@@ -367,6 +372,7 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     from catalogue_search import embedding_store as store
     from catalogue_search import names
     from catalogue_search.model_artifact import read_artifact_version
+    from catalogue_search_dev.vector_sets import vectors
 
     npz = np.load(out_dir / VECTORS_FILENAME)
     paths, vecs = [str(p) for p in npz["ids"]], npz["embeddings"]
@@ -381,14 +387,12 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     )
     # Every en_US title of the listings (a superset of the one the filter keeps per product).
     title_ids = sorted({names.title_id(title) for lines in gen.shards for line in lines for title in _titles(line)})
-    rng = np.random.default_rng([gen.summary.seed, 512, 1])
-    title_vecs = rng.standard_normal((len(title_ids), vecs.shape[1]), dtype=np.float32)
-    title_vecs /= np.linalg.norm(title_vecs, axis=1, keepdims=True)
+    title_vecs = vectors("latent", len(title_ids), vecs.shape[1], seed=gen.summary.seed + 1)
     name_settings = names.store_settings(settings)
     _seed_store(s3, name_settings, version, title_ids, title_vecs, dict.fromkeys(title_ids, ""), chunk)
     log(
         f"title store {settings.bucket}/{store.store_prefix(name_settings, version)}: "
-        f"{len(title_ids):,} PRECOMPUTED title vectors (random, not CLIP text embeddings)"
+        f"{len(title_ids):,} PRECOMPUTED title vectors (random, clustered; not CLIP text embeddings)"
     )
     return len(paths)
 
@@ -450,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload", action="store_true", help="upload to a moto source bucket of its own")
     parser.add_argument("--bucket", default=DEFAULT_BUCKET)
     parser.add_argument("--all-images", action="store_true", help="upload every image, not only the main ones")
-    parser.add_argument("--vectors", action="store_true", help="write precomputed random unit vectors (512-d)")
+    parser.add_argument("--vectors", action="store_true", help="write precomputed unit vectors (512-d, clustered)")
     parser.add_argument(
         "--seed-store",
         action="store_true",
@@ -508,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(out_dir / VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
         timings["vectors"] = time.perf_counter() - t0
         print(
-            f"PRECOMPUTED vectors: {len(paths):,} random unit vectors (512-d), NOT CLIP embeddings: encoding them "
+            f"PRECOMPUTED vectors: {len(paths):,} random unit vectors (512-d, 200 clusters in a 32-d latent space), "
+            "NOT CLIP embeddings: encoding them "
             f"with ViT-B-32 at the ~6 images/s two CPU cores reach would take {len(paths) / 6 / 3600:.1f} h. "
             f"Written to {out_dir / VECTORS_FILENAME} (ids = ABO paths, embeddings = float32 rows: "
             "the embedding store's chunk arrays)"
