@@ -5,7 +5,7 @@
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
-./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e; see BENCHMARKS.md)
+./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag; BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C stops all of it
