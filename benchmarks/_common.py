@@ -224,11 +224,14 @@ def save_json(path: str | None, payload: dict[str, Any]) -> None:
 
 
 def random_artifact(model: str = "ViT-B-32") -> Path:
-    """A model.tar.gz of `model` with random weights, built once into the cache and reused."""
-    from catalogue_search.model_artifact import build_model_artifact
+    """A model.tar.gz of `model` with random weights, built once per handler code into the cache."""
+    import hashlib
+
+    from catalogue_search.model_artifact import CODE_FILES, INFERENCE_CODE_DIR, build_model_artifact
     from catalogue_search_dev.localenv import cache_home
 
-    path = cache_home() / "bench" / f"{model}-random" / "model.tar.gz"
+    code = hashlib.sha256(b"".join((INFERENCE_CODE_DIR / name).read_bytes() for name in CODE_FILES)).hexdigest()
+    path = cache_home() / "bench" / f"{model}-random-{code[:12]}" / "model.tar.gz"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         build_model_artifact(path, model, "")

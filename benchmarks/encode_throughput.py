@@ -12,7 +12,8 @@ measured in the same run at the same batch size:
 Measured: the handler's batched `encode_images`; `invoke_many` with one image
 per request (how the runner feeds whole-object inputs); one `invoke` per image
 (one image per request, as an endpoint sees queries); the local transform
-runner over a ManifestFile of the same images in moto S3.
+runner with the pipeline's own transform request (JSON Lines chunks of image
+URIs in moto S3, one chunk a request).
 """
 
 from __future__ import annotations
@@ -33,26 +34,35 @@ def _rate(n: int, fn) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _runner_rate(handler_dir: Path, images: list[bytes], model: str) -> float:
-    """run_transform_job over the images in moto (ManifestFile input), images/s end to end."""
+def _runner_rate(handler_dir: Path, images: list[bytes], model: str, batch: int) -> float:
+    """run_transform_job over the images in moto, images/s end to end, with the pipeline's own
+    request (`transform.transform_request`: JSON Lines chunks of image URIs, one chunk a request,
+    the handler fetching the images from S3 and batching the forward pass by `batch`)."""
+    import json
+
     import boto3
 
+    from catalogue_search import embedding_store as store
+    from catalogue_search import transform
     from catalogue_search_dev.local_transform import run_transform_job
 
-    s = cm.settings()
+    bucket = cm.bench_name("encode")
+    s = cm.settings(bucket=bucket)
     s3 = boto3.client("s3", **s.boto3_kwargs())
     sm = boto3.client("sagemaker", **s.boto3_kwargs())
-    bucket = cm.bench_name("encode")
     artifact = cm.random_artifact(model)
     s3.create_bucket(Bucket=bucket)
     name = bucket
     try:
-        keys = [f"images/{i:04d}.jpg" for i in range(len(images))]
-        for key, data in zip(keys, images):
-            s3.put_object(Bucket=bucket, Key=key, Body=data)
-        manifest = [{"prefix": f"s3://{bucket}/images/"}, *[k.split("/", 1)[1] for k in keys]]
-        import json
-
+        paths = [f"{i % 256:02x}/{i:04d}.jpg" for i in range(len(images))]
+        for path, data in zip(paths, images):
+            s3.put_object(Bucket=bucket, Key=s.images_prefix + path, Body=data)
+        chunks = []
+        for number, lo in enumerate(range(0, len(paths), s.transform_chunk_size)):
+            key = f"chunks/{number:05d}.jsonl"
+            s3.put_object(Bucket=bucket, Key=key, Body=store.chunk_body(s, paths[lo : lo + s.transform_chunk_size]))
+            chunks.append(key.split("/", 1)[1])
+        manifest = [{"prefix": f"s3://{bucket}/chunks/"}, *chunks]
         s3.put_object(Bucket=bucket, Key="manifest.json", Body=json.dumps(manifest).encode())
         sm.create_model(
             ModelName=name,
@@ -63,24 +73,11 @@ def _runner_rate(handler_dir: Path, images: list[bytes], model: str) -> float:
             },
             ExecutionRoleArn=s.sagemaker_role_arn or "arn:aws:iam::123456789012:role/bench",
         )
-        request = {
-            "TransformJobName": name,
-            "ModelName": name,
-            "BatchStrategy": "MultiRecord",
-            "MaxPayloadInMB": 6,
-            "TransformInput": {
-                "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": f"s3://{bucket}/manifest.json"}},
-                "ContentType": "application/x-image",
-                "SplitType": "None",
-                "CompressionType": "None",
-            },
-            "TransformOutput": {
-                "S3OutputPath": f"s3://{bucket}/out/",
-                "Accept": "application/json",
-                "AssembleWith": "None",
-            },
-            "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
-        }
+        request = transform.transform_request(
+            s, job=name, manifest_uri=f"s3://{bucket}/manifest.json", output_uri=f"s3://{bucket}/out/"
+        )
+        request["ModelName"] = name
+        request["Environment"]["MAX_BATCH_SIZE"] = str(batch)
         cache = handler_dir.parent / "cache"
         # Warm-up: the first call extracts the artifact into the cache.
         run_transform_job(
@@ -169,15 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             "one image per request (invoke)": _rate(n, one_per_request),
         }
         if not args.no_runner:
-            rates["local transform runner (moto, manifest)"] = _runner_rate(model_dir, images, args.model)
+            rates["local transform runner (moto, chunks)"] = _runner_rate(model_dir, images, args.model, args.batch)
         raw, full = rates["raw forward (preprocessed tensors)"], rates["raw decode+preprocess+forward"]
         print(f"{'path':<42} {'images/s':>9} {'vs raw fwd':>10} {'vs raw full':>11}")
         for name, rate in rates.items():
             print(f"{name:<42} {rate:>9.1f} {rate / raw:>10.2f} {rate / full:>11.2f}")
         one = rates["one image per request (invoke)"]
         print(f"batched handler vs one image per request: x{rates['handler encode_images (batched)'] / one:.2f}")
-        if "local transform runner (moto, manifest)" in rates:
-            ratio = rates["local transform runner (moto, manifest)"] / full
+        if "local transform runner (moto, chunks)" in rates:
+            ratio = rates["local transform runner (moto, chunks)"] / full
             print(f"runner vs raw decode+preprocess+forward: x{ratio:.2f} (target >= 0.9)")
         cm.save_json(
             args.json, {"benchmark": "encode", "machine": cm.machine(), "batch": b, "images": n, "rates": rates}
