@@ -7,7 +7,7 @@
    (`catalogue-search-abo-full`; kept between runs of this benchmark, since the
    upload is the slowest step: a rerun uploads only what is missing).
 2. The model artifact (ViT-B-32, random weights) in a project bucket of its own.
-3. PRECOMPUTED random unit vectors for every main image and every en_US title in
+3. PRECOMPUTED random unit vectors for every main image and every listing's title in
    the project's embedding stores, under the artifact's version. They are NOT CLIP
    embeddings: ViT-B-32 at the ~6 images/s two CPU cores reach would take 6.8 h
    for the images alone. The DAG's transform tasks find nothing (or only the

@@ -287,23 +287,7 @@ def bulk_load(
     threads: int = 1,
     logger: logging.Logger = log,
 ) -> LoadReport:
-    """Upsert documents keyed by item_id (see `bulk`)."""
-    actions = ({"_op_type": "index", "_index": index, "_id": doc["item_id"], "_source": doc} for doc in docs)
-    return bulk(client, index, actions, total=total, chunk_size=chunk_size, threads=threads, logger=logger)
-
-
-def bulk(
-    client,
-    index: str,
-    actions: Iterable[dict[str, Any]],
-    *,
-    total: int,
-    chunk_size: int = 500,
-    threads: int = 1,
-    what: str = "documents loaded",
-    logger: logging.Logger = log,
-) -> LoadReport:
-    """Send bulk actions, `threads` requests in flight; progress every 10% as `what`.
+    """Upsert documents keyed by item_id, `threads` requests in flight; progress every 10%.
 
     Each request is `chunk_size` documents; a 429 is retried with back-off
     (per request, as `streaming_bulk` does it), and a rejected document is
@@ -333,7 +317,7 @@ def bulk(
                 failed.append(str(item))
         return indexed, failed
 
-    actions = iter(actions)
+    actions = ({"_op_type": "index", "_index": index, "_id": doc["item_id"], "_source": doc} for doc in docs)
     report = LoadReport(index=index)
     step = max(1, total // 10)
     logged = 0
@@ -346,7 +330,7 @@ def bulk(
             report.failed.extend(failed)
         loaded = report.indexed + len(report.failed)
         if loaded // step > logged // step or loaded == total:
-            logger.info("%s: %d / %d", what, loaded, total)
+            logger.info("documents loaded: %d / %d", loaded, total)
             logged = loaded
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="bulk") as pool:

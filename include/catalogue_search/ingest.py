@@ -424,7 +424,8 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
             dropped.append(path)
             reason = catalogue.errors.get(path, ("", "no embedding in the store"))[1]
             logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
-    ready = sum(len(by_path[p]) for p in by_path if p in catalogue.images)
+    loaded = [p for p in items if p["path"] in catalogue.images]
+    ready = len(loaded)
     if not ready:
         raise RuntimeError(f"no product has an embedding for artifact {version}: nothing to index")
     vectors = store.iter_vectors(s3, settings, catalogue, by_path)
@@ -446,7 +447,6 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
             "served": True,
         }
 
-    loaded = [p for p in items if p["path"] in catalogue.images]
     titled = 0
 
     def docs(titles):

@@ -46,15 +46,16 @@ def _all_ids(client, alias: str) -> set[str]:
     return {h["_id"] for h in resp["hits"]["hits"]}
 
 
-@pytest.fixture(scope="module")
-def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
+def tiny_stack_env(prefix: str, moto_url, sagemaker_url, opensearch_url, aws_env) -> tuple[dict, Settings]:
+    """The variables (and Settings) of a DAG run with the tiny model, in buckets, an index
+    alias and endpoint names of its own, named `prefix-...-<session token>`."""
     token = testenv.unique_name_part()
     env = {
         # Its own source bucket too: the user's sample catalogue bucket stays as it is.
-        "CATSEARCH_SOURCE_BUCKET": f"e2e-abo-{token}",
-        "CATSEARCH_BUCKET": f"e2e-project-{token}",
-        "CATSEARCH_ENDPOINT_PREFIX": f"e2e-{token}",
-        "CATSEARCH_INDEX_ALIAS": f"e2e-products-{token}",
+        "CATSEARCH_SOURCE_BUCKET": f"{prefix}-abo-{token}",
+        "CATSEARCH_BUCKET": f"{prefix}-project-{token}",
+        "CATSEARCH_ENDPOINT_PREFIX": f"{prefix}-{token}",
+        "CATSEARCH_INDEX_ALIAS": f"{prefix}-products-{token}",
         "CATSEARCH_MODEL_NAME": "tiny-clip",
         "CATSEARCH_MODEL_PRETRAINED": "",
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
@@ -63,7 +64,12 @@ def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
         "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
     }
     env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
-    settings = Settings.from_env({**os.environ, **env})
+    return env, Settings.from_env({**os.environ, **env})
+
+
+@pytest.fixture(scope="module")
+def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
+    env, settings = tiny_stack_env("e2e", moto_url, sagemaker_url, opensearch_url, aws_env)
     summary, info = demo.prepare(settings, model_cfg_path=TINY)
     assert info["pretrained_loaded"] is False
     return env, settings, summary

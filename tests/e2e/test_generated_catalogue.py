@@ -10,43 +10,24 @@ and that the dirt is dropped with its reasons.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
+from test_catalogue_ingest_dag import TINY, _dags_test, tiny_stack_env
 
 from catalogue_search import index
 from catalogue_search.s3util import client_config
-from catalogue_search.settings import Settings
-from catalogue_search_dev import abo_generator, demo, testenv
+from catalogue_search_dev import abo_generator, demo
 from catalogue_search_dev.sample_catalogue import ensure_bucket
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
 LISTINGS = 2_000
 
 
 @pytest.fixture(scope="module")
 def generated_run(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_factory):
-    token = testenv.unique_name_part()
-    env = {
-        "CATSEARCH_SOURCE_BUCKET": f"e2e-gen-abo-{token}",
-        "CATSEARCH_BUCKET": f"e2e-gen-project-{token}",
-        "CATSEARCH_ENDPOINT_PREFIX": f"e2e-gen-{token}",
-        "CATSEARCH_INDEX_ALIAS": f"e2e-gen-products-{token}",
-        "CATSEARCH_MODEL_NAME": "tiny-clip",
-        "CATSEARCH_MODEL_PRETRAINED": "",
-        "CATSEARCH_OPENSEARCH_URL": opensearch_url,
-        "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
-        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
-    }
-    env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
-    settings = Settings.from_env({**os.environ, **env})
+    env, settings = tiny_stack_env("e2e-gen", moto_url, sagemaker_url, opensearch_url, aws_env)
     s3 = boto3.client("s3", **{**settings.boto3_kwargs(), "config": client_config(32)})
     out_dir = tmp_path_factory.mktemp("abo")
     gen = abo_generator.generate(LISTINGS, seed=3)
@@ -57,13 +38,7 @@ def generated_run(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_fac
     paths, vecs = abo_generator.precomputed_vectors(gen, seed=3)
     np.savez(out_dir / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
     seeded = abo_generator.seed_embedding_store(gen, out_dir, s3, settings, chunk=256, log=lambda _: None)
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "catalogue_ingest"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    result = _dags_test(env)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return gen, settings, seeded, result.stdout + result.stderr
 

@@ -385,8 +385,9 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     log(
         f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors"
     )
-    # Every en_US title of the listings (a superset of the one the filter keeps per product).
-    title_ids = sorted({names.title_id(title) for lines in gen.shards for line in lines for title in _titles(line)})
+    # The title the filter keeps of every listing (also of those it drops for other reasons).
+    titles = {_title(line) for lines in gen.shards for line in lines} - {None}
+    title_ids = sorted(names.title_id(title) for title in titles)
     title_vecs = vectors("latent", len(title_ids), vecs.shape[1], seed=gen.summary.seed + 1)
     name_settings = names.store_settings(settings)
     _seed_store(s3, name_settings, version, title_ids, title_vecs, dict.fromkeys(title_ids, ""), chunk)
@@ -397,17 +398,15 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     return len(paths)
 
 
-def _titles(line: str) -> list[str]:
-    """Every non-empty en_US title of one listing line, as the filter strips it (dirt included)."""
+def _title(line: str) -> str | None:
+    """The title the filter keeps for one listing line (`catalogue.first_value`), dirt included."""
+    from catalogue_search.catalogue import first_value
+
     try:
         listing = json.loads(line)
     except ValueError:
-        return []
-    entries = listing.get("item_name") if isinstance(listing, dict) else None
-    if not isinstance(entries, list):
-        return []
-    values = [e.get("value") for e in entries if isinstance(e, dict) and e.get("language_tag") == LANGUAGE]
-    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+        return None
+    return first_value(listing.get("item_name"), LANGUAGE) if isinstance(listing, dict) else None
 
 
 def _seed_store(s3, settings, version: str, ids: list[str], vecs, etags: dict[str, str], chunk: int) -> None:
