@@ -19,6 +19,21 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 X_IMAGE = "application/x-image"
 
+# Vectors from two processes, batch sizes or machines agree to this absolute
+# tolerance per component, not bit for bit: BLAS kernels differ by CPU family
+# (AMD and Intel differ in the 8th digit) and by batch shape. Every comparison
+# of vectors across processes uses it.
+VECTOR_ATOL = 1e-5
+
+
+def vectors_close(a, b, atol: float = VECTOR_ATOL) -> bool:
+    """Whether two vectors (or lists of vectors) agree within the contract's tolerance, shape included."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(vectors_close(x, y, atol) for x, y in zip(a, b))
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return False
+    return abs(float(a) - float(b)) <= atol
+
 
 class EncoderResponseError(RuntimeError):
     """An encoder (endpoint, local handler, transform output) answered something that is not a vector."""

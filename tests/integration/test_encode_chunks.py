@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from catalogue_search import catalogue, embedding_store, index, ingest
+from catalogue_search.contract import VECTOR_ATOL
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.search import LocalEncoder, ModelVersionMismatchError, SearchClient
@@ -148,7 +149,7 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     assert sorted(seen) == sorted(p for p in images if p != "ff/corrupt.jpg")
     for path, vector in seen.items():
         single = json.loads(handler.invoke(images[path], "application/x-image"))["embeddings"][0]
-        np.testing.assert_allclose(vector, single, atol=1e-5)
+        np.testing.assert_allclose(vector, single, atol=VECTOR_ATOL)
 
     # record: the run report names the failed images with their reasons
     summary = ingest.record_embeddings(settings, s3, plan)
@@ -165,7 +166,7 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     meta = client.indices.get_mapping(index=plan.index)[plan.index]["mappings"]["_meta"]
     assert meta["artifact_version"] == version
     doc = client.get(index=plan.index, id="B0000")["_source"]
-    np.testing.assert_allclose(doc[index.VECTOR_FIELD], seen[doc["image_path"]], atol=1e-6)
+    np.testing.assert_allclose(doc[index.VECTOR_FIELD], seen[doc["image_path"]], atol=VECTOR_ATOL)
     index.swap_alias(client, settings.index_alias, plan.index)
 
     # a week later, nothing new: O(chunks) S3 requests, not O(images)
@@ -203,7 +204,7 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
         ]
     )
     single = json.loads(handler.invoke(images["00/img0.jpg"], "application/x-image"))["embeddings"][0]
-    np.testing.assert_allclose(doc[index.VECTOR_FIELD], single, atol=1e-5)
+    np.testing.assert_allclose(doc[index.VECTOR_FIELD], single, atol=VECTOR_ATOL)
 
     # the query side: the index's version matches the local encoder's
     search = SearchClient(settings, client=client, encoder=LocalEncoder(settings, s3_client=s3, cache_dir=cache))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalogue_search.contract import VECTOR_ATOL
 from catalogue_search.handler import LoadedHandler, load_handler_from_artifact
 from catalogue_search.model_artifact import ArtifactInfo, build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
@@ -126,7 +127,7 @@ def test_manifest_job_writes_one_out_per_good_image_and_records_the_corrupt_one(
         assert vec.shape == (1, artifact.embed_dim)
         assert np.linalg.norm(vec[0]) == pytest.approx(1.0, abs=1e-5)
         direct = json.loads(local_handlers["IMAGE"].invoke(data, "application/x-image", "application/json"))
-        np.testing.assert_allclose(vec, direct["embeddings"], atol=1e-6)
+        np.testing.assert_allclose(vec, direct["embeddings"], atol=VECTOR_ATOL)
 
     assert (report.total, report.succeeded, report.records) == (4, 3, 3)
     assert [key for key, _ in report.failed] == [f"{settings.images_prefix}gh/4.jpg"]
@@ -186,13 +187,13 @@ def test_prefix_job_splits_jsonlines_into_mini_batches_and_keeps_line_order(
     lines_a = [json.loads(line) for line in body_a.splitlines()]
     assert body_a.endswith("\n") and [line["id"] for line in lines_a] == [r["id"] for r in first]
     expected = local_handlers["TEXT"].encode_texts([r["inputs"] for r in first])
-    np.testing.assert_allclose([line["embedding"] for line in lines_a], expected, atol=1e-6)
+    np.testing.assert_allclose([line["embedding"] for line in lines_a], expected, atol=VECTOR_ATOL)
 
     body_b = s3.get_object(Bucket=settings.bucket, Key="query-vectors/sub/b.jsonl.out")["Body"].read().decode()
     lines_b = [json.loads(line) for line in body_b.splitlines()]
     assert all("id" not in line for line in lines_b)
     np.testing.assert_allclose(
-        [line["embedding"] for line in lines_b], local_handlers["TEXT"].encode_texts(second), atol=1e-6
+        [line["embedding"] for line in lines_b], local_handlers["TEXT"].encode_texts(second), atol=VECTOR_ATOL
     )
 
 
