@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from catalogue_search import index, search
+    from catalogue_search.model_artifact import archive_version
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=10_000)
@@ -81,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     artifact = cm.random_artifact("ViT-B-32")
     with cm.bench_index(c, "e2e") as name:
         data = cm.vectors("latent", args.docs, 512, seed=3)
-        c.indices.create(index=name, body=index.index_body(s, alias=name, dimension=512, run_key=name))
+        body = index.index_body(s, alias=name, dimension=512, run_key=name)
+        body["mappings"]["_meta"]["artifact_version"] = archive_version(artifact)  # the CLI checks it
+        c.indices.create(index=name, body=body)
         cm.fast_load(c, name, data)
         index.finish_loading(c, name, 0)
         searcher = search.SearchClient(s.replace(index_alias=name), client=c, encoder=object())
         lat = []
         for q in data[:30]:
             started = time.perf_counter()
-            searcher.search_vector(np.asarray(q).tolist(), k=5)
+            searcher.search_vector(np.asarray(q).tolist(), 5)
             lat.append((time.perf_counter() - started) * 1000)
         knn_ms = cm.percentile(lat[5:], 50)
         cli_env = dict(

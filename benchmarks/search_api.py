@@ -75,9 +75,9 @@ def build_index(settings, images: list[bytes], s3) -> str:
     vectors = handler.encode_images(images)
     client = index.client_from_settings(settings)
     name = f"{settings.index_alias}-v1"
-    index.create_index(
-        client, name, index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key="b")
-    )
+    body = index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key="b")
+    body["mappings"]["_meta"]["artifact_version"] = handler.artifact_version  # the search client checks it
+    index.create_index(client, name, body)
     docs = []
     for i, vec in enumerate(vectors):
         path = f"{i % 256:02x}/bench{i:05d}.jpg"

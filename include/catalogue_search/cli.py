@@ -7,17 +7,17 @@ Every error is one line on stderr (`error: ...`) and a non-zero exit status:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from catalogue_search.search import FACETS, MODES, Fusion, SearchClient, format_hits, one_line
-from catalogue_search.settings import Settings
+from catalogue_search import search
+from catalogue_search.search import formatting
+from catalogue_search.settings import Settings, SettingsError
 
 # `--list product-types` -> the facet field `product_type`
-LISTABLE = {name.replace("_", "-") + "s": name for name in FACETS}
+LISTABLE = {name.replace("_", "-") + "s": name for name in search.FACETS}
 
 
 class UsageError(Exception):
@@ -34,26 +34,26 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="catalogue-search", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    search = sub.add_parser("search", help="search the catalogue by text or by image")
-    search.add_argument("query", nargs="?", help="free text, e.g. 'two people in front of a swimming pool'")
-    search.add_argument("--image", type=Path, help="search by this image file instead of text")
-    search.add_argument("--like", metavar="ITEM_ID", help="more like this product (its stored vector)")
-    search.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
-    search.add_argument("--offset", type=int, default=0, help="skip this many hits (paging)")
-    search.add_argument("--product-type", help="only products of this type, e.g. ANIMALS (any case)")
-    search.add_argument("--brand", help="only products of this brand (any case)")
-    search.add_argument("--prompt", help="wrap the text in a prompt, e.g. 'this is a {}' as the original sample did")
-    search.add_argument("--alias", help="search this alias or index instead of the configured one")
-    search.add_argument("--json", action="store_true", help="print hits (with their cosine similarity) as JSON lines")
-    search.add_argument(
+    cmd = sub.add_parser("search", help="search the catalogue by text or by image")
+    cmd.add_argument("query", nargs="?", help="free text, e.g. 'two people in front of a swimming pool'")
+    cmd.add_argument("--image", type=Path, help="search by this image file instead of text")
+    cmd.add_argument("--like", metavar="ITEM_ID", help="more like this product (its stored vector)")
+    cmd.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
+    cmd.add_argument("--offset", type=int, default=0, help="skip this many hits (paging)")
+    cmd.add_argument("--product-type", help="only products of this type, e.g. ANIMALS (any case)")
+    cmd.add_argument("--brand", help="only products of this brand (any case)")
+    cmd.add_argument("--prompt", help="wrap the text in a prompt, e.g. 'this is a {}' as the original sample did")
+    cmd.add_argument("--alias", help="search this alias or index instead of the configured one")
+    cmd.add_argument("--json", action="store_true", help="print hits (with their cosine similarity) as JSON lines")
+    cmd.add_argument(
         "--list",
         choices=sorted(LISTABLE),
         help="list the values present in the index, with their counts (the valid filter values)",
     )
-    ranking = search.add_argument_group("ranking (see the README's 'Search modes')")
+    ranking = cmd.add_argument_group("ranking (see the README's 'Search modes')")
     ranking.add_argument(
         "--mode",
-        choices=MODES,
+        choices=search.MODES,
         default="image",
         help="image: the product images' vectors (default); name: the titles' vectors; "
         "hybrid: BM25 on the title + both vector lists, fused by reciprocal rank",
@@ -81,21 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except (search.SearchError, SettingsError) as exc:
+        _error(str(exc))
+        return 1
     except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
         logging.getLogger(__name__).debug("search failed", exc_info=True)
-        _error(str(exc) if _is_search_error(exc) else f"{type(exc).__name__}: {exc}")
+        _error(f"{type(exc).__name__}: {exc}")
         return 1
 
 
-def _is_search_error(exc: Exception) -> bool:
-    from catalogue_search.search import SearchError
-    from catalogue_search.settings import SettingsError
-
-    return isinstance(exc, (SearchError, SettingsError))
-
-
 def _error(message: str) -> None:
-    print(f"error: {one_line(message)}", file=sys.stderr)
+    print(f"error: {search.one_line(message)}", file=sys.stderr)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -106,56 +102,51 @@ def _main(argv: list[str] | None) -> int:
     settings = Settings.from_env()
     if args.alias:
         settings = settings.replace(index_alias=args.alias)
-    client = SearchClient(settings)
+    client = search.SearchClient(settings)
     if args.list:
         return _list(client, LISTABLE[args.list], args.json)
-    options = {
-        "offset": args.offset,
-        "product_type": args.product_type,
-        "brand": args.brand,
-        "fold": args.fold,
-        "fold_threshold": args.fold_threshold,
-    }
-    ranking: dict = {"mode": args.mode}
-    if args.mode == "hybrid":
-        ranking["fusion"] = Fusion(
-            rank_constant=args.rank_constant,
-            lexical_weight=args.lexical_weight,
-            name_weight=args.name_weight,
-            image_weight=args.image_weight,
-        )
+    page = search.Page(args.k, args.offset)  # the engine's fixed limits, before anything is asked
+    filters = search.Filters(product_type=args.product_type, brand=args.brand)
+    fold = search.Fold(args.fold_threshold) if args.fold else None
     if args.image is not None:
-        client.check_page(args.k, args.offset)  # before reading a large file or loading the model
+        page = client.fit(page)  # and the alias's, before reading a large file or loading the model
         try:
             data = args.image.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {args.image}: {exc.strerror or exc}") from exc
-        hits = client.search_image(data, args.k, **ranking, **options)
+        hits = client.search_image(data, page, filters=filters, mode=args.mode, fusion=_fusion(args), fold=fold)
     elif args.like is not None:
-        hits = client.more_like_this(args.like, args.k, **options)
+        hits = client.more_like_this(args.like, page, filters=filters, fold=fold)
     else:
-        hits = client.search_text(args.query, args.k, prompt=args.prompt, **ranking, **options)
+        hits = client.search_text(
+            args.query, page, filters=filters, mode=args.mode, fusion=_fusion(args), fold=fold, prompt=args.prompt
+        )
     if args.json:
-        for hit in hits:
-            print(json.dumps(hit.as_dict(), ensure_ascii=False))
+        if hits:
+            print(formatting.hits_as_json_lines(hits))
     else:
-        print(format_hits(hits))
+        print(search.format_hits(hits))
     return 0
 
 
-def _list(client: SearchClient, facet: str, as_json: bool) -> int:
+def _fusion(args: argparse.Namespace) -> search.Fusion | None:
+    if args.mode != search.HYBRID_MODE:
+        return None
+    return search.Fusion(
+        rank_constant=args.rank_constant,
+        lexical_weight=args.lexical_weight,
+        name_weight=args.name_weight,
+        image_weight=args.image_weight,
+    )
+
+
+def _list(client: search.SearchClient, facet: str, as_json: bool) -> int:
     values = client.facets()[facet]
     if as_json:
-        for v in values:
-            print(json.dumps({facet: v.value, "count": v.count}, ensure_ascii=False))
-        return 0
-    if not values:
-        print(f"(no {FACETS[facet]} in {client.alias})")
-        return 0
-    width = max(len(facet), *(len(v.value) for v in values))
-    print(f"{facet:<{width}}  {'count':>7}")
-    for v in values:
-        print(f"{v.value:<{width}}  {v.count:>7}")
+        if values:
+            print(formatting.facet_as_json_lines(facet, values))
+    else:
+        print(formatting.format_facet(facet, values, client.alias))
     return 0
 
 

@@ -85,6 +85,9 @@ class Settings:
     endpoint_max_concurrency: int = 5
     # "local": encode queries in-process with the same handler; "endpoint": the SageMaker runtime.
     query_encoder: str = ""
+    # The largest query image (the search page's upload), in bytes: at most 4,000,000, the most a
+    # serverless endpoint accepts in one request; larger uploads are refused before any encoding.
+    max_query_image_bytes: int = 4_000_000
 
     # --- OpenSearch ----------------------------------------------------------
     opensearch_url: str = ""

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 URL_PREFIX = "/catalogue-search"
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_K = 12
 IMAGE_CACHE = "private, max-age=86400"  # behind a login: browsers may keep it, shared caches may not
 # ABO image paths look like `3e/3eb5feba.jpg`
@@ -122,23 +121,26 @@ class Facets(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
-    detail: str
+    detail: str = Field(description="a plain sentence; never an exception's text, a bucket or a URL")
+    error_id: str | None = Field(None, description="where the detail is withheld: the id of the server log's entry")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": what}
     for code, what in {
-        400: "empty query, unreadable image, k or offset out of range",
+        400: "empty or too long query, unreadable or too large image (over 4 MB), k or offset out of range",
         401: "not logged in",
         403: "invalid token, or no permission to read Assets",
         404: "unknown product",
+        409: "the query encoder's model is not the index's",
+        500: "an unexpected error: a plain sentence and an error id that leads to the server log",
         502: "the encoder or OpenSearch answered something unusable",
         503: "alias missing (run catalogue_ingest), endpoint not deployed, OpenSearch unreachable",
     }.items()
 }
 
 
-Page = Annotated[int, Query(description="number of hits per page")]
+PageSize = Annotated[int, Query(description="number of hits per page")]
 Offset = Annotated[int, Query(description="hits to skip (paging)")]
 TypeFilter = Annotated[str | None, Query(description="only this product type (any case)")]
 BrandFilter = Annotated[str | None, Query(description="only this brand (any case)")]
@@ -149,7 +151,7 @@ Mode = Annotated[
         "hybrid: BM25 on the title (text queries) + both vector lists, fused by reciprocal rank"
     ),
 ]
-Fold = Annotated[bool, Query(description="fold hits that show the same image (same image id or near-identical)")]
+FoldParam = Annotated[bool, Query(description="fold hits that show the same image (same image id or near-identical)")]
 
 
 def _warm(request: Request) -> Warm:
@@ -157,6 +159,23 @@ def _warm(request: Request) -> Warm:
 
 
 WarmDep = Annotated[Warm, Depends(_warm)]
+
+
+def _page(warm: WarmDep, k: PageSize = DEFAULT_K, offset: Offset = 0) -> search.Page:
+    """The page a request asks for, checked once, here: the engine's limits and the alias's result window."""
+    return warm.client.fit(search.Page(k, offset))
+
+
+def _filters(product_type: TypeFilter = None, brand: BrandFilter = None) -> search.Filters:
+    return search.Filters(product_type=product_type, brand=brand)
+
+
+PageDep = Annotated[search.Page, Depends(_page)]
+FiltersDep = Annotated[search.Filters, Depends(_filters)]
+
+
+def _fold(fold: bool) -> search.Fold | None:
+    return search.Fold() if fold else None
 
 
 def create_app(warm: Warm | None = None) -> FastAPI:
@@ -174,28 +193,33 @@ def create_app(warm: Warm | None = None) -> FastAPI:
 
     @app.exception_handler(search.SearchError)
     @app.exception_handler(SettingsError)
-    async def _search_error(request: Request, exc: Exception) -> JSONResponse:
-        status, body = search.error_payload(exc)
-        return JSONResponse(body, status_code=status)
-
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("catalogue search: %s %s failed", request.method, request.url.path)
-        status, body = search.error_payload(exc)  # 500, still JSON, still one line
+    async def _error(request: Request, exc: Exception) -> JSONResponse:
+        """JSON with a plain sentence; where that withholds the error's text, an id, and the text in the log."""
+        status, body = search.error_payload(exc)
+        if "error_id" in body:
+            expected = isinstance(exc, (search.SearchError, SettingsError))
+            log.log(
+                logging.WARNING if expected else logging.ERROR,
+                "catalogue search: %s %s failed, error id %s: %s: %s",
+                request.method,
+                request.url.path,
+                body["error_id"],
+                type(exc).__name__,
+                exc,
+                exc_info=None if expected else exc,
+            )
         return JSONResponse(body, status_code=status)
 
-    def page(
+    def answer(
         request: Request,
         kind: str,
         query: str | None,
-        k: int,
-        offset: int,
-        run: Callable[[int], list[search.Hit]],
+        page: search.Page,
+        run: Callable[[search.Page], list[search.Hit]],
     ) -> SearchPage:
-        client = request.app.state.warm.client
-        client.check_page(k, offset)  # the caller's k, before any encoding
-        probe = k + 1 if offset + k + 1 <= client.result_limit() else k  # one more hit tells if a page follows
-        hits = run(probe)
+        hits = run(page.probe())  # one hit more than asked tells whether a next page follows
+        k, offset = page.k, page.offset
         root = request.scope.get("root_path", "")
         return SearchPage(
             kind=kind,
@@ -226,51 +250,39 @@ def create_app(warm: Warm | None = None) -> FastAPI:
     def search_text(
         request: Request,
         warm: WarmDep,
-        q: Annotated[str, Query(description="free text, e.g. 'a red flower'")] = "",
-        k: Page = DEFAULT_K,
-        offset: Offset = 0,
-        product_type: TypeFilter = None,
-        brand: BrandFilter = None,
+        page: PageDep,
+        filters: FiltersDep,
+        q: Annotated[
+            str, Query(description=f"free text, e.g. 'a red flower' ({search.MAX_QUERY_CHARS} characters at most)")
+        ] = "",
         mode: Mode = "image",
-        fold: Fold = False,
+        fold: FoldParam = False,
     ) -> SearchPage:
-        if not q.strip():
-            raise search.EmptyQueryError("the text query is empty")
-        return page(
+        return answer(
             request,
             "text",
             q,
-            k,
-            offset,
-            lambda n: warm.client.search_text(
-                q, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold
-            ),
+            page,
+            lambda p: warm.client.search_text(q, p, filters=filters, mode=mode, fold=_fold(fold)),
         )
 
     @app.post("/api/search/image", response_model=SearchPage, responses=ERRORS, summary="Search by an uploaded image")
     def search_image(
         request: Request,
         warm: WarmDep,
-        image: Annotated[UploadFile, File(description="a JPEG, PNG, ... image")],
-        k: Page = DEFAULT_K,
-        offset: Offset = 0,
-        product_type: TypeFilter = None,
-        brand: BrandFilter = None,
+        image: Annotated[UploadFile, File(description="a JPEG, PNG, ... image of 4 MB at most")],
+        page: PageDep,
+        filters: FiltersDep,
         mode: Mode = "image",
-        fold: Fold = False,
+        fold: FoldParam = False,
     ) -> SearchPage:
-        data = image.file.read(MAX_UPLOAD_BYTES + 1)
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise search.UnreadableImageError(f"the image is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB")
-        return page(
+        data = image.file.read(warm.client.max_image_bytes + 1)  # enough to tell the client's size check "too large"
+        return answer(
             request,
             "image",
             image.filename,
-            k,
-            offset,
-            lambda n: warm.client.search_image(
-                data, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold
-            ),
+            page,
+            lambda p: warm.client.search_image(data, p, filters=filters, mode=mode, fold=_fold(fold)),
         )
 
     @app.get(
@@ -283,23 +295,16 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         request: Request,
         warm: WarmDep,
         item_id: str,
-        k: Page = DEFAULT_K,
-        offset: Offset = 0,
-        product_type: TypeFilter = None,
-        brand: BrandFilter = None,
+        page: PageDep,
+        filters: FiltersDep,
     ) -> SearchPage:
-        return page(
-            request,
-            "similar",
-            item_id,
-            k,
-            offset,
-            lambda n: warm.client.more_like_this(item_id, n, offset=offset, product_type=product_type, brand=brand),
+        return answer(
+            request, "similar", item_id, page, lambda p: warm.client.more_like_this(item_id, p, filters=filters)
         )
 
     @app.get("/api/facets", response_model=Facets, responses=ERRORS, summary="Filter values present, with counts")
-    def facets(warm: WarmDep, product_type: TypeFilter = None, brand: BrandFilter = None) -> Facets:
-        got = warm.client.facets(product_type=product_type, brand=brand)
+    def facets(warm: WarmDep, filters: FiltersDep) -> Facets:
+        got = warm.client.facets(filters)
         return Facets(
             **{name: [FacetOut(value=v.value, count=v.count) for v in values] for name, values in got.items()}
         )

@@ -163,9 +163,9 @@ def test_every_title_is_encoded_and_finds_its_product(stack_env, first_run):
     searcher = SearchClient(settings, encoder=LocalEncoder(settings, s3_client=s3))
     for item_id in summary.clean_item_ids[:3]:
         title = client.get(index=settings.index_alias, id=item_id)["_source"]["item_name"]
-        hits = searcher.search_text(title, k=5, mode="name")
+        hits = searcher.search_text(title, 5, mode="name")
         assert item_id in {h.item_id for h in hits if h.score >= 0.9999}, (title, hits)
-        assert item_id in {h.item_id for h in searcher.search_text(title, k=5, mode="hybrid")}
+        assert item_id in {h.item_id for h in searcher.search_text(title, 5, mode="hybrid")}
 
 
 def test_the_duplicate_report_lists_the_products_that_share_a_picture(stack_env, first_run):

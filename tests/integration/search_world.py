@@ -1,24 +1,49 @@
 """A small searchable catalogue, indexed directly (no DAG): generated JPEGs in a unique bucket, encoded
-in-process by the tiny model's real handler, loaded with the project's own index functions."""
+in-process by the tiny model's real handler, loaded with the project's own index functions, its model's
+artifact version recorded in the index's `_meta` as the pipeline records it.
+
+`build_world(..., titled=True)` is the search tests' one shared catalogue (the `search_world` fixture):
+shape products (colour x shape, two product types, two brands) plus products whose titles carry words no
+picture of a shape can carry, two listings of one photo under two image ids, and two that share an image id.
+"""
 
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 from PIL import Image, ImageDraw
 
-from catalogue_search import index
+from catalogue_search import endpoints, index, search
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
-from catalogue_search.settings import Settings
+from catalogue_search.model_artifact import build_model_artifact, read_artifact_version, upload_model_artifact
+from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import testenv
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 COLOURS = ["red", "blue", "green", "orange", "purple", "black", "teal", "gold"]
 SHAPES = ["ellipse", "rectangle"]
+# item_id -> (title, colour, shape, image id)
+TITLED = {
+    "B0ZEBRA001": ("Striped zebra plush toy ZX-200", "black", "rectangle", "imgZEBRA"),
+    "B0KETTLE02": ("Stainless steel kettle 1.7 litre", "grey", "ellipse", "imgKETTLE"),
+    "B0LAMP0003": ("Bedside lamp with linen shade", "yellow", "ellipse", "imgLAMP"),
+    "B0MUG00004": ("Crème brûlée ramekin set", "white", "rectangle", "imgMUG"),
+    "B0RED00005": ("Red ball", "red", "ellipse", "imgRED"),
+    "B0BLUE0006": ("Blue box", "blue", "rectangle", "imgBLUE"),
+    "B0GREEN007": ("Green leaf", "green", "ellipse", "imgGREEN"),
+    # Two listings of one product photo under two image ids (identical bytes): near-identical vectors.
+    "B0TWIN0008": ("Fireman figure", "orange", "ellipse", "imgTWIN1"),
+    "B0TWIN0009": ("Fireman figure", "orange", "ellipse", "imgTWIN2"),
+    # Two colour variants that share one main image id.
+    "B0SHARE010": ("Rain boots, size 38", "purple", "rectangle", "imgSHARED"),
+    "B0SHARE011": ("Rain boots, size 40", "purple", "rectangle", "imgSHARED"),
+}
+TEST_IMAGE_URI = "pytorch-inference:2.6-cpu-py312"
 
 
 def jpeg(colour: str, shape: str, size: int = 96, inset: int = 12) -> bytes:
@@ -38,6 +63,10 @@ class Product:
     brand: str
     path: str
     image: bytes
+    image_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.image_id = self.image_id or f"img-{self.item_id}"
 
 
 @dataclass
@@ -47,9 +76,14 @@ class World:
     index_name: str
     artifact: Path
     s3: object = field(repr=False, default=None)
+    artifact_version: str = ""
 
     def product(self, item_id: str) -> Product:
         return next(p for p in self.products if p.item_id == item_id)
+
+    def searcher(self, settings: Settings | None = None) -> search.SearchClient:
+        """A search client on this world (or `settings`) that encodes with the world's artifact in-process."""
+        return search.SearchClient(settings or self.settings, encoder=search.LocalEncoder(self.settings, self.s3))
 
     def cleanup(self) -> None:
         client = index.make_client(self.settings.opensearch_url)
@@ -79,8 +113,24 @@ def make_products(n: int) -> list[Product]:
     return out
 
 
+def titled_products() -> list[Product]:
+    return [
+        Product(
+            item_id, title, "THINGS", "Shapes", f"{image_id[-4:].lower()}/{image_id}.jpg", jpeg(colour, shape), image_id
+        )
+        for item_id, (title, colour, shape, image_id) in TITLED.items()
+    ]
+
+
 def build_world(
-    moto_url: str, opensearch_url: str, tmp_dir: Path, n: int = 16, model_cache_dir: str | None = None
+    moto_url: str,
+    opensearch_url: str,
+    tmp_dir: Path,
+    n: int = 16,
+    model_cache_dir: str | None = None,
+    *,
+    titled: bool = False,
+    artifact: Path | None = None,
 ) -> World:
     token = testenv.unique_name_part()  # the session's token: its end-of-session sweep finds what a crash leaves
     settings = Settings.from_env(
@@ -95,10 +145,12 @@ def build_world(
     )
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     s3.create_bucket(Bucket=settings.bucket)
-    artifact = tmp_dir / "model.tar.gz"
-    build_model_artifact(artifact, "tiny-clip", "", TINY)
+    if artifact is None:
+        artifact = tmp_dir / "model.tar.gz"
+        build_model_artifact(artifact, "tiny-clip", "", TINY)
     upload_model_artifact(settings, s3, artifact)
-    products = make_products(n)
+    version = read_artifact_version(s3, settings.artifact_uri)
+    products = make_products(n) + (titled_products() if titled else [])
     for p in products:
         s3.put_object(
             Bucket=settings.bucket, Key=settings.images_prefix + p.path, Body=p.image, ContentType="image/jpeg"
@@ -110,14 +162,15 @@ def build_world(
     client = index.make_client(opensearch_url)
     name = f"{settings.index_alias}-v1"
     body = index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key=token)
+    body["mappings"]["_meta"]["artifact_version"] = version  # as catalogue_ingest records it
     index.create_index(client, name, body)
     docs = [
         index.document(
             {
                 "item_id": p.item_id,
                 "item_name": p.item_name,
-                "image_id": f"img-{p.item_id}",
-                "main_image_id": f"img-{p.item_id}",
+                "image_id": p.image_id,
+                "main_image_id": p.image_id,
                 "path": p.path,
                 "product_type": p.product_type,
                 "brand": p.brand,
@@ -131,4 +184,25 @@ def build_world(
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)
     index.swap_alias(client, settings.index_alias, name)
-    return World(settings=settings, products=products, index_name=name, artifact=artifact, s3=s3)
+    return World(settings, products, name, artifact, s3, version)
+
+
+@contextmanager
+def deployed(settings: Settings, encode_type: str, model_data_url: str | None = None) -> Iterator[str]:
+    """A serverless endpoint as query_endpoints_deploy makes it (the pipeline's own requests), through the
+    local SageMaker server at settings.sagemaker_endpoint_url; deleted on exit. Yields its name."""
+    version = read_artifact_version(boto3_client("s3", settings), settings.artifact_uri)
+    plan = endpoints.deploy_plan(settings, encode_type, TEST_IMAGE_URI, version)
+    container = plan.model["PrimaryContainer"]
+    container["ModelDataUrl"] = model_data_url or container["ModelDataUrl"]
+    plan.model["ExecutionRoleArn"] = settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/r"
+    sm = boto3_client("sagemaker", settings)
+    sm.create_model(**plan.model)
+    sm.create_endpoint_config(**plan.endpoint_config)
+    sm.create_endpoint(**plan.endpoint)
+    try:
+        yield plan.endpoint_name
+    finally:
+        sm.delete_endpoint(EndpointName=plan.endpoint_name)
+        sm.delete_endpoint_config(EndpointConfigName=plan.endpoint_config["EndpointConfigName"])
+        sm.delete_model(ModelName=plan.model["ModelName"])

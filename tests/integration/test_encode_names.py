@@ -92,8 +92,8 @@ def test_titles_are_encoded_by_the_text_model_in_chunks_and_loaded(stack, s3, sa
     # A word of a title that no picture carries finds its product through the loaded index.
     ingest.publish(settings, s3, client, plan)
     searcher = SearchClient(settings, client=client, encoder=LocalEncoder(settings, s3_client=s3, cache_dir=cache))
-    assert searcher.search_text("zx004", k=3, mode="hybrid")[0].item_id == "B0004"
-    assert searcher.search_text(TITLES[5], k=1, mode="name")[0].item_id == "B0005"
+    assert searcher.search_text("zx004", 3, mode="hybrid")[0].item_id == "B0004"
+    assert searcher.search_text(TITLES[5], 1, mode="name")[0].item_id == "B0005"
 
 
 def test_a_second_run_encodes_no_title_again_and_a_new_title_only(stack, s3, sagemaker_client):

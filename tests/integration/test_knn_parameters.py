@@ -79,7 +79,7 @@ def test_search_asks_for_the_candidate_count_and_returns_the_page(loaded):
     settings, client, _, vectors = loaded
     recording = Recording(client)
     searcher = search.SearchClient(settings, client=recording, encoder=object())
-    hits = searcher.search_vector(vectors[3].tolist(), k=5)
+    hits = searcher.search_vector(vectors[3].tolist(), 5)
     knn = recording.bodies[-1]["query"]["knn"][index.VECTOR_FIELD]
     assert knn["k"] == settings.knn_candidates > 5
     assert recording.bodies[-1]["size"] == 5
@@ -88,11 +88,11 @@ def test_search_asks_for_the_candidate_count_and_returns_the_page(loaded):
 
     # A page deeper than the candidate count asks for the page itself.
     deep = settings.knn_candidates + 10
-    searcher.search_vector(vectors[3].tolist(), k=10, offset=deep - 10)
+    searcher.search_vector(vectors[3].tolist(), search.Page(10, offset=deep - 10))
     assert recording.bodies[-1]["query"]["knn"][index.VECTOR_FIELD]["k"] == deep
 
     # A filtered query keeps the candidate count and the filter.
-    hits = searcher.search_vector(vectors[4].tolist(), k=3, product_type="EVEN")
+    hits = searcher.search_vector(vectors[4].tolist(), 3, filters=search.Filters(product_type="EVEN"))
     knn = recording.bodies[-1]["query"]["knn"][index.VECTOR_FIELD]
     assert knn["k"] == settings.knn_candidates
     assert knn["filter"] == {"bool": {"filter": [{"term": {"product_type": "EVEN"}}]}}

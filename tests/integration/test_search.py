@@ -1,234 +1,165 @@
-"""The search client against the real OpenSearch node, with the tiny model's real handler."""
+"""The search client against the real OpenSearch node and the tiny model's real handler, on the shared
+catalogue (`search_world`): queries, filters, pages, facets, "more like this", and the checks made once,
+where a query enters, before anything reaches the encoder or OpenSearch."""
 
 from __future__ import annotations
 
-import io
-import json
-import uuid
+from collections import Counter
 
-import boto3
+import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from catalogue_search import index, search
-from catalogue_search.contract import VECTOR_ATOL, vectors_close
-from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
-from catalogue_search.settings import Settings, boto3_client
-from catalogue_search_dev import testenv
-
-SHAPES = {
-    "B0RED00001": ("red", "ellipse", "TOY"),
-    "B0BLUE0002": ("blue", "rectangle", "TOY"),
-    "B0GREEN003": ("green", "ellipse", "FOOD"),
-    "B0YELLOW04": ("yellow", "rectangle", "FOOD"),
-    "B0BLACK005": ("black", "ellipse", "TOY"),
-}
+from catalogue_search.search import Filters, Page
+from catalogue_search.search.query import lexical_terms
 
 
-def _jpeg(colour: str, shape: str, size: int = 96) -> bytes:
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    getattr(draw, shape)((12, 20, size - 12, size - 20), fill=colour)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+def test_an_image_query_finds_its_own_picture_first(search_world, searcher):
+    for p in search_world.products:
+        hits = searcher.search_image(p.image, 3)
+        first = search_world.product(hits[0].item_id)
+        assert first.image == p.image, (p.item_id, hits)  # itself, or a listing of the very same photo
+        assert hits[0].rank == 1 and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].image_path == first.path
 
 
-@pytest.fixture(scope="module")
-def world(tiny_artifact, moto_url, sagemaker_url, opensearch_url):
-    """A tiny-model artifact in moto S3 and a five-product index behind an alias."""
-    token = testenv.unique_name_part()
-    settings = Settings.from_env(
-        aws_endpoint_url=moto_url,
-        sagemaker_endpoint_url=sagemaker_url,
-        opensearch_url=opensearch_url,
-        bucket=f"search-{token}",
-        index_alias=f"search-{token}",
-        model_name="tiny-clip",
-        model_pretrained="",
-    )
-    s3 = boto3.client("s3", **settings.boto3_kwargs())
-    s3.create_bucket(Bucket=settings.bucket)
-    upload_model_artifact(settings, s3, tiny_artifact)
-    images = {item: _jpeg(c, shape) for item, (c, shape, _) in SHAPES.items()}
-    handler = load_handler_from_artifact(settings.artifact_uri, "IMAGE", s3_client=s3)
-    vectors = handler.encode_images(list(images.values()))
-    client = index.make_client(opensearch_url)
-    name = f"{settings.index_alias}-v1"
-    body = index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key="t")
-    index.create_index(client, name, body)
-    docs = []
-    for (item_id, (colour, shape, kind)), vec in zip(SHAPES.items(), vectors):
-        product = {
-            "item_id": item_id,
-            "item_name": f"a {colour} {shape}",
-            "image_id": f"img{item_id}",
-            "main_image_id": f"img{item_id}",
-            "path": f"{item_id[:2].lower()}/{item_id}.jpg",
-            "product_type": kind,
-            "brand": "Shapes",
-        }
-        docs.append(index.document(product, vec.tolist(), settings.model_name))
-    index.bulk_load(client, name, docs, total=len(docs))
-    index.finish_loading(client, name, 0)
-    index.swap_alias(client, settings.index_alias, name)
-    yield settings, s3, images
-    client.indices.delete(index=name, ignore_unavailable=True)
+def test_text_and_image_queries_search_the_same_index(search_world, searcher):
+    every = searcher.search_text("a red ellipse", len(search_world.products))
+    assert sorted(h.item_id for h in every) == sorted(p.item_id for p in search_world.products)
+    assert [h.rank for h in every] == list(range(1, len(every) + 1))
+    assert all(set(h.as_dict()) >= {"item_id", "item_name", "image_path", "score", "similarity"} for h in every)
+    assert all(index.VECTOR_FIELD not in h.as_dict() for h in every)
 
 
-@pytest.fixture(scope="module")
-def local_client(world):
-    settings, s3, _ = world
-    return search.SearchClient(settings, encoder=search.LocalEncoder(settings, s3_client=s3))
+@pytest.mark.parametrize("spelling", ["FOOD", "food", "Food", " food "])
+def test_filters_match_whatever_the_case(search_world, searcher, spelling):
+    food = [p for p in search_world.products if p.product_type == "FOOD"]
+    hits = searcher.search_image(food[0].image, len(search_world.products), filters=Filters(product_type=spelling))
+    assert sorted(h.item_id for h in hits) == sorted(p.item_id for p in food)
+    both = searcher.search_image(food[0].image, 20, filters=Filters(product_type=spelling, brand="roundish"))
+    assert both and {(h.product_type, h.brand) for h in both} == {("FOOD", "Roundish")}
 
 
-def test_image_query_returns_the_products_own_image_first(world, local_client):
-    _, _, images = world
-    for item_id, data in images.items():
-        hits = local_client.search_image(data, k=3)
-        assert hits[0].item_id == item_id
-        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
-        assert hits[0].rank == 1 and hits[0].image_path.endswith(f"{item_id}.jpg")
-
-
-def test_text_and_image_queries_hit_the_same_index(local_client):
-    text_hits = local_client.search_text("a red ellipse", k=5)
-    assert {h.item_id for h in text_hits} == set(SHAPES)
-    assert all(set(h.as_dict()) >= {"item_id", "item_name", "image_path", "score"} for h in text_hits)
-    assert all("embedding" not in h.as_dict() for h in text_hits)
-
-
-def test_filters_and_paging(world, local_client):
-    _, _, images = world
-    food = local_client.search_image(images["B0RED00001"], k=5, product_type="FOOD")
-    assert {h.item_id for h in food} == {"B0GREEN003", "B0YELLOW04"}
-    first = local_client.search_image(images["B0RED00001"], k=2)
-    second = local_client.search_image(images["B0RED00001"], k=2, offset=2)
+def test_pages_follow_each_other(search_world, searcher):
+    image = search_world.products[0].image
+    first = searcher.search_image(image, Page(2))
+    second = searcher.search_image(image, Page(2, offset=2))
     assert [h.rank for h in second] == [3, 4]
     assert not {h.item_id for h in first} & {h.item_id for h in second}
+    assert [h.item_id for h in first + second] == [h.item_id for h in searcher.search_image(image, 4)]
 
 
-def test_clear_errors_for_bad_queries(world, local_client):
-    settings, s3, _ = world
-    with pytest.raises(search.EmptyQueryError):
-        local_client.search_text("   ")
-    with pytest.raises(search.UnreadableImageError):
-        local_client.search_image(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    with pytest.raises(search.UnreadableImageError):
-        local_client.search_image(b"")
-    missing = search.SearchClient(
-        settings.replace(index_alias="no-such-alias"), encoder=search.LocalEncoder(settings, s3_client=s3)
+def test_facets_count_the_values_present(search_world, searcher):
+    facets = searcher.facets()
+    assert {(v.value, v.count) for v in facets["product_type"]} == set(
+        Counter(p.product_type for p in search_world.products).items()
     )
+    assert {(v.value, v.count) for v in facets["brand"]} == set(Counter(p.brand for p in search_world.products).items())
+    # A facet counts what the *other* filters leave: product types among one brand.
+    narrowed = searcher.facets(Filters(brand="roundish"))
+    want = Counter(p.product_type for p in search_world.products if p.brand == "Roundish")
+    assert {(v.value, v.count) for v in narrowed["product_type"]} == set(want.items())
+
+
+def test_more_like_this_uses_the_stored_vector_and_leaves_the_product_out(search_world, searcher):
+    target = search_world.products[3]
+    by_image = searcher.search_image(target.image, 6)
+    assert by_image[0].item_id == target.item_id and by_image[0].similarity == pytest.approx(1.0, abs=1e-4)
+    similar = searcher.more_like_this(target.item_id, 5)
+    assert [h.item_id for h in similar] == [h.item_id for h in by_image[1:6]]
+    assert [h.rank for h in similar] == [1, 2, 3, 4, 5]
+    page2 = searcher.more_like_this(target.item_id, Page(3, offset=3), filters=Filters(brand="SHAPES INC"))
+    assert page2 and all(h.brand == "Shapes Inc" and h.item_id != target.item_id for h in page2)
+    with pytest.raises(search.ProductNotFoundError):
+        searcher.more_like_this("B0NOSUCHTHING")
+
+
+def test_similarity_is_the_cosine_of_the_vectors(search_world, searcher):
+    hits = searcher.search_image(search_world.products[0].image, 3)
+    vec = {h.item_id: np.array(searcher.product_vector(h.item_id)) for h in hits}
+    base = vec[hits[0].item_id]
+    for h in hits:
+        cos = float(base @ vec[h.item_id] / np.linalg.norm(base) / np.linalg.norm(vec[h.item_id]))
+        assert h.similarity == pytest.approx(cos, abs=1e-4)
+        assert h.score == pytest.approx((1 + cos) / 2, abs=1e-4)
+
+
+def test_the_alias_result_window_is_checked_before_the_query(search_world, searcher):
+    small = f"{search_world.settings.index_alias}-window"
+    searcher.client.indices.create(index=small, body={"settings": {"index": {"max_result_window": 50}}})
+    try:
+        narrow = search_world.searcher(search_world.settings.replace(index_alias=small))
+        assert narrow.result_limit() == 50
+        assert narrow.fit(Page(40, offset=10)) == Page(40, 10, limit=50)
+        with pytest.raises(search.OutOfRangeError, match="at most 50"):
+            narrow.search_text("a red ellipse", Page(40, offset=20))
+        assert Page(40, 10, limit=50).probe() == Page(40, 10, limit=50)  # no room for the extra hit
+    finally:
+        searcher.client.indices.delete(index=small, ignore_unavailable=True)
+
+
+def test_clear_errors_for_bad_queries(search_world, searcher):
+    with pytest.raises(search.EmptyQueryError):
+        searcher.search_text("   ")
+    with pytest.raises(search.UnreadableImageError, match="could not be read"):
+        searcher.search_image(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    with pytest.raises(search.UnreadableImageError, match="empty"):
+        searcher.search_image(b"")
+    with pytest.raises(search.ImageTooLargeError, match="4,000,000 bytes"):
+        searcher.search_image(b"\xff" * (4_000_000 + 1))
+    missing = search_world.searcher(search_world.settings.replace(index_alias="no-such-alias"))
     with pytest.raises(search.IndexMissingError, match="no-such-alias"):
         missing.search_text("a red ellipse")
 
 
-def _deploy(settings: Settings, encode_type: str, model_data_url: str | None = None) -> str:
-    """Model, serverless config and endpoint, through the local SageMaker server (moto: InService at once)."""
-    sm = boto3_client("sagemaker", settings)
-    name = settings.endpoint_name(encode_type)
-    sm.create_model(
-        ModelName=name,
-        ExecutionRoleArn=settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/r",
-        PrimaryContainer={
-            "Image": "pytorch-inference:2.6-cpu-py312",
-            "ModelDataUrl": model_data_url or settings.artifact_uri,
-            "Environment": {"ENCODE_TYPE": encode_type},
-        },
-    )
-    sm.create_endpoint_config(
-        EndpointConfigName=f"{name}-cfg",
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name,
-                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 1},
-            }
-        ],
-    )
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
-    return name
-
-
-@pytest.fixture(scope="module")
-def endpoint_settings(world):
-    """The world's settings with CATSEARCH_QUERY_ENCODER=endpoint and both endpoints deployed."""
-    settings, _, _ = world
-    settings = settings.replace(endpoint_prefix=f"e{settings.bucket[-6:]}", query_encoder="endpoint")
-    names = [_deploy(settings, encode_type) for encode_type in (search.TEXT, search.IMAGE)]
-    yield settings
-    sm = boto3_client("sagemaker", settings)
-    for name in names:
-        sm.delete_endpoint(EndpointName=name)
-        sm.delete_endpoint_config(EndpointConfigName=f"{name}-cfg")
-        sm.delete_model(ModelName=name)
-
-
-def assert_same_hits(a, b) -> None:
-    """The same products in the same order; scores from two encoder processes agree within the contract."""
-    assert [h.item_id for h in a] == [h.item_id for h in b]
-    assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=VECTOR_ATOL)
-
-
-def test_endpoint_encoder_gives_the_same_vectors_as_the_local_one(world, endpoint_settings):
-    """Through boto3's sagemaker-runtime and the local SageMaker server: a JSON text and a binary JPEG."""
-    settings, s3, images = world
-    remote = search.EndpointEncoder(endpoint_settings)
-    local = search.LocalEncoder(settings, s3_client=s3)
-    query = json.dumps({"inputs": ["a blue rectangle"]}).encode()
-    assert vectors_close(
-        remote.encode(search.TEXT, query, "application/json"), local.encode(search.TEXT, query, "application/json")
-    )
-    for data in list(images.values())[:2]:
-        assert vectors_close(
-            remote.encode(search.IMAGE, data, "application/x-image"),
-            local.encode(search.IMAGE, data, "application/x-image"),
-        )
-
-
-def test_search_with_the_endpoint_encoder_matches_the_local_encoder(world, endpoint_settings, local_client):
-    """CATSEARCH_QUERY_ENCODER=endpoint end to end: make_encoder picks the runtime, hits equal the local ones."""
-    _, _, images = world
-    remote = search.SearchClient(endpoint_settings)
-    assert isinstance(remote.encoder, search.EndpointEncoder)
-    assert_same_hits(remote.search_text("a red ellipse", k=5), local_client.search_text("a red ellipse", k=5))
-    for item_id, data in images.items():
-        hits = remote.search_image(data, k=3)
-        assert hits[0].item_id == item_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
-        assert_same_hits(hits, local_client.search_image(data, k=3))
-    with pytest.raises(search.UnreadableImageError, match="could not be read"):
-        remote.search_image(b"\xff\xd8\xff\xe0 this is not a jpeg")
-
-
-def test_endpoint_encoder_rejects_a_wrong_shaped_response(world, tmp_path, make_handler_artifact):
-    settings, s3, _ = world
-    settings = settings.replace(endpoint_prefix=f"w{settings.bucket[-6:]}")
-    wrong = """
-    import json
-
-    def load_model(model_dir, env):
-        return None
-
-    def encode(model, payload, content_type, accept):
-        return json.dumps({"predictions": [0.1, 0.2]}).encode(), "application/json"
-    """
-    key = f"models/wrong-{uuid.uuid4().hex[:6]}/model.tar.gz"
-    s3.upload_file(str(make_handler_artifact(tmp_path / "model.tar.gz", wrong)), settings.bucket, key)
-    name = _deploy(settings, search.TEXT, f"s3://{settings.bucket}/{key}")
+def test_an_index_that_records_no_model_version_is_refused(search_world, searcher):
+    """The client compares the query encoder's artifact version with the index's, always: an index with
+    none recorded cannot be checked, so no query is encoded for it."""
+    old = f"{search_world.settings.index_alias}-unversioned"
+    body = index.index_body(search_world.settings, alias=old, dimension=32, run_key="r")
+    assert "artifact_version" not in body["mappings"]["_meta"]
+    searcher.client.indices.create(index=old, body=body)
     try:
-        encoder = search.EndpointEncoder(settings)
-        with pytest.raises(search.EncoderResponseError, match=name):
-            encoder.encode(search.TEXT, json.dumps({"inputs": ["probe"]}).encode(), "application/json")
+        unversioned = search_world.searcher(search_world.settings.replace(index_alias=old))
+        with pytest.raises(search.ModelVersionMismatchError, match="records no model artifact version"):
+            unversioned.search_text("a red ellipse")
     finally:
-        sm = boto3_client("sagemaker", settings)
-        sm.delete_endpoint(EndpointName=name)
-        sm.delete_endpoint_config(EndpointConfigName=f"{name}-cfg")
-        sm.delete_model(ModelName=name)
+        searcher.client.indices.delete(index=old, ignore_unavailable=True)
 
 
-def test_endpoint_not_deployed_is_a_clear_error(world):
-    settings, _, _ = world
-    settings = settings.replace(endpoint_prefix="never-deployed")
-    with pytest.raises(search.EndpointNotDeployedError, match="query_endpoints_deploy"):
-        search.EndpointEncoder(settings).encode(search.TEXT, b'{"inputs": ["x"]}', "application/json")
+def _distinct_words(n: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return " ".join(letters[i // 26] + letters[i % 26] for i in range(n))
+
+
+def test_a_hybrid_query_at_the_word_limit_is_answered_and_one_word_more_is_refused(searcher):
+    """The limit is under the engine's own (1,024 clauses): the longest query it lets through is answered."""
+    longest = _distinct_words(search.MAX_LEXICAL_TERMS)
+    assert len(longest) <= search.MAX_QUERY_CHARS
+    assert searcher.search_text(longest, 3, mode="hybrid")
+    assert searcher.search_lexical(longest, 3) is not None
+    with pytest.raises(search.QueryTooLongError, match=f"at most {search.MAX_LEXICAL_TERMS}"):
+        searcher.search_text(_distinct_words(search.MAX_LEXICAL_TERMS + 1), 3, mode="hybrid")
+    # The vector modes send no words to OpenSearch: the same text is fine there.
+    assert searcher.search_text(_distinct_words(search.MAX_LEXICAL_TERMS + 1), 3, mode="name")
+    with pytest.raises(search.QueryTooLongError, match="10,000 characters"):
+        searcher.search_text("x" * 10_000, 3, mode="hybrid")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Stainless steel kettle 1.7 litre",
+        "WH-1000XM4 zx200 ZX 200 don't o'neil e-mail a_b",
+        "日本語のテキストとカタカナ 한국어 텍스트",
+        "नमस्ते दुनिया, crème brûlée",
+        "emoji 😀 🎉👍🏽 ©™ ½ ① and symbols ★",
+        "ไทยภาษา ελληνικά русский العربية",
+    ],
+)
+def test_the_word_count_never_undercounts_the_title_analyzer(search_world, searcher, text):
+    """`lexical_terms` is the bound the hybrid limit relies on: at least the node's own token count."""
+    got = searcher.client.indices.analyze(
+        index=search_world.index_name, body={"analyzer": index.TITLE_ANALYZER, "text": text}
+    )
+    assert lexical_terms(text) >= len(got["tokens"]), got["tokens"]

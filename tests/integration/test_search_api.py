@@ -1,31 +1,32 @@
 """The search page's API inside the real Airflow API app (plugins loaded from plugins/, Airflow's auth
-manager), against the real OpenSearch node and moto, with the tiny model."""
+manager), against the real OpenSearch node and moto, with the tiny model, on the shared catalogue."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from search_world import build_world
+from search_world import deployed
 
 from catalogue_search import search
-from catalogue_search.settings import boto3_client
 from catalogue_search_dev import testenv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, moto_url, opensearch_url):
-    w = build_world(moto_url, opensearch_url, tmp_path_factory.mktemp("api-world"), n=14)
-    yield w
-    w.cleanup()
+def world(search_world):
+    return search_world
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_search_modes_and_folding_through_the_api(http, world):
 
 
 def test_image_upload_finds_its_product_first_and_pages(http, world):
-    target = world.products[5]
+    target, total = world.products[5], len(world.products)
     got = http.post(
         "/catalogue-search/api/search/image",
         params={"k": 4},
@@ -151,18 +152,19 @@ def test_image_upload_finds_its_product_first_and_pages(http, world):
     assert first["hits"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
     last = http.post(
         "/catalogue-search/api/search/image",
-        params={"k": 4, "offset": 12},
+        params={"k": 4, "offset": total - 2},
         files={"image": ("photo.jpg", target.image, "image/jpeg")},
     ).json()
-    assert [h["rank"] for h in last["hits"]] == [13, 14] and last["next_offset"] is None
-    assert last["prev_offset"] == 8
+    assert [h["rank"] for h in last["hits"]] == [total - 1, total] and last["next_offset"] is None
+    assert last["prev_offset"] == total - 6
 
 
 def test_filters_facets_and_more_like_this(http, world):
     facets = http.get("/catalogue-search/api/facets").json()
     types = {f["value"]: f["count"] for f in facets["product_type"]}
-    assert types == {t: sum(p.product_type == t for p in world.products) for t in ("TOY", "FOOD")}
-    food = http.get("/catalogue-search/api/search", params={"q": "a shape", "product_type": "food", "k": 14}).json()
+    assert types == Counter(p.product_type for p in world.products)
+    k = len(world.products)
+    food = http.get("/catalogue-search/api/search", params={"q": "a shape", "product_type": "food", "k": k}).json()
     assert {h["product_type"] for h in food["hits"]} == {"FOOD"} and len(food["hits"]) == types["FOOD"]
     target = world.products[0]
     similar = http.get(f"/catalogue-search/api/products/{target.item_id}/similar", params={"k": 3}).json()
@@ -187,6 +189,14 @@ def test_filters_facets_and_more_like_this(http, world):
         ),
         ("POST", "/api/search/image", {"files": {"image": ("x.jpg", b"", "image/jpeg")}}, 400, "unreadable_image"),
         ("GET", "/api/products/B0NOSUCH/similar", {}, 404, "product_not_found"),
+        ("GET", "/api/search", {"params": {"q": "red " * 2499 + "ball", "mode": "hybrid"}}, 400, "query_too_long"),
+        (
+            "POST",
+            "/api/search/image",
+            {"files": {"image": ("x.jpg", b"\xff" * 4_000_001, "image/jpeg")}},
+            400,
+            "image_too_large",
+        ),
     ],
 )
 def test_errors_are_json_with_a_status(http, method, path, kwargs, status, code):
@@ -194,6 +204,86 @@ def test_errors_are_json_with_a_status(http, method, path, kwargs, status, code)
     assert got.status_code == status, got.text
     body = got.json()
     assert body["error"] == code and body["detail"] and "\n" not in body["detail"]
+    assert "Error" not in body["detail"] and "opensearch" not in body["detail"].lower()
+
+
+def test_a_10000_character_hybrid_query_is_refused_before_opensearch(http):
+    """The engine would refuse it (maxClauseCount is 1024); the API says why in plain words instead."""
+    got = http.get("/catalogue-search/api/search", params={"q": "red " * 2499 + "ball", "mode": "hybrid"})
+    assert got.status_code == 400
+    assert got.json() == {
+        "error": "query_too_long",
+        "detail": "the text query is 10,000 characters long; a query may have at most 1,000",
+    }
+
+
+def _jpeg_of_size(image: bytes, size: int) -> bytes:
+    """A JPEG that decodes to `image`'s picture, padded after its end marker to exactly `size` bytes."""
+    assert image.endswith(b"\xff\xd9")
+    return image + b"\0" * (size - len(image))
+
+
+def test_the_upload_cap_is_the_serverless_endpoints_4_mb(http, world, airflow_app):
+    """4,000,000 bytes are searched; one byte more is a 400 before any encoder is called: with the endpoint
+    encoder and no endpoint deployed, the answer is still the size, not the missing endpoint."""
+    target = world.products[2]
+    at_cap = _jpeg_of_size(target.image, 4_000_000)
+    got = http.post("/catalogue-search/api/search/image", params={"k": 1}, files={"image": ("a.jpg", at_cap)})
+    assert got.status_code == 200, got.text
+    assert got.json()["hits"][0]["item_id"] == target.item_id
+    from catalogue_search_web.app import Warm
+
+    plugin_app, saved = airflow_app[1], airflow_app[1].state.warm
+    try:
+        plugin_app.state.warm = Warm(world.settings.replace(query_encoder="endpoint", endpoint_prefix="never-x1"))
+        over = io.BytesIO(at_cap + b"\0")
+        got = http.post("/catalogue-search/api/search/image", files={"image": ("a.jpg", over, "image/jpeg")})
+        assert got.status_code == 400 and got.json()["error"] == "image_too_large", got.text
+        assert "4,000,000 bytes" in got.json()["detail"]
+    finally:
+        plugin_app.state.warm = saved
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unexpected_error_is_a_plain_sentence_with_an_id_that_is_in_the_log(airflow_app, tokens, world, caplog):
+    """The image route's S3 client cannot connect: botocore's error names the bucket and the URL. The answer
+    carries none of it; the log has it, with the traceback, under the answer's error id."""
+    import boto3
+    from fastapi.testclient import TestClient
+
+    from catalogue_search_web.app import Warm
+
+    plugin_app, saved = airflow_app[1], airflow_app[1].state.warm
+    dead_s3 = boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{_closed_port()}", region_name="us-east-1", config=_no_retries()
+    )
+    client = TestClient(airflow_app[0], base_url="http://127.0.0.1", raise_server_exceptions=False)
+    client.cookies.set("_token", tokens["viewer"])
+    try:
+        plugin_app.state.warm = Warm(world.settings, s3=dead_s3)
+        with caplog.at_level(logging.WARNING, logger="catalogue_search_web.app"):
+            got = client.get(f"/catalogue-search/images/{world.products[0].path}")
+    finally:
+        plugin_app.state.warm = saved
+    assert got.status_code == 500
+    body = got.json()
+    assert set(body) == {"error", "detail", "error_id"} and body["error"] == "internal_error"
+    assert body["detail"] == search.INTERNAL_ERROR
+    for secret in (world.settings.bucket, "127.0.0.1", "EndpointConnectionError", "Could not connect"):
+        assert secret not in got.text
+    logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
+    assert logged and world.settings.bucket in logged[0].getMessage() and logged[0].exc_info
+
+
+def _no_retries():
+    from botocore.config import Config
+
+    return Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2)
 
 
 def test_missing_alias_and_undeployed_endpoint(airflow_app, http, world):
@@ -202,16 +292,17 @@ def test_missing_alias_and_undeployed_endpoint(airflow_app, http, world):
     plugin_app = airflow_app[1]
     saved = plugin_app.state.warm
     try:
-        plugin_app.state.warm = Warm(world.settings.replace(index_alias=f"missing-{uuid.uuid4().hex[:6]}"))
+        missing = f"missing-{uuid.uuid4().hex[:6]}"
+        plugin_app.state.warm = Warm(world.settings.replace(index_alias=missing))
         got = http.get("/catalogue-search/api/search", params={"q": "x"})
         assert got.status_code == 503 and got.json()["error"] == "index_missing"
-        assert "catalogue_ingest" in got.json()["detail"]
-        plugin_app.state.warm = Warm(
-            world.settings.replace(query_encoder="endpoint", endpoint_prefix=f"never-{uuid.uuid4().hex[:6]}")
-        )
+        assert "catalogue_ingest" in got.json()["detail"] and got.json()["error_id"]
+        assert missing not in got.text and world.settings.opensearch_url not in got.text
+        prefix = f"never-{uuid.uuid4().hex[:6]}"
+        plugin_app.state.warm = Warm(world.settings.replace(query_encoder="endpoint", endpoint_prefix=prefix))
         got = http.get("/catalogue-search/api/search", params={"q": "x"})
         assert got.status_code == 503 and got.json()["error"] == "endpoint_not_deployed"
-        assert "query_endpoints_deploy" in got.json()["detail"]
+        assert "query_endpoints_deploy" in got.json()["detail"] and prefix not in got.text
     finally:
         plugin_app.state.warm = saved
 
@@ -236,41 +327,12 @@ def test_the_encoder_is_loaded_once_and_shared(airflow_app, http):
     assert warm.client.encoder is encoder and encoder._handlers["TEXT"] is handler
 
 
-def _deploy_text_endpoint(settings) -> str:
-    """Model, serverless config and endpoint through the local SageMaker server, which answers with the handler."""
-    sm = boto3_client("sagemaker", settings)
-    name = settings.endpoint_name(search.TEXT)
-    sm.create_model(
-        ModelName=name,
-        ExecutionRoleArn=settings.sagemaker_role_arn or "arn:aws:iam::123456789012:role/r",
-        PrimaryContainer={
-            "Image": "pytorch-inference:2.6-cpu-py312",
-            "ModelDataUrl": settings.artifact_uri,
-            "Environment": {"ENCODE_TYPE": search.TEXT},
-        },
-    )
-    sm.create_endpoint_config(
-        EndpointConfigName=f"{name}-cfg",
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name,
-                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 1},
-            }
-        ],
-    )
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
-    return name
-
-
-def test_endpoint_encoder_api_server_imports_no_torch(world, tmp_path):
+def test_endpoint_encoder_api_server_imports_no_torch(world, sagemaker_url, searcher):
     """The plugin module, imported as Airflow does, answers a text query through the endpoint encoder
     (the local SageMaker server's runtime) in a fresh interpreter that never imports torch."""
-    settings = world.settings.replace(endpoint_prefix=testenv.unique_name_part())
-    name = _deploy_text_endpoint(settings)
+    settings = world.settings.replace(sagemaker_endpoint_url=sagemaker_url, endpoint_prefix=testenv.unique_name_part())
     query = "a blue rectangle"
-    local = search.SearchClient(settings, encoder=search.LocalEncoder(settings, s3_client=world.s3))
-    expected = [h.item_id for h in local.search_text(query, 3)]
+    expected = [h.item_id for h in searcher.search_text(query, 3)]
     script = textwrap.dedent(
         """
         import importlib.util, json, sys
@@ -298,8 +360,9 @@ def test_endpoint_encoder_api_server_imports_no_torch(world, tmp_path):
         "CATSEARCH_INDEX_ALIAS": settings.index_alias,
         "CATSEARCH_MODEL_NAME": settings.model_name,
         "CATSEARCH_ENDPOINT_PREFIX": settings.endpoint_prefix,
+        "CATSEARCH_SAGEMAKER_ENDPOINT_URL": settings.sagemaker_endpoint_url,
     }
-    try:
+    with deployed(settings, search.TEXT):
         proc = subprocess.run(
             [sys.executable, "-c", script, str(REPO / "plugins" / "catalogue_search_page.py"), query],
             env=env,
@@ -307,11 +370,6 @@ def test_endpoint_encoder_api_server_imports_no_torch(world, tmp_path):
             text=True,
             timeout=300,
         )
-    finally:
-        sm = boto3_client("sagemaker", settings)
-        sm.delete_endpoint(EndpointName=name)
-        sm.delete_endpoint_config(EndpointConfigName=f"{name}-cfg")
-        sm.delete_model(ModelName=name)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 200, result

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from catalogue_search import duplicates, index, search
+from catalogue_search.search.ranking import Candidate
 from catalogue_search.settings import Settings
 
 
@@ -41,7 +42,7 @@ def test_fusion_rejects_bad_options(kwargs):
 
 
 def _cand(item_id, vec, image_id=None):
-    return search._Candidate(1.0, {"item_id": item_id, "image_id": image_id or item_id, index.VECTOR_FIELD: vec})
+    return Candidate(1.0, {"item_id": item_id, "image_id": image_id or item_id, index.VECTOR_FIELD: vec})
 
 
 def test_fold_candidates_by_image_id_and_by_cosine():

@@ -30,6 +30,7 @@ class Encoded:
     products: list[dict[str, Any]]
     images: np.ndarray  # (n, d) image vectors, rows as products
     names: np.ndarray  # (n, d) title vectors
+    artifact_version: str = ""  # of the artifact that encoded them (the index records it, as the pipeline does)
 
 
 def sample_products(layout: Path, language_tag: str = "en_US") -> list[dict[str, Any]]:
@@ -66,13 +67,15 @@ def encode(
                 except Exception as exc:
                     log.warning("image of %s could not be encoded, dropped: %s", product["item_id"], exc)
     names = text_handler.encode_texts([p["item_name"] for p in kept])
-    return Encoded(products=kept, images=np.concatenate(rows), names=names)
+    return Encoded(kept, np.concatenate(rows), names, image_handler.artifact_version)
 
 
 def load(client, settings: Settings, name: str, alias: str, encoded: Encoded) -> int:
     """Create index `name` (production mapping), load the products, point `alias` at it."""
     dim = int(encoded.images.shape[1])
-    index.create_index(client, name, index.index_body(settings, alias=alias, dimension=dim, run_key=name))
+    body = index.index_body(settings, alias=alias, dimension=dim, run_key=name)
+    body["mappings"]["_meta"]["artifact_version"] = encoded.artifact_version
+    index.create_index(client, name, body)
     docs = (
         index.document(p, img.tolist(), settings.model_name, name_vector=txt.tolist())
         for p, img, txt in zip(encoded.products, encoded.images, encoded.names)
