@@ -28,13 +28,13 @@ from catalogue_search.search.query import (
     HYBRID_MODE,
     IMAGE_MODE,
     NAME_MODE,
-    SERVERLESS_MAX_PAYLOAD,
     FacetValue,
     Filters,
     Fold,
     Hit,
     Page,
     check_mode,
+    image_limit,
     query_image,
     query_text,
 )
@@ -95,7 +95,7 @@ class SearchClient:
     @property
     def max_image_bytes(self) -> int:
         """The largest query image: the setting, within what a serverless endpoint accepts."""
-        return min(self.settings.max_query_image_bytes, SERVERLESS_MAX_PAYLOAD)
+        return image_limit(self.settings.max_query_image_bytes)
 
     # --- checks, each made once per query ---------------------------------------------------
     def result_limit(self) -> int:

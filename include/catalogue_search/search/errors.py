@@ -39,68 +39,82 @@ class InputError(SearchError, ValueError):
 
 
 class EmptyQueryError(InputError):
+    """No text, or no product id."""
+
     code = "empty_query"
 
 
 class RejectedQueryError(InputError):
     """The encoder refused the text; its reason goes to the log, not to the API."""
 
-    code = "rejected_query"
-    public = "The query could not be encoded: try other words."
+    code, public = "rejected_query", "The query could not be encoded: try other words."
 
 
 class QueryTooLongError(InputError):
+    """More characters, or (BM25) more words, than a query may have: `query.query_text`."""
+
     code = "query_too_long"
 
 
 class OutOfRangeError(InputError):
-    """k or offset outside what the engine can answer."""
+    """k or offset outside what the engine can answer: `query.Page`."""
 
     code = "out_of_range"
 
 
 class ImageTooLargeError(InputError):
+    """A query image over the cap (`SearchClient.max_image_bytes`), refused before any encoder sees it."""
+
     code = "image_too_large"
 
 
 class UnreadableImageError(InputError):
-    """The encoder could not decode the picture; its reason goes to the log, not to the API."""
+    """An empty image, or one the encoder could not decode; its reason goes to the log, not to the API."""
 
-    code = "unreadable_image"
-    public = "The image could not be read: send a picture file, such as a JPEG or a PNG."
+    code, public = "unreadable_image", "The image could not be read: send a picture file, such as a JPEG or a PNG."
 
 
 class ProductNotFoundError(InputError, LookupError):
+    """ "More like this" for an item id the alias does not hold."""
+
     status, code = 404, "product_not_found"
 
 
 class IndexMissingError(SearchError):
+    """No index behind the alias (OpenSearch's index_not_found_exception)."""
+
     status, code = 503, "index_missing"
     public = "The catalogue has not been indexed yet: run the catalogue_ingest DAG."
 
 
 class EndpointNotDeployedError(SearchError):
+    """The query endpoint does not exist, or is not in service."""
+
     status, code = 503, "endpoint_not_deployed"
     public = "The query encoder is not deployed: trigger the query_endpoints_deploy DAG."
 
 
 class ModelArtifactMissingError(SearchError):
-    status, code = 503, "model_artifact_missing"
-    public = "The query encoder has no model yet: build and upload the model artifact."
+    """The local encoder finds no model.tar.gz at the artifact URI."""
+
+    status, code, public = 503, "model_artifact_missing", "The query encoder has no model yet: build and upload it."
 
 
 class NotConfiguredError(SearchError):
-    status, code = 503, "not_configured"
-    public = "The search is not configured yet: see the server log."
+    """A setting the query path needs is not set (or a `SettingsError`)."""
+
+    status, code, public = 503, "not_configured", "The search is not configured yet: see the server log."
 
 
 class OpenSearchUnavailableError(SearchError):
+    """OpenSearch does not answer (connection refused, timed out)."""
+
     status, code = 503, "opensearch_unreachable"
     public = "The search engine cannot be reached at the moment: try again shortly."
 
 
 class ModelVersionMismatchError(SearchError):
-    """The query encoder's model is not the one that encoded the index's images."""
+    """The query encoder's model is not the one that encoded the index, or the index records none."""
 
     status, code = 409, "model_version_mismatch"
     public = (
@@ -110,11 +124,14 @@ class ModelVersionMismatchError(SearchError):
 
 
 class QueryRefusedError(SearchError):
-    status, code = 502, "query_refused"
-    public = "The search engine refused the query."
+    """OpenSearch answered the query with an error (any other error type than a missing index)."""
+
+    status, code, public = 502, "query_refused", "The search engine refused the query."
 
 
 class EncoderResponseError(SearchError, contract.EncoderResponseError):
+    """The encoder answered something that is not one vector."""
+
     status, code = 502, "encoder_response"
     public = "The query encoder answered something that is not a vector."
 

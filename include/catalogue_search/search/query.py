@@ -189,6 +189,11 @@ def lexical_terms(text: str) -> int:
     return sum(1 for _ in _TERMS.finditer(bare))
 
 
+def image_limit(setting: int) -> int:
+    """The largest query image: the setting, within what a serverless endpoint accepts."""
+    return min(setting, SERVERLESS_MAX_PAYLOAD)
+
+
 def query_image(data: Any, limit: int) -> bytes:
     """The image bytes, or a plain refusal: empty, or over `limit` bytes (before any encoder is called)."""
     if not isinstance(data, (bytes, bytearray)) or not data:
