@@ -43,6 +43,34 @@ def jpeg(seed: int) -> bytes:
     return out.getvalue()
 
 
+class FailOnce:
+    """The S3 client's next GetObject of `key` ends as it would once the client's own retries are spent:
+    S3 answers 503 SlowDown (`throttled`) or the read times out (`timed out`). Injected through botocore's
+    own `before-call` event, so the client raises its real exception; every other call goes to moto."""
+
+    def __init__(self, client, key: str, fault: str) -> None:
+        self.client, self.key, self.fault, self.raised = client, key, fault, 0
+
+    def __enter__(self) -> FailOnce:
+        self.client.meta.events.register("before-call.s3.GetObject", self._call)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.meta.events.unregister("before-call.s3.GetObject", self._call)
+
+    def _call(self, params, **_: object):
+        from botocore.awsrequest import AWSResponse
+        from botocore.exceptions import ReadTimeoutError
+
+        if self.raised or not params["url"].endswith("/" + self.key):
+            return None
+        self.raised += 1
+        if self.fault == "timed out":
+            raise ReadTimeoutError(endpoint_url=params["url"])
+        error = {"Code": "SlowDown", "Message": "Please reduce your request rate."}
+        return AWSResponse(params["url"], 503, {}, None), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 503}}
+
+
 class RequestCounter:
     """Counts the API calls a boto3 client makes (botocore's before-call event)."""
 
@@ -222,6 +250,51 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     fresh = SearchClient(settings, client=client, encoder=LocalEncoder(settings, s3_client=s3, cache_dir=cache))
     with pytest.raises(ModelVersionMismatchError, match=f"encoded with artifact {version}"):
         fresh.search_text("a red flower")
+
+
+@pytest.mark.parametrize(("fault", "recovery"), [("throttled", "retry"), ("timed out", "next run")])
+def test_a_read_that_fails_once_is_indexed_after_the_retry_and_never_recorded_as_a_bad_image(
+    stack, s3, sagemaker_client, fault: str, recovery: str
+):
+    """Issue 20: a passing S3 fault fails the chunk's request (SageMaker retries it, then the task's retries and
+    the next run); only the corrupt image is recorded as failed, and it stays so."""
+    settings, plan, images, client, cache = stack
+    victim = "03/img3.jpg"
+    request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
+    with FailOnce(s3, settings.images_prefix + victim, fault) as failing:
+        first = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
+    assert failing.raised == 1
+    # The victim's chunk failed as a request (SageMaker marks the job Failed too): no `.out`, no error record.
+    assert first.status == "Failed" and len(first.failed) == 1, first.as_dict()
+    assert "FetchError" in first.failed[0][1] and victim in first.failed[0][1]
+    assert victim not in dict(first.record_errors)
+    with pytest.raises(encoding.MissingOutputError):
+        ingest.record_embeddings(settings, s3, plan)
+    version = encoding.read_plan(s3, encoding.Store(settings), plan.prefix).version
+    assert encoding.Catalogue.load(s3, encoding.Store(settings), version).errors == {}  # nothing recorded
+
+    if recovery == "next run":  # the DAG run failed; the next one sends the victim again
+        plan = copy_plan(settings, s3, plan, "run-2")
+        request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
+        assert victim in {
+            i for c in encoding.read_plan(s3, encoding.Store(settings), plan.prefix).chunks for i in c["ids"]
+        }
+    again = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
+    assert again.status == "Completed", again.as_dict()
+    summary = ingest.record_embeddings(settings, s3, plan)
+    assert (summary["encoded"], summary["failed"]) == (N_GOOD, 2)  # the corrupt image and the missing one
+    loaded = ingest.load_index(settings, s3, client, plan)
+    assert loaded["indexed"] == N_GOOD and sorted(loaded["dropped_no_embedding"]) == ["ee/gone.jpg", "ff/corrupt.jpg"]
+    hits = client.search(index=plan.index, body={"query": {"term": {"image_path": victim}}})["hits"]["hits"]
+    assert len(hits) == 1
+
+    # The corrupt image is a permanent failure: the run after sends nothing (its ETag is unchanged).
+    stored = encoding.Catalogue.load(s3, encoding.Store(settings), version)
+    assert set(stored.errors) == {"ee/gone.jpg", "ff/corrupt.jpg"} and victim in stored.encoded
+    assert (
+        ingest.prepare_encoding(settings, s3, sagemaker_client, copy_plan(settings, s3, plan, "run-3"), IMAGE_URI)
+        is None
+    )
 
 
 def test_outputs_written_elsewhere_fail_naming_the_first_missing_key(stack, s3, sagemaker_client):
