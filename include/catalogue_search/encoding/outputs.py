@@ -120,7 +120,7 @@ def record_outputs(s3, store: Store, run_prefix: str, workers: int = 8, logger: 
     report = EncodeReport(artifact_version=plan.version, chunks=len(plan.chunks), requested=plan.total)
     if plan.chunks:
         verify_outputs(s3, store, plan)
-        catalogue = Catalogue.load(s3, store, plan.version)
+        stored = Catalogue.load(s3, store, plan.version)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outputs = pool.map(lambda chunk: read_output(s3, store, chunk["output"]), plan.chunks)
             for chunk, out in zip(plan.chunks, outputs):
@@ -134,10 +134,10 @@ def record_outputs(s3, store: Store, run_prefix: str, workers: int = 8, logger: 
                 failed = {i: r for i, r in out.errors.items() if i in sent}
                 for entry in sorted(sent - set(encoded) - set(failed)):
                     failed[entry] = "no output for this record: the handler answered neither a vector nor an error"
-                catalogue.add(chunk["output"], encoded, plan.etags, failed)
+                stored.add(chunk["output"], encoded, plan.etags, failed)
                 report.encoded += len(encoded)
                 report.errors.update(failed)
-        catalogue.save(s3, store)
+        stored.save(s3, store)
     report_key = store.report_key(run_prefix)
     put_bytes(s3, store.bucket, report_key, json.dumps(report.as_dict(), indent=1).encode(), JSON)
     what = store.target.plural
