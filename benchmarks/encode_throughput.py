@@ -42,8 +42,7 @@ def _runner_rate(handler_dir: Path, images: list[bytes], model: str, batch: int)
 
     import boto3
 
-    from catalogue_search import embedding_store as store
-    from catalogue_search import transform
+    from catalogue_search import encoding, transform
     from catalogue_search_dev.local_transform import run_transform_job
 
     bucket = cm.bench_name("encode")
@@ -60,7 +59,9 @@ def _runner_rate(handler_dir: Path, images: list[bytes], model: str, batch: int)
         chunks = []
         for number, lo in enumerate(range(0, len(paths), s.transform_chunk_size)):
             key = f"chunks/{number:05d}.jsonl"
-            s3.put_object(Bucket=bucket, Key=key, Body=store.chunk_body(s, paths[lo : lo + s.transform_chunk_size]))
+            s3.put_object(
+                Bucket=bucket, Key=key, Body=encoding.image_records(s, paths[lo : lo + s.transform_chunk_size])
+            )
             chunks.append(key.split("/", 1)[1])
         manifest = [{"prefix": f"s3://{bucket}/chunks/"}, *chunks]
         s3.put_object(Bucket=bucket, Key="manifest.json", Body=json.dumps(manifest).encode())

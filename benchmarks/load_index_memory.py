@@ -48,20 +48,20 @@ def write_store(settings, s3, n: int, dim: int, chunk: int) -> None:
     import numpy as np
 
     from catalogue_search import catalogue as cat
-    from catalogue_search import embedding_store as store
-    from catalogue_search import ingest
+    from catalogue_search import encoding, ingest
 
     plan = ingest.RunPlan.for_run(settings, "bench")
     paths = [f"{i % 256:02x}/{i:08d}.jpg" for i in range(n)]
-    out_prefix = store.run_output_prefix(settings, VERSION, plan.prefix)
-    catalogue = store.Catalogue(version=VERSION)
+    store = encoding.Store(settings, encoding.IMAGE)
+    out_prefix = store.output_prefix(VERSION, plan.prefix)
+    catalogue = encoding.Catalogue(version=VERSION)
 
     def put(number: int) -> str:
         ids = paths[number * chunk : (number + 1) * chunk]
         vectors = rng_for(number).standard_normal((len(ids), dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         key = f"{out_prefix}{number:05d}.jsonl.out"
-        s3.put_object(Bucket=settings.bucket, Key=key, Body=store.encode_output(ids, vectors, {}, VERSION))
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=encoding.encode_output(ids, vectors, {}, VERSION))
         return key
 
     def rng_for(number: int):
@@ -72,7 +72,7 @@ def write_store(settings, s3, n: int, dim: int, chunk: int) -> None:
         keys = list(pool.map(put, range(n_chunks)))
     for number, key in enumerate(keys):
         catalogue.add(key, paths[number * chunk : (number + 1) * chunk], {}, {})
-    catalogue.save(s3, settings)
+    catalogue.save(s3, store)
     products = [
         {
             "item_id": f"B{i:09d}",
@@ -86,7 +86,7 @@ def write_store(settings, s3, n: int, dim: int, chunk: int) -> None:
         for i, path in enumerate(paths)
     ]
     s3.put_object(Bucket=settings.bucket, Key=plan.products_key, Body=cat.to_jsonl(products))
-    encode = store.EncodePlan(version=VERSION, output_prefix=out_prefix)
+    encode = encoding.EncodePlan(version=VERSION, output_prefix=out_prefix)
     s3.put_object(Bucket=settings.bucket, Key=store.plan_key(plan.prefix), Body=encode.as_json())
 
 

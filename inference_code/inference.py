@@ -46,8 +46,12 @@ Requests (`Content-Type`):
   container's credentials) or `{"id": ..., "b64": "<base64 image>"}`. Images
   are fetched and decoded by a thread pool while forward passes of
   MAX_BATCH_SIZE run; each record goes through the single-image request path
-  (`input_fn` + `prepare`). A record that cannot be fetched or decoded becomes
-  an error record (id + reason); the chunk never fails for one image.
+  (`input_fn` + `prepare`). A record whose image is missing (NoSuchKey) or
+  cannot be decoded becomes an error record (id + reason); the chunk never fails
+  for one bad image. A read that fails for any other reason (throttling, a
+  timeout, a 5xx, a lost connection, access) is no verdict on the image: it
+  raises `FetchError`, the request fails and is retried whole (SageMaker's
+  InvocationsMaxRetries, then the task's retries and the next run).
   The answer (`Accept: application/x-npz`) is one NumPy `.npz`: `ids`,
   `embeddings` (float32, one row per id), `error_ids`, `errors`, `artifact_version`.
 
@@ -115,6 +119,12 @@ _DATA_URI_RE = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
 class InputError(ValueError):
     """A request this model cannot encode; the message names the problem."""
+
+
+class FetchError(RuntimeError):
+    """A chunk record's object could not be read for a reason that is not the record's own
+    (throttling, a timeout, a 5xx, a lost connection, access): the request fails, so that it
+    is retried whole, and nothing is recorded against the record."""
 
 
 @dataclass
@@ -852,8 +862,16 @@ def _s3(model: ClipModel) -> Any:
         return _default_s3
 
 
+# The one fetch failure that is a verdict on the record: its object does not exist (GET: NoSuchKey, HEAD: 404).
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
 def _record_bytes(record: Mapping[str, Any], model: ClipModel) -> bytes:
-    """The image bytes a chunk record points at (S3 object or inline base64)."""
+    """The image bytes a chunk record points at (S3 object or inline base64).
+
+    A missing object is an `InputError` (an error record); any other failure to
+    read it is a `FetchError`, classified by its error code, never its message.
+    """
     has_uri, has_b64 = "s3_uri" in record, "b64" in record
     if has_uri == has_b64:
         raise InputError('record needs exactly one of "s3_uri" and "b64"')
@@ -867,8 +885,12 @@ def _record_bytes(record: Mapping[str, Any], model: ClipModel) -> bytes:
         response = _s3(model).get_object(Bucket=bucket, Key=key)
         return response["Body"].read()
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        raise InputError(f"image {uri} could not be fetched: {code or type(exc).__name__}: {exc}") from exc
+        code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
+        if code in _MISSING_CODES:
+            raise InputError(f"image {uri} could not be fetched: {code}: {exc}") from exc
+        raise FetchError(
+            f"image {uri} could not be read ({code or type(exc).__name__}: {exc}): the request fails to be retried"
+        ) from exc
 
 
 def _record_pixels(record: Mapping[str, Any], model: ClipModel) -> torch.Tensor:
@@ -918,6 +940,10 @@ def predict_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:
                 if rid in seen:
                     raise InputError("duplicate id in the chunk (encoded once)")
                 pixels = future.result()
+            except FetchError:  # not the image's fault: the whole request fails and is retried
+                for waiting in futures.values():
+                    waiting.cancel()
+                raise
             except Exception as exc:  # one bad image never fails the chunk
                 reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
                 logger.warning("chunk record %s: error record: %s", rid[:200], reason)

@@ -26,19 +26,6 @@ LISTINGS_KEY = "listings/metadata/listings_{shard}.json.gz"
 IMAGES_CSV_KEY = "images/metadata/images.csv.gz"
 ALL_SHARDS = [format(n, "x") for n in range(16)]
 
-# The columns of a product record, end to end (manifest, index document).
-PRODUCT_FIELDS = [
-    "item_id",
-    "item_name",
-    "main_image_id",
-    "image_id",
-    "path",
-    "height",
-    "width",
-    "product_type",
-    "brand",
-]
-
 DROP_NOT_OBJECT = "not_a_json_object"
 DROP_NO_ITEM_ID = "no_item_id"
 DROP_NO_TITLE = "no_title_in_language"

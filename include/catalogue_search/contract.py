@@ -15,9 +15,18 @@ TEXT = "TEXT"
 IMAGE = "IMAGE"
 ENCODE_TYPES = (TEXT, IMAGE)
 
+# Content types: the handler's requests and answers, and what the pipeline writes to S3.
+# Every module takes its content types from here.
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 X_IMAGE = "application/x-image"
+IMAGE_CHUNK = "application/x-image-chunk"  # a transform request: JSON Lines of {"id", "s3_uri"} image records
+TEXT_CHUNK = "application/x-text-chunk"  # a transform request: JSON Lines of {"id", "text"} title records
+NPZ = "application/x-npz"  # a chunk's answer: ids, float32 embeddings, error records
+CHUNK_CONTENT_TYPES = {IMAGE: IMAGE_CHUNK, TEXT: TEXT_CHUNK}
+GZIP = "application/gzip"
+JPEG = "image/jpeg"
+OCTET_STREAM = "application/octet-stream"
 
 # Vectors from two processes, batch sizes or machines agree to this absolute
 # tolerance per component, not bit for bit: BLAS kernels differ by CPU family

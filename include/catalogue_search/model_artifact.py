@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from catalogue_search.aws import is_s3_missing
+from catalogue_search.contract import GZIP
 from catalogue_search.handler import INFERENCE_CODE_DIR, load_inference_module, sha256_file
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings, boto3_client
@@ -225,8 +227,7 @@ def read_artifact_version(s3_client: Any, uri: str) -> str:
     try:
         head = s3_client.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-        if code in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}:
+        if is_s3_missing(exc, bucket=True):
             raise ArtifactVersionError(
                 f"no model artifact at {uri}: build and upload it first "
                 "(`./dev demo` or `python -m catalogue_search.model_artifact build --upload`)"
@@ -385,13 +386,13 @@ def upload_model_artifact(settings: Settings, s3_client: Any, path: str | Path) 
             logger.info("%s already holds this artifact (sha256 %s): not uploading", uri, sha256[:12])
             return uri
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
+        if not is_s3_missing(exc):
             raise
     s3_client.upload_file(
         str(path),
         bucket,
         key,
-        ExtraArgs={"Metadata": {"sha256": sha256, VERSION_METADATA: version}, "ContentType": "application/gzip"},
+        ExtraArgs={"Metadata": {"sha256": sha256, VERSION_METADATA: version}, "ContentType": GZIP},
     )
     logger.info("Uploaded %s to %s", path, uri)
     return uri

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
+from catalogue_search.aws import is_s3_missing
+from catalogue_search.contract import GZIP, JPEG, OCTET_STREAM
+
 log = logging.getLogger(__name__)
 
 # User metadata on each copied image: the source object's ETag when it was copied.
@@ -38,10 +41,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
-def s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
 def list_objects(s3, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
     """Every object under `prefix`: key -> {"size", "etag", "modified"}."""
     out: dict[str, dict[str, Any]] = {}
@@ -56,13 +55,18 @@ def get_bytes(s3, bucket: str, key: str) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def put_bytes(s3, bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+def get_or_none(s3, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when it does not exist (any other error raises)."""
+    try:
+        return get_bytes(s3, bucket, key)
+    except Exception as exc:
+        if is_s3_missing(exc):
+            return None
+        raise
+
+
+def put_bytes(s3, bucket: str, key: str, body: bytes, content_type: str = OCTET_STREAM) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-
-
-def _is_missing(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    return code in {"404", "NoSuchKey", "NotFound"}
 
 
 class Progress:
@@ -98,11 +102,8 @@ def ledger_key(dest_prefix: str) -> str:
 
 def read_ledger(s3, bucket: str, key: str) -> dict[str, list[str]]:
     """The copy ledger: destination key -> [source ETag, the copy's own ETag]; empty if none yet."""
-    try:
-        raw = get_bytes(s3, bucket, key)
-    except Exception as exc:
-        if not _is_missing(exc):
-            raise
+    raw = get_or_none(s3, bucket, key)
+    if raw is None:
         return {}
     ledger = json.loads(gzip.decompress(raw))
     return {k: v for k, v in ledger.items() if isinstance(v, list) and len(v) == 2}
@@ -113,7 +114,7 @@ def _write_ledger(s3, bucket: str, key: str, entries: dict[str, list[str]], pres
     ledger = {k: v for k, v in read_ledger(s3, bucket, key).items() if k in present}
     ledger.update(entries)
     body = gzip.compress(json.dumps(ledger, separators=(",", ":"), sort_keys=True).encode(), mtime=0)
-    put_bytes(s3, bucket, key, body, "application/gzip")
+    put_bytes(s3, bucket, key, body, GZIP)
 
 
 def _source_listing(s3, bucket: str, prefix: str, paths: list[str], workers: int) -> dict[str, dict[str, Any]] | None:
@@ -174,7 +175,7 @@ def copy_images(
         try:
             head = s3.head_object(Bucket=source_bucket, Key=key)
         except Exception as exc:
-            if not _is_missing(exc):
+            if not is_s3_missing(exc):
                 raise
             return None
         return head["ETag"].strip('"'), head["ContentLength"]
@@ -217,7 +218,7 @@ def copy_images(
                 Bucket=dest_bucket,
                 Key=dest_key,
                 CopySource={"Bucket": source_bucket, "Key": src_key},
-                ContentType="image/jpeg",
+                ContentType=JPEG,
                 Metadata={SOURCE_ETAG: etag},
                 MetadataDirective="REPLACE",
             )

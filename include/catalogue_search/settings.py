@@ -183,10 +183,6 @@ class Settings:
 
     # --- Derived names (one place for every S3 key and resource name) --------
     @property
-    def is_local(self) -> bool:
-        return bool(self.aws_endpoint_url)
-
-    @property
     def model_cache(self) -> Path:
         return Path(self.model_cache_dir) if self.model_cache_dir else default_model_cache()
 

@@ -18,7 +18,8 @@ import json
 from typing import Any
 
 from catalogue_search import catalogue
-from catalogue_search.s3util import get_bytes, list_objects, put_bytes
+from catalogue_search.contract import JSON, JSONLINES
+from catalogue_search.s3util import get_bytes, get_or_none, list_objects, put_bytes
 from catalogue_search.settings import Settings
 
 
@@ -43,12 +44,8 @@ def served_key(settings: Settings, alias: str) -> str:
 
 
 def _get_json(s3, bucket: str, key: str) -> Any:
-    try:
-        return json.loads(get_bytes(s3, bucket, key))
-    except Exception as exc:
-        if getattr(exc, "response", {}).get("Error", {}).get("Code", "") in {"404", "NoSuchKey", "NotFound"}:
-            return None
-        raise
+    raw = get_or_none(s3, bucket, key)
+    return None if raw is None else json.loads(raw)
 
 
 def read_manifest(s3, settings: Settings, alias: str, index: str) -> dict[str, Any] | None:
@@ -77,7 +74,7 @@ def write_state(
             settings.bucket,
             shard_key(settings, alias, index, shard),
             catalogue.to_jsonl(products),
-            "application/jsonlines",
+            JSONLINES,
         )
     record = {
         "alias": alias,
@@ -88,7 +85,7 @@ def write_state(
         "products": sum(len(p) for p in shard_products.values()),
     }
     key = manifest_key(settings, alias, index)
-    put_bytes(s3, settings.bucket, key, json.dumps(record).encode(), "application/json")
+    put_bytes(s3, settings.bucket, key, json.dumps(record).encode(), JSON)
     return record
 
 
@@ -105,5 +102,5 @@ def served(s3, settings: Settings, alias: str) -> list[str]:
     return list(_get_json(s3, settings.bucket, served_key(settings, alias)) or [])
 
 
-def write_served(s3, settings: Settings, alias: str, names: list[str]) -> None:
-    put_bytes(s3, settings.bucket, served_key(settings, alias), json.dumps(names).encode(), "application/json")
+def write_served(s3, settings: Settings, alias: str, indices: list[str]) -> None:
+    put_bytes(s3, settings.bucket, served_key(settings, alias), json.dumps(indices).encode(), JSON)

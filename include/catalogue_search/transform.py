@@ -1,10 +1,11 @@
 """Batch-transform plumbing: the SageMaker model and the CreateTransformJob request.
 
-One transform request carries one chunk of images: a JSON Lines object of
-`{"id": <ABO path>, "s3_uri": ...}` records (see `embedding_store`), sent whole
-(`SplitType=None`), answered with one `.npz` (`<chunk>.out`) of ids and a
-float32 matrix. The handler fetches the images itself with the container's
-role and runs forward passes of `MAX_BATCH_SIZE` over them. Why this shape,
+One transform request carries one chunk of entries: a JSON Lines object of
+`{"id": <ABO path>, "s3_uri": ...}` image records or `{"id", "text"}` title
+records (see `encoding`), sent whole (`SplitType=None`), answered with one
+`.npz` (`<chunk>.out`) of ids and a float32 matrix. The handler fetches the
+images itself with the container's role and runs forward passes of
+`MAX_BATCH_SIZE` over them. Why this shape,
 and the SageMaker limits behind it, are in the README ("Encoding at scale").
 """
 
@@ -21,9 +22,6 @@ log = logging.getLogger(__name__)
 
 IMAGE = contract.IMAGE
 TEXT = contract.TEXT
-CHUNK_CONTENT_TYPE = "application/x-image-chunk"
-TEXT_CHUNK_CONTENT_TYPE = "application/x-text-chunk"  # titles for the TEXT model (`names`)
-OUTPUT_ACCEPT = "application/x-npz"
 # SageMaker's documented limits (CreateTransformJob, ModelClientConfig).
 MAX_PAYLOAD_MB = 100
 MAX_INVOCATION_TIMEOUT_S = 3600
@@ -117,13 +115,13 @@ def transform_request(
         },
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
-            "ContentType": TEXT_CHUNK_CONTENT_TYPE if encode_type == TEXT else CHUNK_CONTENT_TYPE,
+            "ContentType": contract.CHUNK_CONTENT_TYPES[encode_type],
             "SplitType": "None",
             "CompressionType": "None",
         },
         "TransformOutput": {
             "S3OutputPath": output_uri,
-            "Accept": OUTPUT_ACCEPT,
+            "Accept": contract.NPZ,
             "AssembleWith": "None",
         },
         "TransformResources": {

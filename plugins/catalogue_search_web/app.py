@@ -316,7 +316,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         summary="A product image from the project bucket, with cache headers",
     )
     def image(path: str, request: Request, warm: WarmDep) -> Response:
-        from catalogue_search.aws import error_code
+        from catalogue_search.aws import error_code, is_s3_missing
 
         if len(path) > 512 or not SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
             return JSONResponse({"error": "image_not_found", "detail": "not an image path"}, status_code=404)
@@ -330,7 +330,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
             code = error_code(exc)
             if code in {"304", "NotModified"}:
                 return Response(status_code=304, headers={"ETag": etag or "", "Cache-Control": IMAGE_CACHE})
-            if code in {"404", "NoSuchKey", "NoSuchBucket"}:
+            if is_s3_missing(exc, bucket=True):
                 return JSONResponse({"error": "image_not_found", "detail": f"no image {path}"}, status_code=404)
             raise
         media = obj.get("ContentType") or ""

@@ -197,12 +197,10 @@ def test_roles_trust_only_their_callers(resolved):
 
 
 def _transform_output_key(s: Settings) -> str:
-    """A key batch transform writes, from the code (the embedding store's layout, or the older per-image one)."""
-    try:
-        from catalogue_search import embedding_store
-    except ImportError:
-        return transform.embedding_key(s, "0a/0a1b2c3d.jpg")
-    return embedding_store.run_output_prefix(s, "v1", s.run_prefix("manual__r")) + "00000.jsonl.out"
+    """A key batch transform writes, from the code (the embedding store's layout)."""
+    from catalogue_search import encoding
+
+    return encoding.Store(s).output_prefix("v1", s.run_prefix("manual__r")) + "00000.jsonl.out"
 
 
 # --- the SageMaker execution role ------------------------------------------------------------

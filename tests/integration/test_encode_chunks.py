@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalogue_search import catalogue, embedding_store, index, ingest
+from catalogue_search import catalogue, encoding, index, ingest
 from catalogue_search.contract import VECTOR_ATOL
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
@@ -41,6 +41,34 @@ def jpeg(seed: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(out, "JPEG")
     return out.getvalue()
+
+
+class FailOnce:
+    """The S3 client's next GetObject of `key` ends as it would once the client's own retries are spent:
+    S3 answers 503 SlowDown (`throttled`) or the read times out (`timed out`). Injected through botocore's
+    own `before-call` event, so the client raises its real exception; every other call goes to moto."""
+
+    def __init__(self, client, key: str, fault: str) -> None:
+        self.client, self.key, self.fault, self.raised = client, key, fault, 0
+
+    def __enter__(self) -> FailOnce:
+        self.client.meta.events.register("before-call.s3.GetObject", self._call)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.meta.events.unregister("before-call.s3.GetObject", self._call)
+
+    def _call(self, params, **_: object):
+        from botocore.awsrequest import AWSResponse
+        from botocore.exceptions import ReadTimeoutError
+
+        if self.raised or not params["url"].endswith("/" + self.key):
+            return None
+        self.raised += 1
+        if self.fault == "timed out":
+            raise ReadTimeoutError(endpoint_url=params["url"])
+        error = {"Code": "SlowDown", "Message": "Please reduce your request rate."}
+        return AWSResponse(params["url"], 503, {}, None), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 503}}
 
 
 class RequestCounter:
@@ -136,14 +164,15 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
 
     # outputs: one `.npz` per chunk under the artifact version's prefix, equal to one-by-one encoding
     version = artifacts[0].artifact_version
-    out_prefix = embedding_store.run_output_prefix(settings, version, plan.prefix)
+    store = encoding.Store(settings, encoding.IMAGE)
+    out_prefix = store.output_prefix(version, plan.prefix)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=settings.bucket, Prefix=out_prefix)["Contents"])
-    encode = embedding_store.read_plan(s3, settings, plan.prefix)
+    encode = encoding.read_plan(s3, store, plan.prefix)
     assert keys == sorted(c["output"] for c in encode.chunks) and len(keys) == n_chunks
     assert all(key.startswith(f"{out_prefix}{n:05d}-") and key.endswith(".jsonl.out") for n, key in enumerate(keys))
     seen = {}
     for key in keys:
-        out = embedding_store.parse_output(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read(), key)
+        out = encoding.parse_output(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read(), key)
         assert out.artifact_version == version
         seen.update(zip(out.ids, out.vectors))
     assert sorted(seen) == sorted(p for p in images if p != "ff/corrupt.jpg")
@@ -154,9 +183,7 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     # record: the run report names the failed images with their reasons
     summary = ingest.record_embeddings(settings, s3, plan)
     assert (summary["encoded"], summary["failed"], summary["chunks"]) == (N_GOOD, 2, n_chunks)
-    run_report = json.loads(
-        s3.get_object(Bucket=settings.bucket, Key=embedding_store.report_key(plan.prefix))["Body"].read()
-    )
+    run_report = json.loads(s3.get_object(Bucket=settings.bucket, Key=store.report_key(plan.prefix))["Body"].read())
     assert "could not be fetched" in run_report["errors"]["ee/gone.jpg"]
     assert "decod" in run_report["errors"]["ff/corrupt.jpg"] or "truncated" in run_report["errors"]["ff/corrupt.jpg"]
 
@@ -192,7 +219,7 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     images["00/img0.jpg"] = jpeg(1000)
     s3.put_object(Bucket=settings.bucket, Key=settings.images_prefix + "00/img0.jpg", Body=images["00/img0.jpg"])
     rerun = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
-    (chunk,) = embedding_store.read_plan(s3, settings, plan.prefix).chunks
+    (chunk,) = encoding.read_plan(s3, store, plan.prefix).chunks
     assert chunk["ids"] == ["00/img0.jpg"] and chunk["output"] not in keys
     assert run_transform_job(rerun, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache).records == 1
     ingest.record_embeddings(settings, s3, plan)
@@ -216,7 +243,7 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     plan3 = copy_plan(settings, s3, plan, "run-3")
     request3 = ingest.prepare_encoding(settings, s3, sagemaker_client, plan3, IMAGE_URI)
     assert request3 is not None
-    encode3 = embedding_store.read_plan(s3, settings, plan3.prefix)
+    encode3 = encoding.read_plan(s3, store, plan3.prefix)
     assert encode3.version == artifacts[1].artifact_version and encode3.total == n_records
     described = sagemaker_client.describe_model(ModelName=settings.sagemaker_model_name("IMAGE"))
     assert described["PrimaryContainer"]["Environment"]["ARTIFACT_VERSION"] == artifacts[1].artifact_version
@@ -225,14 +252,59 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
         fresh.search_text("a red flower")
 
 
+@pytest.mark.parametrize(("fault", "recovery"), [("throttled", "retry"), ("timed out", "next run")])
+def test_a_read_that_fails_once_is_indexed_after_the_retry_and_never_recorded_as_a_bad_image(
+    stack, s3, sagemaker_client, fault: str, recovery: str
+):
+    """Issue 20: a passing S3 fault fails the chunk's request (SageMaker retries it, then the task's retries and
+    the next run); only the corrupt image is recorded as failed, and it stays so."""
+    settings, plan, images, client, cache = stack
+    victim = "03/img3.jpg"
+    request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
+    with FailOnce(s3, settings.images_prefix + victim, fault) as failing:
+        first = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
+    assert failing.raised == 1
+    # The victim's chunk failed as a request (SageMaker marks the job Failed too): no `.out`, no error record.
+    assert first.status == "Failed" and len(first.failed) == 1, first.as_dict()
+    assert "FetchError" in first.failed[0][1] and victim in first.failed[0][1]
+    assert victim not in dict(first.record_errors)
+    with pytest.raises(encoding.MissingOutputError):
+        ingest.record_embeddings(settings, s3, plan)
+    version = encoding.read_plan(s3, encoding.Store(settings), plan.prefix).version
+    assert encoding.Catalogue.load(s3, encoding.Store(settings), version).errors == {}  # nothing recorded
+
+    if recovery == "next run":  # the DAG run failed; the next one sends the victim again
+        plan = copy_plan(settings, s3, plan, "run-2")
+        request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
+        assert victim in {
+            i for c in encoding.read_plan(s3, encoding.Store(settings), plan.prefix).chunks for i in c["ids"]
+        }
+    again = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
+    assert again.status == "Completed", again.as_dict()
+    summary = ingest.record_embeddings(settings, s3, plan)
+    assert (summary["encoded"], summary["failed"]) == (N_GOOD, 2)  # the corrupt image and the missing one
+    loaded = ingest.load_index(settings, s3, client, plan)
+    assert loaded["indexed"] == N_GOOD and sorted(loaded["dropped_no_embedding"]) == ["ee/gone.jpg", "ff/corrupt.jpg"]
+    hits = client.search(index=plan.index, body={"query": {"term": {"image_path": victim}}})["hits"]["hits"]
+    assert len(hits) == 1
+
+    # The corrupt image is a permanent failure: the run after sends nothing (its ETag is unchanged).
+    stored = encoding.Catalogue.load(s3, encoding.Store(settings), version)
+    assert set(stored.errors) == {"ee/gone.jpg", "ff/corrupt.jpg"} and victim in stored.encoded
+    assert (
+        ingest.prepare_encoding(settings, s3, sagemaker_client, copy_plan(settings, s3, plan, "run-3"), IMAGE_URI)
+        is None
+    )
+
+
 def test_outputs_written_elsewhere_fail_naming_the_first_missing_key(stack, s3, sagemaker_client):
     settings, plan, images, _, _ = stack
     request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
-    first = embedding_store.read_plan(s3, settings, plan.prefix).chunks[0]
+    first = encoding.read_plan(s3, encoding.Store(settings), plan.prefix).chunks[0]
     # as if the job had written under another prefix
     s3.put_object(Bucket=settings.bucket, Key="elsewhere/00000.jsonl.out", Body=b"x")
     assert request["TransformOutput"]["S3OutputPath"].endswith(first["output"].rsplit("/", 1)[0] + "/")
-    with pytest.raises(embedding_store.MissingOutputError, match=f"expected s3://{settings.bucket}/{first['output']}"):
+    with pytest.raises(encoding.MissingOutputError, match=f"expected s3://{settings.bucket}/{first['output']}"):
         ingest.record_embeddings(settings, s3, plan)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalogue_search import catalogue, embedding_store, index, ingest, names
+from catalogue_search import catalogue, contract, encoding, index, ingest
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.search import LocalEncoder, SearchClient
@@ -73,9 +73,9 @@ def test_titles_are_encoded_by_the_text_model_in_chunks_and_loaded(stack, s3, sa
     settings, plan, products, client, cache = stack
     request = ingest.prepare_name_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
     assert request["ModelName"] == settings.sagemaker_model_name("TEXT")
-    assert request["TransformInput"]["ContentType"] == names.TEXT_CHUNK_CONTENT_TYPE
+    assert request["TransformInput"]["ContentType"] == contract.TEXT_CHUNK
     distinct = len(set(TITLES))  # two products share "A fireman.": one record
-    encode = embedding_store.read_plan(s3, names.store_settings(settings), names.run_prefix(plan.prefix))
+    encode = encoding.read_plan(s3, encoding.Store(settings, encoding.TITLE), plan.prefix)
     assert encode.total == distinct and len(encode.chunks) == -(-distinct // 4)
 
     recorded = _run(settings, s3, sagemaker_client, plan, cache)
@@ -103,8 +103,8 @@ def test_a_second_run_encodes_no_title_again_and_a_new_title_only(stack, s3, sag
     changed = [*products[:-1], {**products[-1], "item_name": "Crème brûlée set, 4 pieces"}]
     s3.put_object(Bucket=settings.bucket, Key=second.products_key, Body=catalogue.to_jsonl(changed))
     request = ingest.prepare_name_encoding(settings, s3, sagemaker_client, second, IMAGE_URI)
-    encode = embedding_store.read_plan(s3, names.store_settings(settings), names.run_prefix(second.prefix))
-    assert request is not None and [c["ids"] for c in encode.chunks] == [[names.title_id(changed[-1]["item_name"])]]
+    encode = encoding.read_plan(s3, encoding.Store(settings, encoding.TITLE), second.prefix)
+    assert request is not None and [c["ids"] for c in encode.chunks] == [[encoding.title_id(changed[-1]["item_name"])]]
     _run(settings, s3, sagemaker_client, second, cache)
     assert ingest.load_index(settings, s3, client, second)["title_vectors"] == len(products)
     third = ingest.RunPlan.for_run(settings, "run-3")

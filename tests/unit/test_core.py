@@ -74,35 +74,35 @@ def test_merge_drops_cross_shard_duplicates_and_limits():
     assert merged == [{"item_id": "B1", "v": "a"}, {"item_id": "B2", "v": "a"}]
 
 
-def test_pending_paths_skip_what_the_store_holds_unless_forced_or_the_image_changed():
-    from catalogue_search.embedding_store import Catalogue, pending_paths
+def test_pending_ids_skip_what_the_store_holds_unless_forced_or_the_image_changed():
+    from catalogue_search.encoding import Catalogue, pending_ids
 
-    cat = Catalogue(version="v1", chunks=["c0"], images={"a.jpg": (0, "e1"), "b.jpg": (0, "e1")})
+    cat = Catalogue(version="v1", chunks=["c0"], encoded={"a.jpg": (0, "e1"), "b.jpg": (0, "e1")})
     cat.errors["d.jpg"] = ("e4", "image could not be decoded")
     cat.errors["e.jpg"] = ("e5", "image could not be decoded")
     etags = {"a.jpg": "e1", "b.jpg": "e2-replaced", "c.jpg": "e3", "d.jpg": "e4", "e.jpg": "e5-fixed"}
     paths = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "a.jpg"]
     # b: replaced since; c: never encoded; d: failed and unchanged (stays dropped); e: failed, then fixed
-    assert pending_paths(paths, cat, etags) == ["b.jpg", "c.jpg", "e.jpg"]
-    assert pending_paths(paths, cat, etags, force=True) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    assert pending_ids(paths, cat, etags) == ["b.jpg", "c.jpg", "e.jpg"]
+    assert pending_ids(paths, cat, etags, force=True) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
 
 
 def test_catalogue_add_moves_an_image_between_chunks_and_out_of_errors():
-    from catalogue_search.embedding_store import Catalogue
+    from catalogue_search.encoding import Catalogue
 
     cat = Catalogue(version="v1")
     cat.add("run1/00000.jsonl.out", ["a", "b"], {"a": "e1", "b": "e1"}, {"c": "corrupt"})
     cat.add("run2/00000.jsonl.out", ["c"], {"c": "e2"}, {"b": "gone"})
     cat.add("run2/00000.jsonl.out", ["c"], {"c": "e2"}, {})  # a retry records the chunk once
     assert cat.chunks == ["run1/00000.jsonl.out", "run2/00000.jsonl.out"]
-    assert cat.images == {"a": (0, "e1"), "c": (1, "e2")}
+    assert cat.encoded == {"a": (0, "e1"), "c": (1, "e2")}
     assert cat.errors == {"b": ("", "gone")}
 
 
 def test_chunk_output_round_trip_and_bad_outputs():
     import numpy as np
 
-    from catalogue_search import embedding_store as store
+    from catalogue_search import encoding as store
 
     vectors = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     raw = store.encode_output(["a", "b", "c"], vectors, {"d": "image could not be decoded"}, "v1")
@@ -116,6 +116,53 @@ def test_chunk_output_round_trip_and_bad_outputs():
         store.parse_output(store.encode_output(["a", "b"], vectors), "s3://b/k.out")
     with pytest.raises(store.EmbeddingStoreError, match="non-finite"):
         store.parse_output(store.encode_output(["a"], np.full((1, 8), np.nan, dtype=np.float32)), "s3://b/k.out")
+
+
+def test_title_records_are_keyed_by_content():
+    import numpy as np
+
+    from catalogue_search import encoding
+
+    products = [
+        {"item_id": "a", "item_name": "A fireman.", "path": "0a/a.jpg"},
+        {"item_id": "b", "item_name": "A fireman.", "path": "0b/b.jpg"},
+        {"item_id": "c", "item_name": "Crème brûlée", "path": "0a/a.jpg"},
+        {"item_id": "d", "item_name": "  ", "path": "0d/d.jpg"},
+    ]
+    titles = encoding.titles_of(products)
+    assert sorted(titles.values()) == ["A fireman.", "Crème brûlée"]
+    assert encoding.title_id("A fireman.") == encoding.title_id("A fireman.") != encoding.title_id("A fireman")
+    wanted = encoding.wanted(encoding.TITLE, Settings(), None, products)  # titles need no S3 request
+    assert wanted.ids == sorted(titles) and wanted.etags == dict.fromkeys(titles, "")
+    lines = wanted.records(wanted.ids).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [{"id": i, "text": titles[i]} for i in sorted(titles)]
+    spooled = [
+        (encoding.title_id("A fireman."), np.array([0.5, -1.0])),
+        (encoding.title_id("Crème brûlée"), np.ones(2)),
+    ]
+    with encoding.TitleVectors(iter(spooled)) as vectors:
+        assert vectors.get("A fireman.") == [0.5, -1.0] and vectors.get("Crème brûlée") == [1.0, 1.0]
+        assert vectors.get("A fireman") is None and vectors.get("  ") is None and vectors.get(None) is None
+        assert len(vectors.rows) == 2 and vectors.row_bytes == 8
+    with pytest.raises(ValueError, match="dimensions"):
+        encoding.TitleVectors(iter([("t1", np.ones(2)), ("t2", np.ones(3))]))
+
+
+def test_each_target_has_a_store_of_its_own_and_chunks_of_its_content_type():
+    from catalogue_search import contract, encoding
+
+    s = Settings(bucket="proj", embeddings_prefix="emb/", model_name="ViT-B-32")
+    image, title = encoding.Store(s, encoding.IMAGE), encoding.Store(s, encoding.TITLE)
+    assert image.prefix("v1") == "emb/vit-b-32/v1/" and title.prefix("v1") == "emb/names/vit-b-32/v1/"
+    assert image.catalogue_key("v1") != title.catalogue_key("v1")
+    assert image.encode_prefix("runs/r1/") == "runs/r1/encode/"
+    assert title.encode_prefix("runs/r1/") == "runs/r1/names/encode/"
+    assert title.output_prefix("v1", "runs/r1/") == "emb/names/vit-b-32/v1/runs/runs-r1-names/"
+    assert (encoding.IMAGE.content_type, encoding.TITLE.content_type) == (contract.IMAGE_CHUNK, contract.TEXT_CHUNK)
+    wanted = encoding.image_records(s, ["0a/a.jpg"])
+    assert json.loads(wanted) == {"id": "0a/a.jpg", "s3_uri": "s3://proj/images/small/0a/a.jpg"}
+    with pytest.raises(ValueError, match="artifact version"):
+        image.prefix("")
 
 
 def test_transform_request_is_a_valid_create_transform_job_input_for_batched_chunks():

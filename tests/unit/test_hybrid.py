@@ -7,7 +7,6 @@ import pytest
 
 from catalogue_search import duplicates, index, search
 from catalogue_search.search.ranking import Candidate
-from catalogue_search.settings import Settings
 
 
 def test_rrf_sums_weighted_reciprocal_ranks():
@@ -102,33 +101,3 @@ def test_find_duplicates_groups_by_image_then_by_vector(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the memory map is removed
     with pytest.raises(ValueError):
         duplicates.find_duplicates(iter(docs), total=6, threshold=0)
-
-
-def test_title_records_are_keyed_by_content():
-    import json
-
-    import numpy as np
-
-    from catalogue_search import names
-
-    products = [
-        {"item_id": "a", "item_name": "A fireman."},
-        {"item_id": "b", "item_name": "A fireman."},
-        {"item_id": "c", "item_name": "Crème brûlée"},
-        {"item_id": "d", "item_name": "  "},
-    ]
-    titles = names.titles_of(products)
-    assert sorted(titles.values()) == ["A fireman.", "Crème brûlée"]
-    assert names.title_id("A fireman.") == names.title_id("A fireman.") != names.title_id("A fireman")
-    by_title = names.products_by_title(products)
-    assert by_title[names.title_id("A fireman.")] == ["a", "b"]
-    lines = names.chunk_body(titles, sorted(titles)).decode().splitlines()
-    assert [json.loads(line)["text"] for line in lines] == [titles[i] for i in sorted(titles)]
-    spooled = [(names.title_id("A fireman."), np.array([0.5, -1.0])), (names.title_id("Crème brûlée"), np.ones(2))]
-    with names.TitleVectors(iter(spooled)) as vectors:
-        assert vectors.get("A fireman.") == [0.5, -1.0] and vectors.get("Crème brûlée") == [1.0, 1.0]
-        assert vectors.get("A fireman") is None and vectors.get("  ") is None and vectors.get(None) is None
-        assert len(vectors.rows) == 2 and vectors.row_bytes == 8
-    with pytest.raises(ValueError, match="dimensions"):
-        names.TitleVectors(iter([("t1", np.ones(2)), ("t2", np.ones(3))]))
-    assert names.store_settings(Settings(embeddings_prefix="emb/")).embeddings_prefix == "emb/names/"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalogue_search import embedding_store as store
+from catalogue_search import encoding as store
 from catalogue_search.handler import LoadedHandler, load_handler
 from catalogue_search.model_artifact import write_model_dir
 
@@ -141,6 +141,70 @@ def test_s3_records_are_fetched_with_the_client_the_model_is_given(handler):
         handler.model.s3_client = None
     assert out.ids == ["ab/1.jpg"]
     assert "could not be fetched" in out.errors["ab/9.jpg"] and "NoSuchKey" in out.errors["ab/9.jpg"]
+
+
+def _read_failure(kind: str) -> Exception:
+    """A real botocore error of each kind an S3 read can end with once the client's own retries are spent."""
+    from botocore import exceptions as e
+
+    def client_error(code: str, status: int) -> Exception:
+        error = {"Error": {"Code": code, "Message": "..."}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return e.ClientError(error, "GetObject")
+
+    return {
+        "throttled": client_error("SlowDown", 503),
+        "5xx": client_error("InternalError", 500),
+        "request timeout": client_error("RequestTimeout", 400),
+        "access": client_error("AccessDenied", 403),
+        "read timeout": e.ReadTimeoutError(endpoint_url="https://s3.amazonaws.com/proj/k"),
+        "connection": e.EndpointConnectionError(endpoint_url="https://s3.amazonaws.com/proj/k"),
+        "body cut": e.ResponseStreamingError(error="Connection broken: IncompleteRead"),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "kind", ["throttled", "5xx", "request timeout", "access", "read timeout", "connection", "body cut"]
+)
+def test_a_read_that_fails_for_no_fault_of_the_image_fails_the_request_instead_of_recording_it(handler, kind):
+    """Such a chunk is retried whole (SageMaker's InvocationsMaxRetries, the task's retries, the next run);
+    an error record would mark the image bad for as long as its ETag stays the same."""
+    from botocore.exceptions import ClientError
+
+    class Body:
+        def __init__(self, data: bytes, fail: Exception | None = None) -> None:
+            self.data, self.fail = data, fail
+
+        def read(self) -> bytes:
+            if self.fail is not None:
+                raise self.fail
+            return self.data
+
+    class S3:
+        """Serves two objects; the read of `ab/2.jpg` fails with `kind`, a missing key is NoSuchKey."""
+
+        def get_object(self, Bucket: str, Key: str) -> dict:
+            if Key == "ab/2.jpg":
+                if kind == "body cut":
+                    return {"Body": Body(b"", _read_failure(kind))}
+                raise _read_failure(kind)
+            if Key not in ("ab/1.jpg", "ab/3.jpg"):
+                raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no such key"}}, "GetObject")
+            return {"Body": Body(jpeg(int(Key[3])))}
+
+    records = [{"id": f"ab/{n}.jpg", "s3_uri": f"s3://proj/ab/{n}.jpg"} for n in (1, 2, 3)]
+    handler.model.s3_client = S3()
+    try:
+        with pytest.raises(handler.module.FetchError, match="ab/2.jpg could not be read") as raised:
+            handler.invoke(chunk(records), CHUNK, NPZ)
+        assert not isinstance(raised.value, ValueError)  # not an input error: the serving side answers 5xx
+        # the same chunk without the failing read: a missing image and a corrupt one stay error records
+        records[1] = {"id": "ab/9.jpg", "s3_uri": "s3://proj/ab/9.jpg"}
+        records.append({"id": "ab/bad.jpg", "b64": base64.b64encode(jpeg(4)[:200]).decode()})
+        out = store.parse_output(handler.invoke(chunk(records), CHUNK, NPZ), "chunk")
+    finally:
+        handler.model.s3_client = None
+    assert out.ids == ["ab/1.jpg", "ab/3.jpg"] and set(out.errors) == {"ab/9.jpg", "ab/bad.jpg"}
+    assert "NoSuchKey" in out.errors["ab/9.jpg"]
 
 
 def test_a_text_chunk_of_titles_is_encoded_in_batched_passes_with_error_records(model_dir: Path, monkeypatch):

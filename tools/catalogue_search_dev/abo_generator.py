@@ -369,8 +369,7 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     artifact version of `settings.artifact_uri`, and each store's catalogue (an image's ETag is the
     pool JPEG's MD5, which a server-side copy keeps; a title's id is the digest of its text).
     `catalogue_ingest` then finds nothing to encode and loads these vectors."""
-    from catalogue_search import embedding_store as store
-    from catalogue_search import names
+    from catalogue_search import encoding
     from catalogue_search.model_artifact import read_artifact_version
     from catalogue_search_dev.vector_sets import vectors
 
@@ -381,18 +380,17 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     pool_md5 = [hashlib.md5(b).hexdigest() for b in pool]
     where = {p: int(gen.pool_index[i]) for i, p in enumerate(gen.paths.tolist())}
     etags = {p: pool_md5[where[p]] for p in paths}
-    _seed_store(s3, settings, version, paths, vecs, etags, chunk)
-    log(
-        f"embedding store {settings.bucket}/{store.store_prefix(settings, version)}: {len(paths):,} PRECOMPUTED vectors"
-    )
+    images = encoding.Store(settings, encoding.IMAGE)
+    _seed_store(s3, images, version, paths, vecs, etags, chunk)
+    log(f"embedding store {images.uri(images.prefix(version))}: {len(paths):,} PRECOMPUTED vectors")
     # The title the filter keeps of every listing (also of those it drops for other reasons).
     titles = {_title(line) for lines in gen.shards for line in lines} - {None}
-    title_ids = sorted(names.title_id(title) for title in titles)
+    title_ids = sorted(encoding.title_id(title) for title in titles)
     title_vecs = vectors("latent", len(title_ids), vecs.shape[1], seed=gen.summary.seed + 1)
-    name_settings = names.store_settings(settings)
-    _seed_store(s3, name_settings, version, title_ids, title_vecs, dict.fromkeys(title_ids, ""), chunk)
+    title_store = encoding.Store(settings, encoding.TITLE)
+    _seed_store(s3, title_store, version, title_ids, title_vecs, dict.fromkeys(title_ids, ""), chunk)
     log(
-        f"title store {settings.bucket}/{store.store_prefix(name_settings, version)}: "
+        f"title store {title_store.uri(title_store.prefix(version))}: "
         f"{len(title_ids):,} PRECOMPUTED title vectors (random, clustered; not CLIP text embeddings)"
     )
     return len(paths)
@@ -409,23 +407,23 @@ def _title(line: str) -> str | None:
     return first_value(listing.get("item_name"), LANGUAGE) if isinstance(listing, dict) else None
 
 
-def _seed_store(s3, settings, version: str, ids: list[str], vecs, etags: dict[str, str], chunk: int) -> None:
-    from catalogue_search import embedding_store as store
+def _seed_store(s3, store, version: str, ids: list[str], vecs, etags: dict[str, str], chunk: int) -> None:
+    from catalogue_search import contract, encoding
 
-    prefix = store.run_output_prefix(settings, version, "precomputed/abo-synthetic/")
-    catalogue = store.Catalogue.load(s3, settings, version)
+    prefix = store.output_prefix(version, "precomputed/abo-synthetic/")
+    catalogue = encoding.Catalogue.load(s3, store, version)
 
     def put(lo: int) -> tuple[str, list[str]]:
         part = ids[lo : lo + chunk]
         key = f"{prefix}{lo // chunk:05d}.jsonl.out"
-        body = store.encode_output(part, vecs[lo : lo + chunk], version=version)
-        s3.put_object(Bucket=settings.bucket, Key=key, Body=body, ContentType=store.OUTPUT_CONTENT_TYPE)
+        body = encoding.encode_output(part, vecs[lo : lo + chunk], version=version)
+        s3.put_object(Bucket=store.bucket, Key=key, Body=body, ContentType=contract.NPZ)
         return key, part
 
     with ThreadPoolExecutor(max_workers=8) as ex:
         for key, part in ex.map(put, range(0, len(ids), chunk)):
             catalogue.add(key, part, etags, {})
-    catalogue.save(s3, settings)
+    catalogue.save(s3, store)
 
 
 def moto_rss_mib(url: str) -> float | None:

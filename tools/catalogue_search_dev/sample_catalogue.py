@@ -570,11 +570,13 @@ def upload_catalogue(out_dir: Path, bucket: str, s3_client: Any, prefix: str = "
 def ensure_bucket(s3_client: Any, bucket: str) -> None:
     from botocore.exceptions import ClientError
 
+    from catalogue_search.aws import is_s3_missing
+
     try:
         s3_client.head_bucket(Bucket=bucket)
         return
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+        if not is_s3_missing(exc, bucket=True):
             raise
     region = s3_client.meta.region_name
     kwargs: dict[str, Any] = {"Bucket": bucket}

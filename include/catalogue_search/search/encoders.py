@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from catalogue_search.aws import error_code
+from catalogue_search.aws import error_code, is_s3_missing
 from catalogue_search.contract import IMAGE, JSON
 from catalogue_search.search.errors import (
     EndpointNotDeployedError,
@@ -27,9 +27,6 @@ from catalogue_search.search.errors import (
 from catalogue_search.settings import Settings, boto3_client
 
 log = logging.getLogger(__name__)
-
-# S3's answers for an artifact that is not there (HeadObject answers a bare 404).
-MISSING_OBJECT = {"404", "NoSuchKey", "NoSuchBucket"}
 
 
 class QueryEncoder(Protocol):
@@ -78,7 +75,7 @@ class LocalEncoder:
                 self.settings.artifact_uri, encode_type, s3_client=s3, cache_dir=self.cache_dir
             )
         except Exception as exc:
-            if isinstance(exc, FileNotFoundError) or error_code(exc) in MISSING_OBJECT:
+            if isinstance(exc, FileNotFoundError) or is_s3_missing(exc, bucket=True):
                 raise ModelArtifactMissingError(
                     f"no model artifact at {self.settings.artifact_uri}: run `./dev demo` or build it with "
                     "`python -m catalogue_search.model_artifact build --upload`"

@@ -1,0 +1,61 @@
+"""Query bodies: k-NN on either vector field, BM25 on the title, and the exact searches validation compares with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from catalogue_search.index.mapping import VECTOR_FIELD, VECTOR_FIELDS
+
+
+def knn_query(
+    vector: list[float],
+    k: int,
+    filters: list[dict[str, Any]] | None = None,
+    *,
+    candidates: int = 0,
+    field: str = VECTOR_FIELD,
+) -> dict[str, Any]:
+    """A k-NN query on `field` (`embedding`: image vectors, `name_vector`: title vectors) for
+    the top `k`, searching `candidates` neighbours (at least k); no vector in `_source`.
+
+    With the Lucene engine the query's `k` is also HNSW's candidate list
+    (ef_search): asking for only 10 out of 150,000 vectors misses true
+    neighbours. The query asks for max(k, candidates) and `size` keeps the top k.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    knn: dict[str, Any] = {"vector": list(map(float, vector)), "k": max(k, candidates)}
+    if filters:
+        knn["filter"] = {"bool": {"filter": filters}}
+    return {"size": k, "query": {"knn": {field: knn}}, "_source": {"excludes": list(VECTOR_FIELDS)}}
+
+
+def title_query(text: str, size: int, filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """BM25 on the title: words (`item_name`), words joined (`item_name.joined`: model numbers
+    written apart or together), and a boost for the exact phrase, so the title that says what
+    the shopper typed comes first."""
+    should = [
+        {"match": {"item_name": {"query": text}}},
+        {"match": {"item_name.joined": {"query": text}}},
+        {"match_phrase": {"item_name": {"query": text, "boost": 2.0}}},
+    ]
+    query: dict[str, Any] = {"bool": {"should": should, "minimum_should_match": 1}}
+    if filters:
+        query["bool"]["filter"] = filters
+    return {"size": size, "query": query, "_source": {"excludes": list(VECTOR_FIELDS)}}
+
+
+def self_match_query(vector: list[float], item_id: str) -> dict[str, Any]:
+    """k-NN restricted to one item_id: Lucene searches the filtered documents exactly."""
+    knn = {"vector": list(map(float, vector)), "k": 1, "filter": {"term": {"item_id": item_id}}}
+    return {"size": 1, "_source": False, "query": {"knn": {VECTOR_FIELD: knn}}}
+
+
+def exact_query(vector: list[float], k: int) -> dict[str, Any]:
+    """Exact cosine search over every document (the k-NN plugin's scoring script)."""
+    script = {
+        "source": "knn_score",
+        "lang": "knn",
+        "params": {"field": VECTOR_FIELD, "query_value": list(map(float, vector)), "space_type": "cosinesimil"},
+    }
+    return {"size": k, "_source": False, "query": {"script_score": {"query": {"match_all": {}}, "script": script}}}

@@ -1,0 +1,169 @@
+"""The run's steps from the vectors on: load the index, validate it, report its near-duplicates.
+
+Vectors stream from the stores chunk by chunk (float32), so memory does not
+grow with the catalogue. Each document is indexed once, with its image vector
+and its title vector.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from typing import Any
+
+from catalogue_search import duplicates, encoding, index
+from catalogue_search.contract import JSON
+from catalogue_search.errors import PermanentError
+from catalogue_search.ingest.lifecycle import served_indices
+from catalogue_search.ingest.plan import RunPlan
+from catalogue_search.ingest.steps import products
+from catalogue_search.s3util import put_bytes
+from catalogue_search.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def title_vectors(
+    settings: Settings, s3, items: list[dict[str, Any]], version: str, logger: logging.Logger = log
+) -> encoding.TitleVectors:
+    """The title vectors of `items` from the title store (artifact `version`), ready for lookup
+    (`encoding.TitleVectors`); titles the store lacks are counted in a warning."""
+    store = encoding.Store(settings, encoding.TITLE)
+    stored = encoding.Catalogue.load(s3, store, version)
+    wanted = encoding.titles_of(items)
+    missing = [tid for tid in wanted if tid not in stored.encoded]
+    if missing:
+        logger.warning(
+            "%d titles have no title vector for artifact %s (their products are found by image and BM25 only)",
+            len(missing),
+            version,
+        )
+    return encoding.TitleVectors(encoding.iter_vectors(s3, store, stored, wanted))
+
+
+def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 4: create the run's index and bulk-load every product that has an image embedding.
+
+    Each document carries its title vector too, looked up in a local spool of
+    the title store (`encoding.TitleVectors`): one indexing per document.
+    """
+    store = encoding.Store(settings, encoding.IMAGE)
+    version = encoding.read_plan(s3, store, plan.prefix).version
+    stored = encoding.Catalogue.load(s3, store, version)
+    items = products(settings, s3, plan)
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for p in items:
+        by_path.setdefault(p["path"], []).append(p)
+    dropped: list[str] = []
+    for path in sorted(by_path):
+        if path not in stored.encoded:
+            dropped.append(path)
+            reason = stored.errors.get(path, ("", "no embedding in the store"))[1]
+            logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
+    loaded = [p for p in items if p["path"] in stored.encoded]
+    ready = len(loaded)
+    if not ready:
+        raise PermanentError(f"no product has an embedding for artifact {version}: nothing to index")
+    vectors = encoding.iter_vectors(s3, store, stored, by_path)
+    first_path, first_vector = next(vectors)
+    dimension = int(first_vector.shape[0])
+    body = index.index_body(settings, alias=plan.alias, dimension=dimension, run_key=plan.run_key)
+    body["mappings"]["_meta"]["artifact_version"] = version
+    created = index.create_index(client, plan.index, body, served=served_indices(settings, s3, client, plan.alias))
+    logger.info("index %s: %s", plan.index, created)
+    result = {"index": plan.index, "dropped_no_embedding": dropped, "dimension": dimension, "artifact_version": version}
+    if created == "served":
+        # A rerun of a finished run: the index serves (or served) readers and is never modified.
+        logger.info("index %s has served alias %s: left unchanged, nothing loaded", plan.index, plan.alias)
+        return {**result, "indexed": int(client.count(index=plan.index)["count"]), "served": True}
+
+    titled = 0
+
+    def docs(titles: encoding.TitleVectors):
+        nonlocal titled
+        for path, vector in itertools.chain([(first_path, first_vector)], vectors):
+            row = vector.tolist()
+            for product in by_path[path]:
+                name_vector = titles.get(product.get("item_name"))
+                titled += name_vector is not None
+                yield index.document(product, row, settings.model_name, name_vector)
+
+    with title_vectors(settings, s3, loaded, version, logger) as titles:
+        logger.info("title vectors: %d read for %d documents", len(titles.rows), ready)
+        report = index.bulk_load(
+            client,
+            plan.index,
+            docs(titles),
+            total=ready,
+            chunk_size=settings.bulk_chunk_size,
+            threads=settings.bulk_threads,
+            logger=logger,
+        )
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
+    logger.info("title vectors added to %d of %d documents", titled, ready)
+    index.finish_loading(client, plan.index, settings.index_replicas)
+    return {**result, "indexed": report.indexed, "title_vectors": titled}
+
+
+def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[str, Any], logger: logging.Logger = log):
+    """Step 5: the count matches, sampled products hold exactly their stored embedding, ANN recall is high.
+
+    The samples are drawn with the run as seed, so successive runs check other products.
+    """
+    items = {p["item_id"]: p for p in products(settings, s3, plan)}
+    dropped = set(loaded["dropped_no_embedding"])
+    indexed = [i for i, p in items.items() if p["path"] not in dropped]
+    checked = index.sample_ids(indexed, settings.validation_sample, seed=f"self-match/{plan.run_key}")
+    queried = index.sample_ids(indexed, settings.recall_sample, seed=f"recall/{plan.run_key}")
+    paths = sorted({items[i]["path"] for i in {*checked, *queried}})
+    store = encoding.Store(settings, encoding.IMAGE)
+    version = loaded.get("artifact_version") or encoding.read_plan(s3, store, plan.prefix).version
+    stored = encoding.Catalogue.load(s3, store, version)
+    vectors = {path: vector.tolist() for path, vector in encoding.iter_vectors(s3, store, stored, paths)}
+    missing = [p for p in paths if p not in vectors]
+    if missing:
+        raise index.IndexValidationError(f"sampled images {missing[:5]} have no stored embedding to check against")
+    return index.validate(
+        client,
+        plan.index,
+        expected_count=len(indexed),
+        expected={i: vectors[items[i]["path"]] for i in checked},
+        queries=[vectors[items[i]["path"]] for i in queried],
+        min_recall=settings.min_recall_percent / 100,
+        candidates=settings.knn_candidates,
+        logger=logger,
+    )
+
+
+def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """The run's near-duplicate groups (same image id, or image vectors with cosine >= the
+    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log."""
+    total = client.count(index=plan.index)["count"]
+    report = duplicates.find_duplicates(
+        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD),
+        total=total,
+        threshold=settings.duplicate_cosine_threshold,
+        block_rows=settings.duplicate_block_rows,
+        logger=logger,
+    )
+    body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
+    put_bytes(s3, settings.bucket, plan.duplicates_key, body, JSON)
+    counts = report.counts
+    logger.info(
+        "near-duplicates: %d groups (%d same image id, %d near-identical vectors, cosine >= %.2f) holding %d of %d "
+        "products; folding would hide %d. Report: s3://%s/%s",
+        counts["groups"],
+        counts["same_image_groups"],
+        counts["near_vector_groups"],
+        report.threshold,
+        counts["products_in_groups"],
+        counts["products"],
+        counts["folded_away"],
+        settings.bucket,
+        plan.duplicates_key,
+    )
+    for group in report.groups[:20]:
+        logger.info("  %s: %s", group.reason, ", ".join(f"{i} ({n})" for i, n in zip(group.item_ids, group.item_names)))
+    return {**counts, "report": f"s3://{settings.bucket}/{plan.duplicates_key}"}
