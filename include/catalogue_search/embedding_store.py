@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from catalogue_search.errors import InvalidValueError, PermanentError
 from catalogue_search.s3util import get_bytes, list_objects, put_bytes
 from catalogue_search.settings import Settings
 
@@ -49,7 +50,7 @@ MAX_CHUNK_RECORDS = 1024
 READ_AHEAD = 4  # chunks fetched ahead while one is being loaded
 
 
-class EmbeddingStoreError(RuntimeError):
+class EmbeddingStoreError(PermanentError, RuntimeError):
     """The store or a transform's outputs are not what the pipeline wrote; the message says where."""
 
 
@@ -221,7 +222,7 @@ def write_chunks(
     `chunk_body`); the titles' chunks (`names`) pass their own, with `content_type`.
     """
     if not 1 <= chunk_size <= MAX_CHUNK_RECORDS:
-        raise ValueError(f"chunk size {chunk_size} must be between 1 and {MAX_CHUNK_RECORDS}")
+        raise InvalidValueError(f"chunk size {chunk_size} must be between 1 and {MAX_CHUNK_RECORDS}")
     chunk_prefix = encode_prefix(run_prefix) + "chunks/"
     out_prefix = run_output_prefix(settings, version, run_prefix)
     plan = EncodePlan(version=version, output_prefix=out_prefix, etags={p: etags.get(p, "") for p in paths})
@@ -237,7 +238,7 @@ def write_chunks(
     limit = settings.transform_max_payload_mb * 1024 * 1024
     for key, data in bodies:
         if len(data) > limit:
-            raise ValueError(f"chunk {key} is {len(data)} bytes, above MaxPayloadInMB: lower the chunk size")
+            raise InvalidValueError(f"chunk {key} is {len(data)} bytes, above MaxPayloadInMB: lower the chunk size")
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda kb: put_bytes(s3, settings.bucket, kb[0], kb[1], content_type), bodies))
     manifest = [

@@ -14,7 +14,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from catalogue_search.errors import PermanentError
+from catalogue_search.errors import InvalidValueError, PermanentError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def make_client(
     }
     if auth == "basic":
         if not user:
-            raise ValueError("OpenSearch basic auth needs a user name")
+            raise InvalidValueError("OpenSearch basic auth needs a user name")
         kwargs["http_auth"] = (user, password)
     elif auth == "sigv4":
         import boto3
@@ -80,10 +80,10 @@ def make_client(
 
         credentials = credentials or boto3.Session().get_credentials()
         if credentials is None:
-            raise ValueError("OpenSearch SigV4 auth needs AWS credentials, and none were found")
+            raise InvalidValueError("OpenSearch SigV4 auth needs AWS credentials, and none were found")
         kwargs["http_auth"] = AWSV4SignerAuth(credentials, region, "es")
     elif auth != "none":
-        raise ValueError(f"unknown OpenSearch auth {auth!r}: use none, basic or sigv4")
+        raise InvalidValueError(f"unknown OpenSearch auth {auth!r}: use none, basic or sigv4")
     return OpenSearch(**kwargs)
 
 
@@ -240,7 +240,7 @@ def create_index(client, name: str, body: dict[str, Any], served: Iterable[str] 
         want = body["mappings"]["properties"][VECTOR_FIELD]["dimension"]
         have = mapping.get("properties", {}).get(VECTOR_FIELD, {}).get("dimension")
         if have != want:
-            raise RuntimeError(f"index {name} exists with vector dimension {have}, expected {want}")
+            raise PermanentError(f"index {name} exists with vector dimension {have}, expected {want}")
         client.indices.put_settings(index=name, body={"index": {"refresh_interval": "-1", "number_of_replicas": 0}})
         return "reused"
     client.indices.create(index=name, body=adapt_to_node(client, body))

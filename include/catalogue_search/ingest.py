@@ -427,7 +427,7 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
     loaded = [p for p in items if p["path"] in catalogue.images]
     ready = len(loaded)
     if not ready:
-        raise RuntimeError(f"no product has an embedding for artifact {version}: nothing to index")
+        raise PermanentError(f"no product has an embedding for artifact {version}: nothing to index")
     vectors = store.iter_vectors(s3, settings, catalogue, by_path)
     first_path, first_vector = next(vectors)
     dimension = int(first_vector.shape[0])

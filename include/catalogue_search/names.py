@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from catalogue_search.errors import InvalidValueError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class TitleVectors:
         for tid, vector in vectors:
             raw = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
             if self.row_bytes and len(raw) != self.row_bytes:
-                raise ValueError(f"title vector {tid} has {len(raw) // 4} dimensions, not {self.row_bytes // 4}")
+                raise InvalidValueError(f"title vector {tid} has {len(raw) // 4} dimensions, not {self.row_bytes // 4}")
             self.row_bytes = len(raw)
             self.rows[tid] = len(self.rows)
             self._file.write(raw)

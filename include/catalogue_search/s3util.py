@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
+from catalogue_search.errors import InvalidValueError
+
 log = logging.getLogger(__name__)
 
 # User metadata on each copied image: the source object's ETag when it was copied.
@@ -34,7 +36,7 @@ def client_config(workers: int = S3_WORKERS):
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise InvalidValueError(f"not an s3:// URI: {uri!r}")
     return parts.netloc, parts.path.lstrip("/")
 
 
