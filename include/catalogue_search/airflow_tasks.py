@@ -21,9 +21,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 # The asset alias every task that moves a read alias declares as its outlet; each event it
 # records names the concrete index asset of the alias that was moved (`index_asset`).
 INDEX_ASSET_ALIAS = "catalogue-search-index"
+# Past a task's time limit, how often a body still unwinding is interrupted again.
+UNWIND_EVERY_S = 5.0
 
 
 def index_asset(alias: str):
@@ -114,6 +119,40 @@ def task_env(context: Mapping[str, Any] | None = None, run_plan: dict | None = N
         yield TaskEnv(Settings.from_env().check(), context, run_plan)
 
 
+@contextmanager
+def ends_at_time_limit(limit: timedelta | None, every: float = UNWIND_EVERY_S) -> Iterator[None]:
+    """Make the task's time limit end the body even where a thread pool waits for hung calls.
+
+    Airflow's `execution_timeout` raises AirflowTaskTimeout once, in the main thread
+    (SIGALRM). Raised inside `with ThreadPoolExecutor(...)`, it waits in the pool's
+    shutdown for every call in flight and every call still queued, each against the
+    hung service. So, from `every` seconds after the limit, SIGALRM is sent again
+    (the same handler, the same exception) until the body has unwound.
+    """
+    if not limit or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        yield  # no time limit handler installed: not running under Airflow's task runner
+        return
+    done = threading.Event()
+    main = threading.main_thread().ident
+
+    def nudge() -> None:
+        if done.wait(limit.total_seconds() + every):
+            return
+        while not done.is_set():
+            log.error("the task is past its time limit (%s) and still unwinding: interrupting it again", limit)
+            signal.pthread_kill(main, signal.SIGALRM)
+            done.wait(every)
+
+    threading.Thread(target=nudge, name="time-limit", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def catalogue_task(timeout: str = "task", *, short_circuit: bool = False, **task_kwargs: Any) -> Callable:
     """Make `fn(env, ...)` an Airflow task (`@task`, or `@task.short_circuit`) run inside `task_env`.
 
@@ -133,7 +172,7 @@ def catalogue_task(timeout: str = "task", *, short_circuit: bool = False, **task
         @functools.wraps(fn)
         def body(*args: Any, **kwargs: Any) -> Any:
             run_plan = signature.bind(None, *args, **kwargs).arguments.get("run_plan")
-            with task_env(run_plan=run_plan) as env:
+            with task_env(run_plan=run_plan) as env, ends_at_time_limit(env.context["task"].execution_timeout):
                 return fn(env, *args, **kwargs)
 
         # Airflow sees the body's own arguments (its XCom inputs), not the env.
