@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 from airflow.sdk import Param, chain, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, index_asset_alias
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -111,10 +111,7 @@ def _transform(task_id: str, config) -> SageMakerTransformOperator:
 @dag(
     dag_id="catalogue_ingest",
     schedule=SETTINGS.schedule or None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
-    dagrun_timeout=SETTINGS.timeout("ingest_dagrun"),
+    **dag_args(SETTINGS, "ingest_dagrun"),
     tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
     doc_md=DOC,
     params=PARAMS,

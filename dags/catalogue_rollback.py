@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, index_asset_alias
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -27,10 +27,7 @@ publish does. Same as `./dev rollback [--alias A]` (which records no event).
 @dag(
     dag_id="catalogue_rollback",
     schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
-    dagrun_timeout=SETTINGS.timeout("dagrun"),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "opensearch", "rollback"],
     doc_md=DOC,
     params={"alias": Param(SETTINGS.index_alias, type="string", pattern="^[a-z0-9][a-z0-9_-]*$")},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, index_asset
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -30,10 +30,7 @@ it checks the `alias` Param.
 @dag(
     dag_id="catalogue_smoke_test",
     schedule=[index_asset(SETTINGS.index_alias)],
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
-    dagrun_timeout=SETTINGS.timeout("dagrun"),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "opensearch", "search", "smoke-test"],
     doc_md=DOC,
     params={"alias": Param(SETTINGS.index_alias, type="string", pattern="^[a-z0-9][a-z0-9_-]*$")},

@@ -13,7 +13,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
 from airflow.providers.amazon.aws.sensors.sagemaker import SageMakerEndpointSensor
 from airflow.sdk import TaskGroup, TriggerRule, chain, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, task_env
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, task_env
 from catalogue_search.endpoints import ENCODE_TYPES
 from catalogue_search.settings import Settings
 
@@ -93,10 +93,7 @@ _skip_current_endpoint = _skip_when(
 @dag(
     dag_id="query_endpoints_deploy",
     schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
-    dagrun_timeout=SETTINGS.timeout("dagrun"),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "query", "sagemaker", "endpoints"],
     doc_md=DEPLOY_DOC,
 )
@@ -175,10 +172,7 @@ def query_endpoints_deploy():
 @dag(
     dag_id="query_endpoints_teardown",
     schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
-    dagrun_timeout=SETTINGS.timeout("dagrun"),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "query", "sagemaker", "endpoints", "cleanup"],
     doc_md=TEARDOWN_DOC,
 )

@@ -55,6 +55,16 @@ def index_asset_alias():
     return AssetAlias(INDEX_ASSET_ALIAS)
 
 
+def dag_args(settings: Settings, run_limit: str = "dagrun") -> dict[str, Any]:
+    """What every DAG shares: no catch-up, one active run, the task defaults and the run's time limit."""
+    return {
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": settings.dag_default_args(),
+        "dagrun_timeout": settings.timeout(run_limit),
+    }
+
+
 @dataclass
 class TaskEnv:
     """What a task body needs: the settings, the Airflow context, clients and the run plan."""

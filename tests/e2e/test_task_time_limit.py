@@ -71,6 +71,15 @@ def silent_opensearch():
     server.close()
 
 
+def _dags_test_with_a_time_limit(dag_id: str, limit_s: int, unique: str, **env: str) -> subprocess.CompletedProcess:
+    """`airflow dags test dag_id` with every task limited to `limit_s` and no retries."""
+    env = {**os.environ, **env, "CATSEARCH_TASK_TIMEOUT_S": str(limit_s), "CATSEARCH_TASK_RETRIES": "0"}
+    for name in Settings.from_env({}).missing():  # a bare environment: the run needs a complete configuration
+        env.setdefault(name, "local" if name.endswith("QUERY_ENCODER") else f"hang-{unique}")
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
 def _timestamp(log: str, marker: str) -> datetime:
     line = next(line for line in log.splitlines() if marker in line)
     return datetime.fromisoformat(re.match(r"(\S+?)Z? ", line).group(1))
@@ -78,25 +87,16 @@ def _timestamp(log: str, marker: str) -> datetime:
 
 def test_a_hung_opensearch_call_ends_at_the_task_time_limit(silent_opensearch, unique):
     assert index.make_client.__kwdefaults__["timeout"] > TASK_LIMIT_S * 1.5  # the limit, not the client, ends it
-    env = {
-        **os.environ,
-        "CATSEARCH_OPENSEARCH_URL": f"http://127.0.0.1:{silent_opensearch.port}",
-        "AIRFLOW_CONN_OPENSEARCH_DEFAULT": json.dumps(
+    started = time.time()
+    result = _dags_test_with_a_time_limit(
+        "catalogue_rollback",
+        TASK_LIMIT_S,
+        unique,
+        CATSEARCH_OPENSEARCH_URL=f"http://127.0.0.1:{silent_opensearch.port}",
+        AIRFLOW_CONN_OPENSEARCH_DEFAULT=json.dumps(
             {"conn_type": "opensearch", "host": "127.0.0.1", "port": silent_opensearch.port, "schema": "http"}
         ),
-        "CATSEARCH_INDEX_ALIAS": f"hang-{unique}",
-        "CATSEARCH_TASK_TIMEOUT_S": str(TASK_LIMIT_S),
-        "CATSEARCH_TASK_RETRIES": "0",
-    }
-    for name in Settings.from_env({}).missing():  # a bare environment: the run needs a complete configuration
-        env.setdefault(name, "local" if name.endswith("QUERY_ENCODER") else f"hang-{unique}")
-    started = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "catalogue_rollback"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        CATSEARCH_INDEX_ALIAS=f"hang-{unique}",
     )
     ended = time.time()
     log = result.stdout + result.stderr
@@ -145,22 +145,9 @@ def test_hung_calls_in_a_thread_pool_end_at_the_task_time_limit(tmp_path, unique
     limit, hold = 8, 30
     server = SilentServer(hold_s=hold, most=2)
     (tmp_path / "hung_pool.py").write_text(HUNG_POOL_DAG)
-    env = {
-        **os.environ,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path),
-        "SILENT_PORT": str(server.port),
-        "CATSEARCH_TASK_TIMEOUT_S": str(limit),
-        "CATSEARCH_TASK_RETRIES": "0",
-    }
-    for name in Settings.from_env({}).missing():
-        env.setdefault(name, "local" if name.endswith("QUERY_ENCODER") else f"hang-{unique}")
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "airflow", "dags", "test", "hung_pool"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        result = _dags_test_with_a_time_limit(
+            "hung_pool", limit, unique, AIRFLOW__CORE__DAGS_FOLDER=str(tmp_path), SILENT_PORT=str(server.port)
         )
     finally:
         server.close()
