@@ -3,8 +3,8 @@
 Every name a task, a CLI command or a test needs (buckets, index alias, model,
 endpoints) comes from here. Values are read from environment variables. Production code has no local
 defaults: the settings that name a deployment (bucket, role, OpenSearch,
-query encoder) are empty unless set, and `check()` (called by the first task of
-every DAG and by the CLI) fails with one message naming every one missing.
+query encoder) are empty unless set, and `check()` (called by every task before
+its work, and by the CLI) fails with one message naming every one missing or invalid.
 The local stack's values live in `tools/catalogue_search_dev/localenv.py`,
 which `./dev` and `docker-compose.yaml` export.
 """
