@@ -181,17 +181,20 @@ def test_ingest_dag_shape():
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])
 def test_dag_file_imports_fast_and_light(dag_file):
-    """With Airflow already loaded (as in the DAG processor), a DAG file parses in well under a second."""
+    """With Airflow already loaded (as in the DAG processor), a DAG file parses in well under a second.
+
+    Measured in CPU seconds of the parsing process, so a busy machine does not fail it.
+    """
     probe = f"""
 import importlib.util, json, sys, time
 import airflow.sdk
 from airflow.providers.amazon.aws.operators import sagemaker as _warm  # provider import is shared by all DAG files
 before = set(sys.modules)
-start = time.perf_counter()
+start = time.process_time()
 spec = importlib.util.spec_from_file_location("dag_under_test", {str(dag_file)!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-elapsed = time.perf_counter() - start
+elapsed = time.process_time() - start
 heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules and m not in before)
 print(json.dumps({{"seconds": elapsed, "heavy": heavy}}))
 """
@@ -201,7 +204,7 @@ print(json.dumps({{"seconds": elapsed, "heavy": heavy}}))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [], f"{dag_file.name} imports heavy modules at top level: {result['heavy']}"
-    assert result["seconds"] < 1.0, f"{dag_file.name} took {result['seconds']:.2f}s to import"
+    assert result["seconds"] < 1.0, f"{dag_file.name} took {result['seconds']:.2f} CPU s to import"
 
 
 def test_the_index_asset_names_the_alias_and_no_host_and_something_consumes_it():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from catalogue_search import embedding_store, index, model_artifact
+from catalogue_search import encoding, index, model_artifact
 from catalogue_search.airflow_clients import fail_fast
 from catalogue_search.errors import is_permanent
 from catalogue_search.settings import Settings
@@ -40,9 +40,7 @@ def test_a_transform_output_that_is_not_the_pipeline_s_fails_at_once(settings, s
     s3.put_object(Bucket=settings.bucket, Key="runs/r/out.npz", Body=b"not an npz")
     with pytest.raises(AirflowFailException, match="is not a chunk output"):
         with fail_fast():
-            embedding_store.parse_output(
-                s3.get_object(Bucket=settings.bucket, Key="runs/r/out.npz")["Body"].read(), "x"
-            )
+            encoding.parse_output(s3.get_object(Bucket=settings.bucket, Key="runs/r/out.npz")["Body"].read(), "x")
     with pytest.raises(AirflowFailException, match="prepare_encoding has not run"):
         with fail_fast():
-            embedding_store.read_plan(s3, settings, "manifests/never-run/")
+            encoding.read_plan(s3, settings, "manifests/never-run/")

@@ -34,7 +34,7 @@ def test_an_alias_too_long_for_an_index_name_fails_at_once():
 
 
 def test_deterministic_errors_are_permanent():
-    from catalogue_search import embedding_store, endpoints, model_artifact, smoke
+    from catalogue_search import encoding, endpoints, model_artifact, smoke
     from catalogue_search.errors import InvalidValueError
 
     permanent = [
@@ -42,8 +42,8 @@ def test_deterministic_errors_are_permanent():
         SettingsError,
         InvalidValueError,
         model_artifact.ArtifactVersionError,
-        embedding_store.EmbeddingStoreError,
-        embedding_store.MissingOutputError,
+        encoding.EmbeddingStoreError,
+        encoding.MissingOutputError,
         endpoints.ArtifactMissingError,
         endpoints.SmokeTestError,
         smoke.SearchSmokeError,
@@ -52,7 +52,7 @@ def test_deterministic_errors_are_permanent():
         assert issubclass(cls, PermanentError), cls
     # What callers caught before still catches them.
     assert issubclass(model_artifact.ArtifactVersionError, RuntimeError)
-    assert issubclass(embedding_store.EmbeddingStoreError, RuntimeError)
+    assert issubclass(encoding.EmbeddingStoreError, RuntimeError)
     assert issubclass(InvalidValueError, ValueError) and issubclass(SettingsError, ValueError)
     # An endpoint still updating settles by itself: retried.
     assert not issubclass(endpoints.EndpointBusyError, PermanentError)
