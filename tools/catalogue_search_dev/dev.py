@@ -8,7 +8,7 @@
 ./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag; BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
-./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C stops all of it
+./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C, SIGTERM or SIGHUP stops all of it
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from catalogue_search_dev.localenv import cache_home, repo_root
 
 
 def _say(msg: str) -> None:
-    print(f"\033[1m[dev]\033[0m {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"\033[1m[dev]\033[0m {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # stderr closed or gone (`./dev ui | tee` after Ctrl-C)
+        pass
 
 
 def stack_up() -> None:
@@ -174,7 +177,7 @@ def cmd_airflow(args: list[str]) -> int:
 
 
 def cmd_ui(args: list[str]) -> int:
-    from catalogue_search_dev import ui
+    from catalogue_search_dev import ui, ui_state
 
     stack_up()
     ensure_airflow_db()
@@ -184,7 +187,8 @@ def cmd_ui(args: list[str]) -> int:
     where = "in" if passwords.exists() else "printed below on this first start, and kept in"
     _say(f"Airflow UI on http://127.0.0.1:{port}: user admin, password {where} {passwords}")
     _say(f"LocalExecutor with {os.environ.get('AIRFLOW__CORE__PARALLELISM', '32')} task slots; Ctrl-C stops Airflow")
-    return ui.run(["airflow", "standalone", *args], dict(os.environ), say=_say)
+    _say(f"its output is also kept in {ui_state.log_file()}")
+    return ui.run(["airflow", "standalone", *args], dict(os.environ))
 
 
 # `./dev bench NAME` -> benchmarks/<script>; `./dev bench` runs them all, in this order.
