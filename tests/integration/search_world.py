@@ -80,8 +80,14 @@ def make_products(n: int) -> list[Product]:
 
 
 def build_world(
-    moto_url: str, opensearch_url: str, tmp_dir: Path, n: int = 16, model_cache_dir: str | None = None
+    moto_url: str,
+    opensearch_url: str,
+    tmp_dir: Path,
+    n: int = 16,
+    model_cache_dir: str | None = None,
+    artifact: Path | None = None,
 ) -> World:
+    """`artifact`: the session's tiny model (the `tiny_artifact` fixture); built here only if not given."""
     token = testenv.unique_name_part()  # the session's token: its end-of-session sweep finds what a crash leaves
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,
@@ -95,8 +101,9 @@ def build_world(
     )
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     s3.create_bucket(Bucket=settings.bucket)
-    artifact = tmp_dir / "model.tar.gz"
-    build_model_artifact(artifact, "tiny-clip", "", TINY)
+    if artifact is None:
+        artifact = tmp_dir / "model.tar.gz"
+        build_model_artifact(artifact, "tiny-clip", "", TINY)
     upload_model_artifact(settings, s3, artifact)
     products = make_products(n)
     for p in products:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import boto3
 import pytest
@@ -12,11 +11,10 @@ from PIL import Image, ImageDraw
 
 from catalogue_search import duplicates, index, search
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
+from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.settings import Settings
 from catalogue_search_dev import testenv
 
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 # item_id -> (title, colour, shape, image id). The titles carry words no picture of a shape can carry.
 PRODUCTS = {
     "B0ZEBRA001": ("Striped zebra plush toy ZX-200", "black", "rectangle", "imgZEBRA"),
@@ -45,7 +43,7 @@ def _jpeg(colour: str, shape: str, size: int = 96) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, moto_url, opensearch_url):
+def world(tmp_path_factory, moto_url, opensearch_url, tiny_artifact):
     token = testenv.unique_name_part()
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,
@@ -57,9 +55,7 @@ def world(tmp_path_factory, moto_url, opensearch_url):
     )
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     s3.create_bucket(Bucket=settings.bucket)
-    out = tmp_path_factory.mktemp("artifact") / "model.tar.gz"
-    build_model_artifact(out, "tiny-clip", "", TINY)
-    upload_model_artifact(settings, s3, out)
+    upload_model_artifact(settings, s3, tiny_artifact)
     images = {item: _jpeg(colour, shape) for item, (_, colour, shape, _) in PRODUCTS.items()}
     image_vecs = load_handler_from_artifact(settings.artifact_uri, "IMAGE", s3_client=s3).encode_images(
         list(images.values())
@@ -265,7 +261,7 @@ def test_cli_hybrid_flag(world, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def sample_world(world, tmp_path_factory):
+def sample_world(world, tmp_path_factory, tiny_artifact):
     """The sample catalogue's products whose pictures are identical, plus 30 others, indexed in-process."""
     from catalogue_search_dev import sample_index
 
@@ -278,8 +274,7 @@ def sample_world(world, tmp_path_factory):
         p for p in products if p["item_id"] not in in_groups
     ][:30]
     tmp = tmp_path_factory.mktemp("sample-artifact")
-    build_model_artifact(tmp / "model.tar.gz", "tiny-clip", "", TINY)
-    encoded = sample_index.encode(layout, chosen, tmp / "model.tar.gz", cache_dir=tmp / "cache")
+    encoded = sample_index.encode(layout, chosen, tiny_artifact, cache_dir=tmp / "cache")
     alias = f"{settings.index_alias}-sample"
     name = f"{alias}-v1"
     sample_index.load(client, settings.replace(index_alias=alias), name, alias, encoded)

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, moto_url, opensearch_url):
-    w = build_world(moto_url, opensearch_url, tmp_path_factory.mktemp("api-world"), n=14)
+def world(tmp_path_factory, moto_url, opensearch_url, tiny_artifact):
+    w = build_world(moto_url, opensearch_url, tmp_path_factory.mktemp("api-world"), n=14, artifact=tiny_artifact)
     yield w
     w.cleanup()
 

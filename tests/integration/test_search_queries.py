@@ -13,8 +13,8 @@ from catalogue_search import cli, index, search
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, moto_url, opensearch_url):
-    w = build_world(moto_url, opensearch_url, tmp_path_factory.mktemp("world"), n=12)
+def world(tmp_path_factory, moto_url, opensearch_url, tiny_artifact):
+    w = build_world(moto_url, opensearch_url, tmp_path_factory.mktemp("world"), n=12, artifact=tiny_artifact)
     yield w
     w.cleanup()
 

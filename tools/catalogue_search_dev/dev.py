@@ -2,6 +2,8 @@
 
 ./dev demo                 index the sample catalogue and answer sample queries
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
+./dev test --quick [args]  ruff, then the unit tests and DAG integrity checks (marker `unit`): no stack, < 1 min
+./dev test --update-docs   also write the browser test's screenshot over docs/search-page.png
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
@@ -81,14 +83,42 @@ def lint() -> int:
     return 0
 
 
+# `./dev test --quick`: the tests marked `unit` and not `slow` (tests/conftest.py), where they live unless
+# paths are given.
+QUICK_PATHS = ["tests/unit", "tests/dags", "tests/deploy"]
+QUICK_FUZZ_EXAMPLES = "30"  # the handler fuzz test's examples per content type in the quick lane (150 in full)
+
+
+def _has_path(args: list[str]) -> bool:
+    return any(not a.startswith("-") and (repo_root() / a.split("::")[0]).exists() for a in args)
+
+
+def cmd_test_quick(args: list[str]) -> int:
+    """Lint, then the unit tests and the DAG integrity checks: no stack, no browser, no server."""
+    if lint() != 0:
+        return 1
+    os.chdir(repo_root())
+    env = dict(os.environ)
+    env.setdefault("CATSEARCH_FUZZ_EXAMPLES", QUICK_FUZZ_EXAMPLES)
+    paths = [] if _has_path(args) else QUICK_PATHS
+    marks = "unit and not slow"
+    return subprocess.run([sys.executable, "-m", "pytest", "-m", marks, *paths, *args], env=env).returncode
+
+
 def cmd_test(args: list[str]) -> int:
     """Lint, then pytest, then check that the run left the user's Airflow DB, moto and OpenSearch as they were.
 
     The tests use their own AIRFLOW_HOME and name what they create with the
     session's token (tests/conftest.py), so the user's DB is never opened here.
+    `--quick`: see `cmd_test_quick`.
     """
     from catalogue_search_dev import testenv
 
+    if "--update-docs" in args:  # the browser test writes docs/search-page.png instead of build/screenshots/
+        os.environ[testenv.UPDATE_DOCS_ENV] = "1"
+        args = [a for a in args if a != "--update-docs"]
+    if "--quick" in args:
+        return cmd_test_quick([a for a in args if a != "--quick"])
     if lint() != 0:
         return 1
     stack_up()

@@ -98,12 +98,16 @@ def stop_recorded(wait: float = 60.0) -> str:
     rec = read()
     if rec is None:
         return "not running (nothing started by ./dev ui)"
-    if procs.alive(rec.supervisor):
+    stopped_supervisor = procs.alive(rec.supervisor)
+    if stopped_supervisor:
         os.kill(rec.supervisor, signal.SIGTERM)  # it stops Airflow as on Ctrl-C
         deadline = time.monotonic() + wait
         while procs.alive(rec.supervisor) and time.monotonic() < deadline:
             time.sleep(0.5)
     members = procs.session_members(rec.airflow)
+    if not members and not stopped_supervisor:
+        forget()
+        return f"not running (./dev ui, pid {rec.supervisor}, had exited and left nothing)"
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in members:
             try:
