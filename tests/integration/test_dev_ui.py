@@ -107,7 +107,9 @@ def test_ctrl_c_on_dev_ui_piped_into_tee_leaves_no_airflow_process_behind(tmp_pa
         _wait(lambda: procs.listeners(worker_logs) and procs.listeners(trigger_logs), 60, "log servers", ui_log)
         for log_port in (worker_logs, trigger_logs):
             assert {addr for addr, _ in procs.listeners(log_port)} == {"127.0.0.1"}, log_port
-        assert {addr for addr, _ in procs.listeners(port)} == {"127.0.0.1"}
+        listening = procs.listening(_session(airflow_sid))  # every port any Airflow process listens on
+        assert {p for _, p, _ in listening} >= {port, worker_logs, trigger_logs}, listening
+        assert {addr for addr, _, _ in listening} == {"127.0.0.1"}, listening
         shown = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout
         assert f"airflow: running at http://127.0.0.1:{port} (started by ./dev ui, pid {airflow_sid}" in shown
 

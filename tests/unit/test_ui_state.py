@@ -28,6 +28,7 @@ def test_listeners_and_their_owner_are_read_from_proc():
     with _listening() as v4:
         port = v4.getsockname()[1]
         assert procs.port_holders(port) == [("127.0.0.1", os.getpid())]
+        assert ("127.0.0.1", port, os.getpid()) in procs.listening([os.getpid()])
     assert procs.listeners(port) == []
     if socket.has_ipv6:
         try:

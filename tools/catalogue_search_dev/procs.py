@@ -94,8 +94,8 @@ def _address(hex_addr: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, b"".join(words))
 
 
-def listeners(port: int) -> list[tuple[str, int]]:
-    """(address, socket inode) of every TCP socket listening on `port`, IPv4 and IPv6."""
+def _listening_sockets() -> list[tuple[str, int, int]]:
+    """(address, port, socket inode) of every listening TCP socket, IPv4 and IPv6."""
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -104,31 +104,46 @@ def listeners(port: int) -> list[tuple[str, int]]:
             continue
         for line in lines:
             fields = line.split()
-            local, state, inode = fields[1], fields[3], int(fields[9])
-            addr, _, port_hex = local.rpartition(":")
-            if state == LISTEN and int(port_hex, 16) == port:
-                found.append((_address(addr), inode))
+            addr, _, port_hex = fields[1].rpartition(":")
+            if fields[3] == LISTEN:
+                found.append((_address(addr), int(port_hex, 16), int(fields[9])))
     return found
+
+
+def listeners(port: int) -> list[tuple[str, int]]:
+    """(address, socket inode) of every TCP socket listening on `port`, IPv4 and IPv6."""
+    return [(addr, inode) for addr, p, inode in _listening_sockets() if p == port]
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def listening(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket that one of `pids` listens on."""
+    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    return sorted((addr, port, owner[inode]) for addr, port, inode in _listening_sockets() if inode in owner)
 
 
 def socket_owners(inodes: set[int]) -> dict[int, int]:
     """inode -> pid of a process holding that socket (readable processes only)."""
-    wanted = {f"socket:[{inode}]": inode for inode in inodes}
     owners: dict[int, int] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit() or len(owners) == len(wanted):
-            continue
-        try:
-            fds = os.listdir(f"/proc/{name}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{name}/fd/{fd}")
-            except OSError:
-                continue
-            if target in wanted:
-                owners.setdefault(wanted[target], int(name))
+        if name.isdigit() and len(owners) < len(inodes):
+            for inode in _socket_inodes(int(name)) & inodes:
+                owners.setdefault(inode, int(name))
     return owners
 
 
