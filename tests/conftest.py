@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "include"))
 sys.path.insert(0, str(REPO / "tools"))
 
 from catalogue_search.settings import Settings  # noqa: E402
-from catalogue_search_dev import testenv  # noqa: E402
+from catalogue_search_dev import testenv, testkinds  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
 TINY_MODEL_CONFIG = FIXTURES / "tiny_clip.json"
@@ -53,7 +53,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 AIRFLOW_HOME_KEY = pytest.StashKey[Path]()
 
 
-# --- markers: what a test needs, from where it lives (testenv.kind_markers; registered in pyproject.toml) ---
+# --- markers: what a test needs, from where it lives (testkinds.kind_markers; registered in pyproject.toml) ---
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests = REPO / "tests"
     for item in items:
@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except ValueError:
             continue
         explicit = {mark.name for mark in item.iter_markers()}
-        for name in sorted(testenv.kind_markers(relative, set(item.fixturenames), explicit) - explicit):
+        for name in sorted(testkinds.kind_markers(relative, set(item.fixturenames), explicit) - explicit):
             item.add_marker(name)
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from search_world import build_world
 
-from catalogue_search_dev import testenv
+from catalogue_search_dev import testkinds
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CATSEARCH_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = testenv.screenshot_path("search-page.png")  # build/screenshots/, or docs/ with --update-docs
+SCREENSHOT = testkinds.screenshot_path("search-page.png")  # build/screenshots/, or docs/ with --update-docs
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

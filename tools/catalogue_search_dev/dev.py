@@ -83,12 +83,6 @@ def lint() -> int:
     return 0
 
 
-# `./dev test --quick`: the tests marked `unit` and not `slow` (tests/conftest.py), where they live unless
-# paths are given.
-QUICK_PATHS = ["tests/unit", "tests/dags", "tests/deploy"]
-QUICK_FUZZ_EXAMPLES = "30"  # the handler fuzz test's examples per content type in the quick lane (150 in full)
-
-
 def _has_path(args: list[str]) -> bool:
     return any(not a.startswith("-") and (repo_root() / a.split("::")[0]).exists() for a in args)
 
@@ -97,12 +91,14 @@ def cmd_test_quick(args: list[str]) -> int:
     """Lint, then the unit tests and the DAG integrity checks: no stack, no browser, no server."""
     if lint() != 0:
         return 1
+    from catalogue_search_dev import testkinds
+
     os.chdir(repo_root())
     env = dict(os.environ)
-    env.setdefault("CATSEARCH_FUZZ_EXAMPLES", QUICK_FUZZ_EXAMPLES)
-    paths = [] if _has_path(args) else QUICK_PATHS
-    marks = "unit and not slow"
-    return subprocess.run([sys.executable, "-m", "pytest", "-m", marks, *paths, *args], env=env).returncode
+    env.setdefault("CATSEARCH_FUZZ_EXAMPLES", testkinds.QUICK_FUZZ_EXAMPLES)
+    paths = [] if _has_path(args) else testkinds.QUICK_PATHS
+    command = [sys.executable, "-m", "pytest", "-m", testkinds.QUICK_MARKS, *paths, *args]
+    return subprocess.run(command, env=env).returncode
 
 
 def cmd_test(args: list[str]) -> int:
@@ -112,10 +108,10 @@ def cmd_test(args: list[str]) -> int:
     session's token (tests/conftest.py), so the user's DB is never opened here.
     `--quick`: see `cmd_test_quick`.
     """
-    from catalogue_search_dev import testenv
+    from catalogue_search_dev import testenv, testkinds
 
     if "--update-docs" in args:  # the browser test writes docs/search-page.png instead of build/screenshots/
-        os.environ[testenv.UPDATE_DOCS_ENV] = "1"
+        os.environ[testkinds.UPDATE_DOCS_ENV] = "1"
         args = [a for a in args if a != "--update-docs"]
     if "--quick" in args:
         return cmd_test_quick([a for a in args if a != "--quick"])

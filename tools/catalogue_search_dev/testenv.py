@@ -41,50 +41,6 @@ TOKEN_PATTERN = re.compile(r"tst[0-9a-f]{5}")
 SHARED_ENV = "CATSEARCH_TEST_SHARED_STACK"
 # Airflow tables a test run must not write into the user's DB.
 AIRFLOW_TABLES = ("dag_run", "task_instance", "asset_event", "dag_version")
-# Set to 1 (`./dev test --update-docs`) to write the tests' screenshots over the docs' tracked ones.
-UPDATE_DOCS_ENV = "CATSEARCH_UPDATE_DOCS"
-
-
-# --- pytest markers: what a test needs, from where it lives (tests/conftest.py applies them) -------------------
-DIRECTORY_MARKERS = {
-    "unit": {"unit"},
-    "dags": {"unit"},
-    "deploy": {"unit"},
-    "integration": {"stack"},
-    "e2e": {"e2e", "stack"},
-    "system": {"aws"},
-    "cluster": {"cluster", "stack"},
-}
-FILE_NAME_MARKERS = {"browser": {"browser", "stack"}, "cluster": {"cluster", "stack"}, "secure": {"secure", "stack"}}
-STACK_FIXTURES = {"moto_url", "opensearch_url", "sagemaker_url"}  # every fixture that needs a server asks one of these
-NOT_UNIT = {"stack", "e2e", "browser", "cluster", "secure", "aws"}
-
-
-def kind_markers(relative: Path, fixtures: set[str], explicit: set[str]) -> set[str]:
-    """The markers of a test at `relative` (to tests/) that uses `fixtures` and carries `explicit` markers.
-
-    A test in tests/unit that needs a server (by its fixtures, or by a marker it
-    carries) is a `stack` test, not a `unit` one, so the quick lane never needs one.
-    """
-    marks = set(DIRECTORY_MARKERS.get(relative.parts[0] if len(relative.parts) > 1 else "", set()))
-    for word, extra in FILE_NAME_MARKERS.items():
-        if word in relative.name:
-            marks |= extra
-    if fixtures & STACK_FIXTURES:
-        marks.add("stack")
-    marks |= explicit & NOT_UNIT
-    if marks & NOT_UNIT:
-        marks.discard("unit")
-    return marks
-
-
-def screenshot_path(name: str) -> Path:
-    """Where a test saves a screenshot: build/screenshots/ (ignored by git), or docs/ when asked to update them."""
-    from catalogue_search_dev.localenv import repo_root
-
-    folder = repo_root() / ("docs" if os.environ.get(UPDATE_DOCS_ENV) == "1" else "build/screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
 
 
 def new_token() -> str:
