@@ -98,7 +98,9 @@ def sagemaker_url(moto_url: str, tmp_path_factory):
     from catalogue_search_dev.sagemaker_local import LocalSageMaker, serve_in_thread
 
     settings = Settings.from_env()
-    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, tmp_path_factory.mktemp("transform-jobs"))
+    # One CPU per container: one TorchServe worker per model, the session's servers shared by every test.
+    jobs = tmp_path_factory.mktemp("sagemaker-jobs")
+    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, jobs, container_cpus=1)
     server, url = serve_in_thread(state)
     yield url
     state.close()
@@ -173,7 +175,7 @@ def sagemaker_client(settings: Settings):
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
     """model.tar.gz of the tiny CLIP config (random weights, saved: every load gives the same vectors)."""
-    from catalogue_search.model_artifact import build_model_artifact
+    from catalogue_search_dev.model_build import build_model_artifact
 
     path = tmp_path_factory.mktemp("tiny-artifact") / "model.tar.gz"
     build_model_artifact(path, "tiny-clip", "", TINY_MODEL_CONFIG)

@@ -12,9 +12,9 @@ from PIL import Image, ImageDraw
 
 from catalogue_search import duplicates, index, search
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
 from catalogue_search_dev import testenv
+from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 # item_id -> (title, colour, shape, image id). The titles carry words no picture of a shape can carry.

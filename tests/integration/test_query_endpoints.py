@@ -21,9 +21,9 @@ from catalogue_search import endpoints
 from catalogue_search.contract import vectors_close
 from catalogue_search.endpoints import ENCODE_TYPES, IMAGE, TEXT
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings, boto3_client
+from catalogue_search_dev.model_build import upload_model_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"

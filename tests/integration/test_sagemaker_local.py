@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 from catalogue_search.contract import vectors_close
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.settings import Settings, boto3_client
+from catalogue_search_dev.model_build import upload_model_artifact
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"

@@ -13,9 +13,9 @@ from PIL import Image, ImageDraw
 from catalogue_search import index, search
 from catalogue_search.contract import VECTOR_ATOL, vectors_close
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import testenv
+from catalogue_search_dev.model_build import upload_model_artifact
 
 SHAPES = {
     "B0RED00001": ("red", "ellipse", "TOY"),

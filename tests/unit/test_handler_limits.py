@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from catalogue_search.handler import LoadedHandler, load_handler
-from catalogue_search.model_artifact import write_model_dir
+from catalogue_search_dev.model_build import write_model_dir
 
 TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 X_IMAGE = "application/x-image"
@@ -242,9 +242,9 @@ def test_output_is_strict_json(image_handler: LoadedHandler):
     module = image_handler.module
     prediction = module.Prediction(embeddings=np.zeros((1, 32), dtype=np.float32), ids=[float("nan")])
     with pytest.raises(ValueError, match="JSON compliant"):
-        module.output_fn(prediction, JSON)
+        module.serialize(prediction, JSON)
     with pytest.raises(ValueError, match="JSON compliant"):
-        module.output_fn(prediction, JSONLINES)
+        module.serialize(prediction, JSONLINES)
 
 
 # --------------------------------------------------------------------------- JSON Lines

@@ -18,7 +18,7 @@ from PIL import Image
 
 from catalogue_search import embedding_store as store
 from catalogue_search.handler import LoadedHandler, load_handler
-from catalogue_search.model_artifact import write_model_dir
+from catalogue_search_dev.model_build import write_model_dir
 
 TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 CHUNK = "application/x-image-chunk"
