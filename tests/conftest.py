@@ -90,20 +90,30 @@ def opensearch_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def sagemaker_url(moto_url: str, tmp_path_factory):
+def local_sagemaker(moto_url: str, tmp_path_factory):
+    """The local SageMaker server's state (jobs, model servers) running this checkout's code.
+
+    One CPU per container: one TorchServe worker per model; the model servers are shared by every test.
+    """
+    from catalogue_search_dev.sagemaker_local import LocalSageMaker
+
+    settings = Settings.from_env()
+    jobs = tmp_path_factory.mktemp("sagemaker-jobs")
+    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, jobs, container_cpus=1)
+    yield state
+    state.close()
+
+
+@pytest.fixture(scope="session")
+def sagemaker_url(local_sagemaker):
     """A local SageMaker server running this checkout's code, in front of the moto server, on a free port.
 
     Not the stack's shared one (127.0.0.1:5100), which may run another checkout's code.
     """
-    from catalogue_search_dev.sagemaker_local import LocalSageMaker, serve_in_thread
+    from catalogue_search_dev.sagemaker_local import serve_in_thread
 
-    settings = Settings.from_env()
-    # One CPU per container: one TorchServe worker per model, the session's servers shared by every test.
-    jobs = tmp_path_factory.mktemp("sagemaker-jobs")
-    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, jobs, container_cpus=1)
-    server, url = serve_in_thread(state)
+    server, url = serve_in_thread(local_sagemaker)
     yield url
-    state.close()
     server.shutdown()
     server.server_close()
 

@@ -11,8 +11,9 @@
   except that CreateTransformJob and CreateTrainingJob also run the job
   (`local_jobs`), DescribeTransformJob / ListTransformJobs /
   DescribeTrainingJob report its real status, StopTransformJob and
-  StopTrainingJob (which moto lacks) stop it, and DeleteModel stops the model's
-  container once nothing uses it.
+  StopTrainingJob (which moto lacks) stop it, CreateEndpoint starts the
+  endpoint's container (moto calls it InService at once) and DeleteModel stops
+  the model's container once nothing uses it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import http.client
 import json
 import logging
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +275,17 @@ class LocalSageMaker:
             answer.body = listed
         elif action == "DeleteModel":
             self.servers.release(request.get("ModelName", ""))
+        elif action == "CreateEndpoint":
+            threading.Thread(target=self._provision, args=(request.get("EndpointName", ""),), daemon=True).start()
         return answer
+
+    def _provision(self, endpoint_name: str) -> None:
+        """Start the endpoint's container now, as CreateEndpoint does (moto calls the endpoint InService at once)."""
+        try:
+            variant, container = self.resolve(endpoint_name)
+            self.servers.get(variant["ModelName"], container["ModelDataUrl"], dict(container.get("Environment") or {}))
+        except Exception as exc:  # the first invocation meets the same error and answers it
+            log.info("endpoint %s: its container did not start: %s", endpoint_name, exc)
 
     def status(self) -> dict[str, Any]:
         """What /ping reports: moto's address and the running model servers."""
