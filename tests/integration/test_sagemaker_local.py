@@ -76,8 +76,11 @@ def sagemaker(settings: Settings):
             pass
 
 
-def deploy(sagemaker, settings: Settings, encode_type: str, model_data_url: str | None = None, **variant) -> str:
-    """Model + serverless endpoint config + endpoint, as the deploy DAG creates them (moto: InService at once)."""
+def deploy(
+    sagemaker, settings: Settings, encode_type: str, model_data_url: str | None = None, wait: bool = True, **variant
+) -> str:
+    """Model + serverless endpoint config + endpoint, as the deploy DAG creates them; waits until InService
+    (the local server says Creating until the endpoint's TorchServe answers /ping)."""
     name = settings.endpoint_name(encode_type)
     sagemaker.create_model(
         ModelName=name,
@@ -96,6 +99,10 @@ def deploy(sagemaker, settings: Settings, encode_type: str, model_data_url: str 
     sagemaker.created.append(("endpoint_config", name))
     sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
     sagemaker.created.append(("endpoint", name))
+    if wait:
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 600}
+        )
     return name
 
 
@@ -215,7 +222,11 @@ def test_a_missing_artifact_or_a_crashing_handler_is_a_model_error_naming_the_ca
     tiny, s3, sagemaker, tmp_path, make_handler_artifact
 ):
     missing = deploy(
-        sagemaker, tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"), "TEXT", "s3://nowhere-x/m.tar.gz"
+        sagemaker,
+        tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"),
+        "TEXT",
+        "s3://nowhere-x/m.tar.gz",
+        wait=False,
     )
     with pytest.raises(ClientError, match="ModelError") as err:
         runtime(tiny).invoke_endpoint(EndpointName=missing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
@@ -351,7 +362,7 @@ def test_a_job_that_cannot_run_is_failed_with_the_reason(tiny, s3, sagemaker, tm
         bad = crashing_artifact(make_handler_artifact, tmp_path / "m.tar.gz", "load")
         s3.upload_file(str(bad), tiny.bucket, "models/bad/model.tar.gz")
         url, wanted = f"s3://{tiny.bucket}/models/bad/model.tar.gz", "the weights are corrupt"
-    model = deploy(sagemaker, tiny, "IMAGE", url)
+    model = deploy(sagemaker, tiny, "IMAGE", url, wait=False)
     s3.put_object(Bucket=tiny.bucket, Key="in/red.jpg", Body=jpeg("red"))
     name = f"bad-{tiny.bucket[-8:]}"
 

@@ -12,8 +12,10 @@
   (`local_jobs`), DescribeTransformJob / ListTransformJobs /
   DescribeTrainingJob report its real status, StopTransformJob and
   StopTrainingJob (which moto lacks) stop it, CreateEndpoint starts the
-  endpoint's container (moto calls it InService at once) and DeleteModel stops
-  the model's container once nothing uses it.
+  endpoint's container and DescribeEndpoint says Creating until it answers
+  /ping (moto calls it InService at once), and DeleteModel stops the model's
+  container once nothing uses it. An invocation of an endpoint whose container
+  is still starting waits for it.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class LocalSageMaker:
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
         self.servers = ModelServers(Path(jobs_dir) / "containers", self.s3, self.aws_env, cpus=container_cpus)
+        self.endpoints: dict[str, dict[str, str]] = {}  # the status of the endpoints this server provisions
 
     # --- runtime ---------------------------------------------------------------------
     def _describe(self, describe, **kwargs: Any) -> dict[str, Any] | None:
@@ -275,17 +278,41 @@ class LocalSageMaker:
             answer.body = listed
         elif action == "DeleteModel":
             self.servers.release(request.get("ModelName", ""))
-        elif action == "CreateEndpoint":
-            threading.Thread(target=self._provision, args=(request.get("EndpointName", ""),), daemon=True).start()
+        elif action in {"CreateEndpoint", "UpdateEndpoint"}:
+            endpoint = request.get("EndpointName", "")
+            self.endpoints[endpoint] = {"EndpointStatus": "Creating" if action[0] == "C" else "Updating"}
+            threading.Thread(target=self._provision, args=(endpoint,), daemon=True).start()
+        elif action == "DeleteEndpoint":
+            self.endpoints.pop(request.get("EndpointName", ""), None)
+        elif action == "DescribeEndpoint":
+            answer.body = {**json.loads(answer.body), **self.endpoints.get(request.get("EndpointName", ""), {})}
         return answer
 
     def _provision(self, endpoint_name: str) -> None:
-        """Start the endpoint's container now, as CreateEndpoint does (moto calls the endpoint InService at once)."""
+        """Start the endpoint's container, as CreateEndpoint does: Creating until TorchServe answers /ping.
+
+        moto calls every endpoint InService at once. As on SageMaker, a container
+        whose /ping never answers leaves the endpoint Failed; one whose workers
+        cannot load the model still answers /ping, so the endpoint is InService
+        and the first invocation (the deploy's smoke test) meets the error.
+        """
+        state = {"EndpointStatus": "InService"}
         try:
             variant, container = self.resolve(endpoint_name)
             self.servers.get(variant["ModelName"], container["ModelDataUrl"], dict(container.get("Environment") or {}))
+        except ModelServerError as exc:
+            if not exc.pinged:
+                name = "AllTraffic"
+                state = {
+                    "EndpointStatus": "Failed",
+                    "FailureReason": f"The primary container for production variant {name} did not pass the ping "
+                    f"health check: {exc}"[:1024],
+                }
+            log.info("endpoint %s: its container cannot serve: %s", endpoint_name, exc)
         except Exception as exc:  # the first invocation meets the same error and answers it
             log.info("endpoint %s: its container did not start: %s", endpoint_name, exc)
+        if endpoint_name in self.endpoints:
+            self.endpoints[endpoint_name] = state
 
     def status(self) -> dict[str, Any]:
         """What /ping reports: moto's address and the running model servers."""
