@@ -17,16 +17,36 @@ Docker would keep them apart, and change nothing in how the model is served:
 - the toolkit finds "its" TorchServe by scanning every process for TorchServe's
   main class and refuses to run beside another; here it takes the one started
   with its own configuration file.
+Both also stop when the local server that started them is gone.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
+
+
+def exit_with_parent() -> None:
+    """SIGTERM ourselves when the local server that started us is gone (we get another parent).
+
+    The toolkit forwards SIGTERM to TorchServe, so a local server that was killed leaves no container behind.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def serve() -> None:
+    exit_with_parent()
     # As dockerd-entrypoint.py: one worker per CPU of the instance (LOCAL_CONTAINER_CPUS sizes the local one).
     cpus = os.environ.pop("LOCAL_CONTAINER_CPUS", "") or str(multiprocessing.cpu_count())
     os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = cpus
@@ -56,6 +76,7 @@ def serve() -> None:
 
 
 def train() -> None:
+    exit_with_parent()
     from sagemaker_training.cli.train import main
 
     main()

@@ -71,7 +71,8 @@ class LocalJob:
         else:
             described[end_key] = self.ended
         if self.kind == "training":
-            described["SecondaryStatus"] = {"InProgress": "Training"}.get(self.status, self.status)
+            secondary = self.outcome.get("secondary") or {"InProgress": "Training"}.get(self.status, self.status)
+            described["SecondaryStatus"] = secondary
             if self.outcome.get("model_artifacts"):
                 described["ModelArtifacts"] = {"S3ModelArtifacts": self.outcome["model_artifacts"]}
         return described
@@ -84,6 +85,7 @@ class Launch:
     command: list[str]
     env: dict[str, str] | None = None
     cwd: Path | None = None
+    max_runtime_s: float | None = None  # StoppingCondition.MaxRuntimeInSeconds: stopped when it runs longer
 
 
 class JobSteps(Protocol):
@@ -134,9 +136,17 @@ class Jobs:
                     start_new_session=True,
                 )
             log.info("%s job %s: started, pid %d, log %s", job.kind, job.name, job.process.pid, job.log_path)
-            outcome = steps.conclude(job, job.process.wait())
+            try:
+                code = job.process.wait(timeout=launch.max_runtime_s)
+            except subprocess.TimeoutExpired:
+                self.stop(job.kind, job.name)
+                job.process.wait()
+                raise TimeoutError(f"the job ran longer than its MaxRuntimeInSeconds ({launch.max_runtime_s:.0f} s)")
+            outcome = steps.conclude(job, code)
         except InterruptedError:
             outcome = {"status": "Stopped"}
+        except TimeoutError as exc:  # as SageMaker does at MaxRuntimeInSeconds: Stopped, MaxRuntimeExceeded
+            outcome = {"status": "Stopped", "secondary": "MaxRuntimeExceeded", "error": str(exc)}
         except Exception as exc:  # the model server did not start, the inputs could not be staged
             log.warning("%s job %s cannot run: %s", job.kind, job.name, exc)
             with open(job.log_path, "a") as out:
@@ -145,7 +155,7 @@ class Jobs:
         finally:
             steps.cleanup(job)
         job.outcome = outcome
-        if job.stop_requested:
+        if job.stop_requested or outcome.get("status") == "Stopped":
             job.status, job.failure_reason = "Stopped", ""
         else:
             job.failure_reason = failure_reason(outcome, job.log_path)

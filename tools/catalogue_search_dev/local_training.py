@@ -103,9 +103,13 @@ class TrainingSteps:
         env = containers.base_environment(self.root, bin_dir, self.aws_env)
         env.update(self.request.get("Environment") or {})
         env["TRAINING_JOB_NAME"] = job.name
+        # The toolkit waits until every host name ("algo-1") resolves, which SageMaker's /etc/hosts makes
+        # true; its own switch for local runs skips the wait (this machine has no algo-1).
+        env["SM_STUDIO_LOCAL_MODE"] = "true"
         with open(job.log_path, "a") as out:
             out.write(f"training container: sagemaker-training in {self.root} (SAGEMAKER_BASE_DIR)\n")
-        return Launch(containers.command(bin_dir, "train"), env=env, cwd=self.root)
+        limit = (self.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds", 86400)
+        return Launch(containers.command(bin_dir, "train"), env=env, cwd=self.root, max_runtime_s=float(limit))
 
     def conclude(self, job: LocalJob, exit_code: int) -> dict[str, Any]:
         if exit_code != 0:

@@ -37,27 +37,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from catalogue_search.errors import PermanentError
 from catalogue_search.handler import INFERENCE_CODE_DIR, load_inference_module, sha256_file
 from catalogue_search.model_artifact import VERSION_FILE
 from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import vendor_wheels
 from catalogue_search_dev.model_archive import upload_model_artifact, write_deterministic_tar
+from catalogue_search_dev.model_weights import (
+    RANDOM_WEIGHTS_WARNING,
+    RandomWeightsError,
+    create_model,
+    pretrained_cfg,
+    pretrained_weights_available,
+    read_model_cfg,
+)
 
 logger = logging.getLogger(__name__)
 
 CODE_FILES = ("inference.py", "requirements.txt")
 FORMAT_VERSION = 2  # 2: random_weights, pretrained=null, vendored wheels
 RANDOM_SEED = 0
-RANDOM_WEIGHTS_WARNING = (
-    "model.tar.gz for {model} holds RANDOMLY INITIALISED weights ({reason}): the pipeline runs end to "
-    "end, but search results will NOT be meaningful. Build with a pretrained tag where the model hub "
-    "is reachable to package real CLIP weights."
-)
-
-
-class RandomWeightsError(PermanentError):
-    """Pretrained weights were asked for and cannot be loaded, and random ones were not allowed."""
 
 
 @dataclass(frozen=True)
@@ -81,23 +79,6 @@ class ArtifactInfo:
         return asdict(self)
 
 
-def _read_model_cfg(model_name: str, model_cfg_path: str | Path | None) -> dict[str, Any]:
-    import open_clip
-
-    if model_cfg_path:
-        cfg = json.loads(Path(model_cfg_path).read_text())
-        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise ValueError(f"{model_cfg_path} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
-        return cfg
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(
-            f"{model_name!r} is not an open_clip built-in model: pass --config with its architecture "
-            f"(built-ins include {', '.join(open_clip.list_models()[:8])}, ...)"
-        )
-    return cfg
-
-
 def _recipe(model_name: str, pretrained: str, cfg: dict[str, Any], code_dir: Path, seed: int, target: str) -> str:
     """A digest of everything that decides the artifact's bytes (for the local cache)."""
     import open_clip
@@ -110,53 +91,6 @@ def _recipe(model_name: str, pretrained: str, cfg: dict[str, Any], code_dir: Pat
     for name in CODE_FILES:
         digest.update((code_dir / name).read_bytes())
     return digest.hexdigest()
-
-
-def _pretrained_cfg(model_name: str, pretrained: str, has_cfg_file: bool) -> dict[str, Any]:
-    """open_clip's description of a pretrained tag (mean, std, quick_gelu, where to fetch it)."""
-    import open_clip
-
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if has_cfg_file or pretrained not in tags:
-        raise ValueError(
-            f"pretrained={pretrained!r} is neither a checkpoint file nor a pretrained tag of the "
-            f"built-in {model_name} config (tags: {', '.join(tags) or 'none'})"
-        )
-    return open_clip.get_pretrained_cfg(model_name, pretrained)
-
-
-def _create_model(name: str, model_name: str, pretrained: str, tag_cfg: dict, cfg: dict, seed: int, options: dict):
-    """(model, loaded): the pretrained network, or random weights when allowed; `options` holds
-    `cache_dir`, `allow_random_weights` and `checkpoint_file`."""
-    import open_clip
-    import torch
-
-    if options["checkpoint_file"]:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=options["checkpoint_file"])
-        return model, True
-    reason = "no pretrained tag was given"
-    if tag_cfg:
-        try:
-            model, _, _ = open_clip.create_model_and_transforms(
-                model_name,
-                pretrained=pretrained,
-                force_quick_gelu=bool(cfg.get("quick_gelu")),
-                cache_dir=options["cache_dir"],
-            )
-            return model, True
-        except Exception as exc:  # offline: no model hub
-            reason = f"pretrained {model_name}/{pretrained} could not be loaded: {type(exc).__name__}: {exc}"
-            if not options["allow_random_weights"]:
-                raise RandomWeightsError(
-                    f"{reason}. Refusing to package random weights for a pretrained build: make the model hub "
-                    "reachable (or pass a local checkpoint file), or pass --allow-random-weights to build an "
-                    "artifact whose search results are not meaningful (the local stack does)."
-                ) from exc
-    overrides = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None, force_preprocess_cfg=overrides or None)
-    logger.warning(RANDOM_WEIGHTS_WARNING.format(model=model_name, reason=reason))
-    return model, False
 
 
 def write_model_dir(
@@ -184,16 +118,16 @@ def write_model_dir(
 
     model_dir = Path(model_dir)
     pretrained = pretrained or ""
-    cfg = _read_model_cfg(model_name, model_cfg_path)
+    cfg = read_model_cfg(model_name, model_cfg_path)
     checkpoint_file = pretrained if pretrained and Path(pretrained).is_file() else ""
     tag_cfg: dict[str, Any] = {}
     if pretrained and not checkpoint_file:
-        tag_cfg = _pretrained_cfg(model_name, pretrained, bool(model_cfg_path))
+        tag_cfg = pretrained_cfg(model_name, pretrained, bool(model_cfg_path))
         if tag_cfg.get("quick_gelu") and not cfg.get("quick_gelu"):
             cfg = {**cfg, "quick_gelu": True}  # the weights were trained with QuickGELU
     name = load_inference_module(code_dir / "inference.py").register_model_config(model_name, cfg)
     options = {"cache_dir": cache_dir, "allow_random_weights": allow_random_weights, "checkpoint_file": checkpoint_file}
-    model, loaded = _create_model(name, model_name, pretrained, tag_cfg, cfg, seed, options)
+    model, loaded = create_model(name, model_name, pretrained, tag_cfg, cfg, seed, options)
 
     image_size = model.visual.image_size
     if isinstance(image_size, (tuple, list)):
@@ -246,17 +180,6 @@ def _info_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".json")
 
 
-def _pretrained_weights_available(model_name: str, tag: str, cache_dir: str | None) -> bool:
-    """Whether a tag's weights can be fetched now (or are in open_clip's download cache)."""
-    import open_clip
-
-    try:
-        return bool(open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, tag), cache_dir=cache_dir))
-    except Exception as exc:  # offline: no model hub
-        logger.info("pretrained %s/%s unavailable: %s", model_name, tag, exc)
-        return False
-
-
 def _cached(out_path: Path, recipe: str, pretrained: str, allow_random_weights: bool, cache_dir: str | None):
     """The previous build at `out_path` if it is of this recipe and holds what was asked for.
 
@@ -272,7 +195,7 @@ def _cached(out_path: Path, recipe: str, pretrained: str, allow_random_weights: 
     if cached.size_bytes != out_path.stat().st_size:
         return None
     if cached.random_weights and pretrained:
-        if not allow_random_weights or _pretrained_weights_available(cached.model_name, pretrained, cache_dir):
+        if not allow_random_weights or pretrained_weights_available(cached.model_name, pretrained, cache_dir):
             return None  # build again: it fetches the weights, or refuses
     return cached
 
@@ -300,7 +223,7 @@ def build_model_artifact(
     out_path = Path(out_path)
     pretrained = pretrained or ""
     settings = settings or Settings.from_env()
-    cfg = _read_model_cfg(model_name, model_cfg_path)
+    cfg = read_model_cfg(model_name, model_cfg_path)
     targets = ",".join(vendor_wheels.target_pythons(settings))
     recipe = _recipe(model_name, pretrained, cfg, code_dir, seed, targets)
     cached = None if force else _cached(out_path, recipe, pretrained, allow_random_weights, cache_dir)
