@@ -8,8 +8,9 @@ s3:// URI of the source tarball) `TrainingSteps`:
    `resourceconfig.json`, and each channel's objects (S3Prefix or
    ManifestFile, File mode) under `input/data/<channel>/`, from S3;
 2. starts the `sagemaker-training` toolkit's `train` in a container of its own
-   (`containers`), with the job's Environment and no package index: the
-   toolkit fetches the source from S3, runs the entry point with the
+   (`containers`), with the job's Environment and no package index, and with
+   the PyTorch training image's framework module (`sagemaker-pytorch-training`,
+   `SAGEMAKER_TRAINING_MODULE`): the toolkit fetches the source from S3, runs the entry point with the
    hyperparameters as arguments and the `SM_*` variables, and writes
    `output/failure` when it fails;
 3. when the entry point succeeded, uploads /opt/ml/model as `model.tar.gz`
@@ -32,6 +33,7 @@ from catalogue_search_dev.local_jobs import Launch, LocalJob
 from catalogue_search_dev.model_archive import write_deterministic_tar
 
 HOST = "algo-1"
+TRAINING_MODULE = "sagemaker_pytorch_container.training:main"
 
 
 def _channel_objects(s3_client: Any, source: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -103,6 +105,7 @@ class TrainingSteps:
         env = containers.base_environment(self.root, bin_dir, self.aws_env)
         env.update(self.request.get("Environment") or {})
         env["TRAINING_JOB_NAME"] = job.name
+        env["SAGEMAKER_TRAINING_MODULE"] = TRAINING_MODULE  # the PyTorch training image's ENV
         # The toolkit waits until every host name ("algo-1") resolves, which SageMaker's /etc/hosts makes
         # true; its own switch for local runs skips the wait (this machine has no algo-1).
         env["SM_STUDIO_LOCAL_MODE"] = "true"
