@@ -227,8 +227,8 @@ def random_artifact(model: str = "ViT-B-32") -> Path:
     """A model.tar.gz of `model` with random weights, built once per handler code into the cache."""
     import hashlib
 
-    from catalogue_search.model_artifact import CODE_FILES, INFERENCE_CODE_DIR, build_model_artifact
     from catalogue_search_dev.localenv import cache_home
+    from catalogue_search_dev.model_build import CODE_FILES, INFERENCE_CODE_DIR, build_model_artifact
 
     code = hashlib.sha256(b"".join((INFERENCE_CODE_DIR / name).read_bytes() for name in CODE_FILES)).hexdigest()
     path = cache_home() / "bench" / f"{model}-random-{code[:12]}" / "model.tar.gz"

@@ -9,8 +9,7 @@ weights), small generated JPEGs like the synthetic ABO catalogue's. References,
 measured in the same run at the same batch size:
 - raw forward: `model.encode_image` on tensors decoded and preprocessed beforehand;
 - raw decode+preprocess+forward: PIL decode, the model's own preprocess, forward.
-Measured: the handler's batched `encode_images`; `invoke_many` with one image
-per request (how the runner feeds whole-object inputs); one `invoke` per image
+Measured: the handler's batched `encode_images`; one `invoke` per image
 (one image per request, as an endpoint sees queries); the local transform
 runner with the pipeline's own transform request (JSON Lines chunks of image
 URIs in moto S3, one chunk a request).
@@ -105,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from catalogue_search.handler import load_handler
-    from catalogue_search.model_artifact import write_model_dir
     from catalogue_search_dev.abo_generator import jpeg_pool
+    from catalogue_search_dev.model_build import write_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
@@ -150,11 +149,6 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(0, n, b):
                 handler.encode_images(images[i : i + b])
 
-        def handler_many():
-            for i in range(0, n, b):
-                answers = handler.invoke_many(images[i : i + b], "application/x-image")
-                assert all(a.body for a in answers)
-
         def one_per_request():
             for x in images:
                 handler.invoke(x, "application/x-image")
@@ -163,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             "raw forward (preprocessed tensors)": _rate(n, raw_forward),
             "raw decode+preprocess+forward": _rate(n, raw_full),
             "handler encode_images (batched)": _rate(n, handler_batched),
-            "handler invoke_many (1 image a request)": _rate(n, handler_many),
             "one image per request (invoke)": _rate(n, one_per_request),
         }
         if not args.no_runner:

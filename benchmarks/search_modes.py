@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from catalogue_search import index, search
-    from catalogue_search.model_artifact import build_model_artifact
     from catalogue_search.settings import Settings
     from catalogue_search_dev import sample_index
+    from catalogue_search_dev.model_build import build_model_artifact
 
     title_only = search.Fusion(image_weight=0)  # BM25 + title vectors
 

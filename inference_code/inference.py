@@ -1,11 +1,14 @@
 """SageMaker PyTorch serving handler: encode product images or search texts with CLIP.
 
-The SageMaker PyTorch container imports this file from `code/inference.py` of
-`model.tar.gz` and calls `model_fn`, `input_fn`, `predict_fn` and `output_fn`.
-The same file also runs in-process (local batch transform, local query encoder)
-through `load_model(model_dir, env)` and `encode(...)`, so both paths share one
-implementation. It imports only the standard library, torch, open_clip, PIL and
-numpy: it must run alone inside the container.
+The SageMaker PyTorch inference container (`sagemaker-pytorch-inference` on
+TorchServe) imports this file from `code/inference.py` of `model.tar.gz` and
+calls `model_fn` once, then `transform_fn` for every request. The same file
+also runs in-process (the local query encoder, unit tests) through
+`load_model(model_dir, env)` and `encode(...)`, so both paths share one
+implementation: `transform_fn` is `encode` plus the container's error and size
+rules. It imports only the standard library, torch, open_clip, PIL and numpy:
+it must run alone inside the container, where open_clip comes from the wheels
+vendored in the archive (`code/requirements.txt`).
 
 One container encodes one kind of input, chosen by the environment:
 - `ENCODE_TYPE`: `IMAGE` (default) or `TEXT`.
@@ -34,6 +37,14 @@ the JSON parser raised, becomes an `InputError` naming the problem. Request
 bodies are parsed as strict JSON (no NaN/Infinity), so whatever is echoed
 (ids) is strict JSON too; JSON lines are split on "\n" only.
 
+In the container, an `InputError` is a client error: its HTTP status (400;
+415 for an unsupported Content-Type, 406 for an unsupported Accept, 413 for
+too much in one request or one answer) with its message as a one-line
+`text/plain` body, no traceback. Any other exception is the toolkit's 500: the
+handler failed. An answer larger than TorchServe's `max_response_size`
+(`TS_MAX_RESPONSE_SIZE`, default 6,553,500 bytes) is refused with a 413 naming
+the limit, instead of killing the worker.
+
 Requests (`Content-Type`):
 - `application/x-image`: the raw bytes of one image.
 - `application/json`: `{"inputs": [...], "prompt": optional}`; texts for a TEXT
@@ -46,7 +57,7 @@ Requests (`Content-Type`):
   container's credentials) or `{"id": ..., "b64": "<base64 image>"}`. Images
   are fetched and decoded by a thread pool while forward passes of
   MAX_BATCH_SIZE run; each record goes through the single-image request path
-  (`input_fn` + `prepare`). A record whose image is missing (NoSuchKey) or
+  (`parse_request` + `prepare`). A record whose image is missing (NoSuchKey) or
   cannot be decoded becomes an error record (id + reason); the chunk never fails
   for one bad image. A read that fails for any other reason (throttling, a
   timeout, a 5xx, a lost connection, access) is no verdict on the image: it
@@ -96,6 +107,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_MAX_IMAGE_ASPECT_RATIO = 20
 DEFAULT_MAX_REQUEST_PIXELS = 200_000_000
 DEFAULT_MAX_TEXT_CHARS = 20_000
+TS_DEFAULT_MAX_RESPONSE_SIZE = 6_553_500  # TorchServe's max_response_size unless TS_MAX_RESPONSE_SIZE says otherwise
+MAX_ERROR_CHARS = 1000  # a client error's one line
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -118,7 +131,11 @@ _DATA_URI_RE = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
 
 class InputError(ValueError):
-    """A request this model cannot encode; the message names the problem."""
+    """A request this model cannot encode; the message names the problem, `status` the HTTP client error."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class FetchError(RuntimeError):
@@ -149,6 +166,7 @@ class ClipModel:
     error_mode: str = "raise"
     artifact_version: str = ""
     fetch_workers: int = DEFAULT_FETCH_WORKERS
+    max_response_bytes: int = TS_DEFAULT_MAX_RESPONSE_SIZE
     # The S3 client chunk records are fetched with; None = boto3's default client
     # (the container's role; AWS_ENDPOINT_URL and the other standard variables apply).
     s3_client: Any = None
@@ -299,7 +317,7 @@ def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None 
     image_size = max(size) if isinstance(size, tuple) else int(size)
     preprocess = image_transform_v2(PreprocessCfg(**pp), is_train=False)
     pretrained = config.get("pretrained") or ""
-    if not pretrained:
+    if not pretrained or config.get("random_weights", True):
         logger.warning(
             "Model %s in %s has RANDOM weights (no pretrained CLIP checkpoint was packaged): "
             "its vectors are consistent but search results will not be meaningful.",
@@ -326,6 +344,7 @@ def load_model(model_dir: str | os.PathLike[str], env: Mapping[str, str] | None 
         error_mode=error_mode,
         artifact_version=version,
         fetch_workers=_env_int(env, "FETCH_WORKERS", DEFAULT_FETCH_WORKERS),
+        max_response_bytes=_env_int(env, "TS_MAX_RESPONSE_SIZE", TS_DEFAULT_MAX_RESPONSE_SIZE),
     )
 
 
@@ -409,7 +428,7 @@ def _check_inputs_value(value: Any, where: str) -> list[Any]:
     raise InputError(f"{where} must be a string or a list of strings, got {type(value).__name__}")
 
 
-def input_fn(request_body: bytes | bytearray | str, request_content_type: str | None) -> Batch:
+def parse_request(request_body: bytes | bytearray | str, request_content_type: str | None) -> Batch:
     """Parse a request body into a `Batch`; nothing is decoded or tokenised yet."""
     ctype = media_type(request_content_type)
     if ctype in (IMAGE_CHUNK, TEXT_CHUNK):
@@ -450,7 +469,9 @@ def input_fn(request_body: bytes | bytearray | str, request_content_type: str | 
                 raise InputError(f'jsonlines line {number} must be a JSON string or {{"inputs": ..., "id": ...}}')
         return Batch(items=items, kind="string", ids=ids if any(i is not None for i in ids) else None)
 
-    raise InputError(f"unsupported Content-Type {request_content_type!r}: use {X_IMAGE}, {JSON} or {JSONLINES}")
+    raise InputError(
+        f"unsupported Content-Type {request_content_type!r}: use {X_IMAGE}, {JSON} or {JSONLINES}", status=415
+    )
 
 
 def _looks_like_base64_image(text: str) -> bool:
@@ -683,7 +704,7 @@ def _naming_input(index: int, batch: Batch) -> Iterator[None]:
 def prepare(batch: Batch, model: ClipModel) -> torch.Tensor:
     """Validate a batch and turn it into the model's input tensor (pixels or tokens).
 
-    Split from `predict_fn` so in-process callers can prepare several requests
+    Split from `predict` so in-process callers can prepare several requests
     apart (one bad request does not sink the others) and run them in one pass.
     Images are opened and their headers checked, against the per-image caps and
     then against the request's pixel budget, before any of them is decoded.
@@ -692,7 +713,8 @@ def prepare(batch: Batch, model: ClipModel) -> torch.Tensor:
         raise InputError("request has no inputs")
     if len(batch.items) > model.max_batch_size:
         raise InputError(
-            f"request has {len(batch.items)} inputs, above MAX_BATCH_SIZE={model.max_batch_size}: split it"
+            f"request has {len(batch.items)} inputs, above MAX_BATCH_SIZE={model.max_batch_size}: split it",
+            status=413,
         )
     if model.encode_type == "TEXT":
         if batch.kind == "image":
@@ -735,7 +757,7 @@ def embed(inputs: torch.Tensor, model: ClipModel) -> np.ndarray:
     return vectors
 
 
-def predict_fn(data: Batch, model: ClipModel) -> Prediction:
+def predict(data: Batch, model: ClipModel) -> Prediction:
     """Encode a parsed batch in one forward pass; rows keep the input order."""
     if data.kind == "chunk":
         return predict_chunk(data, model)
@@ -767,10 +789,10 @@ def negotiate_accept(accept: str | None) -> str:
             return JSONLINES
         if candidate == NPZ:
             return NPZ
-    raise InputError(f"unsupported Accept {accept!r}: use {JSON}, {JSONLINES} or {NPZ}")
+    raise InputError(f"unsupported Accept {accept!r}: use {JSON}, {JSONLINES} or {NPZ}", status=406)
 
 
-def output_fn(prediction: Prediction, accept: str | None) -> bytes:
+def serialize(prediction: Prediction, accept: str | None) -> bytes:
     """Serialise vectors as JSON (`{"embeddings": ...}`) or JSON lines (`{"embedding": ...}`).
 
     An error record is `{"error": "..."}` in both formats (one line for JSON lines).
@@ -779,7 +801,7 @@ def output_fn(prediction: Prediction, accept: str | None) -> bytes:
     if isinstance(prediction, ChunkPrediction):
         return chunk_output(prediction, kind)
     if kind == NPZ:
-        raise InputError(f"{NPZ} answers {IMAGE_CHUNK} requests only: use {JSON} or {JSONLINES}")
+        raise InputError(f"{NPZ} answers {IMAGE_CHUNK} requests only: use {JSON} or {JSONLINES}", status=406)
     if prediction.error is not None:
         return json.dumps({"error": prediction.error}, allow_nan=False).encode("utf-8")
     rows = prediction.embeddings.tolist()
@@ -799,10 +821,60 @@ def output_fn(prediction: Prediction, accept: str | None) -> bytes:
 
 
 def encode(model: ClipModel, payload: bytes | str, content_type: str, accept: str | None = JSON) -> tuple[bytes, str]:
-    """In-process request: the four handler functions chained -> (body, response content type)."""
+    """One request: parse, predict, serialise -> (body, response content type). Bad input raises `InputError`."""
     response_type = negotiate_accept(accept)
-    prediction = predict_fn(input_fn(payload, content_type), model)
-    return output_fn(prediction, response_type), response_type
+    prediction = predict(parse_request(payload, content_type), model)
+    return serialize(prediction, response_type), response_type
+
+
+def transform_fn(
+    model: ClipModel, request_body: bytes | str, content_type: str, accept: str, context: Any = None
+) -> tuple[bytes, str]:
+    """The container's entry point for one request (the serving toolkit passes TorchServe's `context`).
+
+    `encode`, plus the container's rules: bad input is answered with its
+    client-error status and a one-line text body (without a context, as
+    in-process, it raises), and an answer above TorchServe's max_response_size
+    is refused before TorchServe would drop it with the worker.
+    """
+    try:
+        body, response_type = encode(model, request_body, content_type, accept)
+        if len(body) > model.max_response_bytes:
+            raise InputError(
+                f"the answer is {len(body)} bytes, above TorchServe's max_response_size of "
+                f"{model.max_response_bytes} (TS_MAX_RESPONSE_SIZE): send fewer records per request"
+                + ("" if response_type == NPZ else f", or ask for {NPZ}"),
+                status=413,
+            )
+    except InputError as exc:
+        if context is None:
+            raise
+        message = " ".join(str(exc).split())[:MAX_ERROR_CHARS]
+        # The status line carries the message too: ASCII only, as the HTTP reason phrase must be.
+        context.set_response_status(code=exc.status, phrase=message.encode("ascii", "replace").decode())
+        logger.info("client error %d: %s", exc.status, message)
+        return message.encode("utf-8"), "text/plain"
+    return body, response_type
+
+
+def _take_text_bodies_as_bytes() -> None:
+    """Let the handler decode JSON and CSV bodies itself.
+
+    The serving toolkit decodes `application/json` and `text/csv` bodies as
+    UTF-8 before calling `transform_fn` and answers 500 with a traceback when
+    they are not UTF-8; with its list of such types emptied, the body arrives
+    as bytes and `parse_request` answers the same mistake with a 400 or 415.
+    Outside the container the toolkit is absent and nothing changes.
+    """
+    try:
+        from sagemaker_inference import content_types
+    except ImportError:
+        return
+    if isinstance(getattr(content_types, "UTF8_TYPES", None), list):
+        content_types.UTF8_TYPES.clear()
+
+
+_take_text_bodies_as_bytes()
 
 
 def batch_of(items: Sequence[Any], kind: str) -> Batch:
@@ -839,7 +911,7 @@ def parse_chunk(body: bytes | bytearray | str) -> Batch:
             raise InputError(f'chunk line {number} must be {{"id": "...", "s3_uri": "s3://..."}} or {{"id", "b64"}}')
         records.append(record)
         if len(records) > MAX_CHUNK_RECORDS:
-            raise InputError(f"chunk has more than {MAX_CHUNK_RECORDS} records: split it")
+            raise InputError(f"chunk has more than {MAX_CHUNK_RECORDS} records: split it", status=413)
     if not records:
         raise InputError("chunk has no records")
     return Batch(items=records, kind="chunk", ids=[r["id"] for r in records])
@@ -896,7 +968,7 @@ def _record_bytes(record: Mapping[str, Any], model: ClipModel) -> bytes:
 def _record_pixels(record: Mapping[str, Any], model: ClipModel) -> torch.Tensor:
     """One record -> its (1, C, H, W) pixels, through the single-image request path."""
     blob = _record_bytes(record, model)
-    return prepare(input_fn(blob, X_IMAGE), model)
+    return prepare(parse_request(blob, X_IMAGE), model)
 
 
 def predict_chunk(batch: Batch, model: ClipModel) -> ChunkPrediction:

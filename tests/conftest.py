@@ -103,18 +103,30 @@ def opensearch_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def sagemaker_url(moto_url: str, tmp_path_factory):
+def local_sagemaker(moto_url: str, tmp_path_factory):
+    """The local SageMaker server's state (jobs, model servers) running this checkout's code.
+
+    One CPU per container: one TorchServe worker per model; the model servers are shared by every test.
+    """
+    from catalogue_search_dev.sagemaker_local import LocalSageMaker
+
+    settings = Settings.from_env()
+    jobs = tmp_path_factory.mktemp("sagemaker-jobs")
+    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, jobs, container_cpus=1)
+    yield state
+    state.close()
+
+
+@pytest.fixture(scope="session")
+def sagemaker_url(local_sagemaker):
     """A local SageMaker server running this checkout's code, in front of the moto server, on a free port.
 
     Not the stack's shared one (127.0.0.1:5100), which may run another checkout's code.
     """
-    from catalogue_search_dev.sagemaker_local import LocalSageMaker, serve_in_thread
+    from catalogue_search_dev.sagemaker_local import serve_in_thread
 
-    settings = Settings.from_env()
-    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, tmp_path_factory.mktemp("transform-jobs"))
-    server, url = serve_in_thread(state)
+    server, url = serve_in_thread(local_sagemaker)
     yield url
-    state.close()
     server.shutdown()
     server.server_close()
 
@@ -190,7 +202,7 @@ def tiny_artifact(tmp_path_factory) -> Path:
 
     The one build of the session: tests read it, upload it, or unpack it (`tiny_model_dir`), never change it.
     """
-    from catalogue_search.model_artifact import build_model_artifact
+    from catalogue_search_dev.model_build import build_model_artifact
 
     path = tmp_path_factory.mktemp("tiny-artifact") / "model.tar.gz"
     build_model_artifact(path, "tiny-clip", "", TINY_MODEL_CONFIG)
@@ -200,7 +212,7 @@ def tiny_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact_info(tiny_artifact: Path):
     """The `ArtifactInfo` of `tiny_artifact` (read back from the record of its build: nothing is built again)."""
-    from catalogue_search.model_artifact import build_model_artifact
+    from catalogue_search_dev.model_build import build_model_artifact
 
     return build_model_artifact(tiny_artifact, "tiny-clip", "", TINY_MODEL_CONFIG)
 

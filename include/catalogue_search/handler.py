@@ -1,11 +1,12 @@
 """Run the SageMaker inference handler in-process.
 
-The local batch-transform runner and the local query encoder call the very
-same `inference.py` the SageMaker container runs: this module loads it from an
+The local query encoder (`CATSEARCH_QUERY_ENCODER=local`) calls the very same
+`inference.py` the SageMaker container runs: this module loads it from an
 extracted `model.tar.gz` (its `code/inference.py`, else the repository's
 `inference_code/`), applies the container environment (ENCODE_TYPE,
 MODEL_NAME, ...) without touching `os.environ`, and offers `invoke` plus
-numpy conveniences.
+numpy conveniences. Batch transform and the endpoints run the handler in the
+serving toolkit instead (locally: `catalogue_search_dev.model_server`).
 """
 
 from __future__ import annotations
@@ -73,23 +74,6 @@ def inference_code_path(model_dir: str | os.PathLike[str]) -> Path:
 
 
 @dataclass
-class Answer:
-    """One request's outcome in `invoke_many`.
-
-    `body` is the response the container would send, `error` why it failed.
-    Both are set for an error record (ERROR_MODE=record): the request was
-    answered with `{"error": ...}` instead of vectors.
-    """
-
-    body: bytes | None = None
-    error: Exception | None = None
-
-    @property
-    def is_error_record(self) -> bool:
-        return self.body is not None and self.error is not None
-
-
-@dataclass
 class LoadedHandler:
     """An inference module plus the model its `load_model` returned."""
 
@@ -123,73 +107,11 @@ class LoadedHandler:
         body, _ = self.module.encode(self.model, payload, content_type, accept)
         return body
 
-    def invoke_many(
-        self, payloads: Sequence[bytes | str], content_type: str, accept: str = "application/json"
-    ) -> list[Answer]:
-        """Answer many requests, sharing forward passes between them.
-
-        Each request is parsed and validated on its own, so a bad one gets its
-        own failed `Answer` while the others succeed; the good ones are stacked
-        into forward passes of at most `max_batch_size` rows. Each body equals
-        what `invoke` returns for that request (to float rounding).
-        """
-        mod = self.module
-        accept = mod.negotiate_accept(accept)
-        results = [Answer() for _ in payloads]
-        pending: list[tuple[int, Any, Any]] = []
-        rows = 0
-
-        def flush() -> None:
-            if not pending:
-                return
-            import torch
-
-            try:
-                vectors = mod.embed(torch.cat([inputs for _, _, inputs in pending]), self.model)
-            except Exception as exc:  # one broken pass fails only the requests in it
-                for index, _, _ in pending:
-                    results[index].error = exc
-            else:
-                offset = 0
-                for index, batch, inputs in pending:
-                    n = len(inputs)
-                    prediction = mod.Prediction(embeddings=vectors[offset : offset + n], ids=batch.ids)
-                    results[index].body = mod.output_fn(prediction, accept)
-                    offset += n
-            pending.clear()
-
-        for index, payload in enumerate(payloads):
-            try:
-                batch = mod.input_fn(payload, content_type)
-            except Exception as exc:  # malformed request: fails even with ERROR_MODE=record
-                results[index].error = exc
-                continue
-            if batch.kind == "chunk":  # a chunk runs its own forward passes (and error records)
-                try:
-                    results[index].body = mod.output_fn(mod.predict_fn(batch, self.model), accept)
-                except Exception as exc:
-                    results[index].error = exc
-                continue
-            try:
-                inputs = mod.prepare(batch, self.model)
-            except Exception as exc:
-                results[index].error = exc
-                if isinstance(exc, mod.InputError) and self.model.error_mode == "record":
-                    results[index].body = mod.output_fn(mod.error_prediction(exc, self.model), accept)
-                continue
-            if pending and rows + len(inputs) > self.max_batch_size:
-                flush()
-                rows = 0
-            pending.append((index, batch, inputs))
-            rows += len(inputs)
-        flush()
-        return results
-
     def _encode(self, items: Sequence[Any], kind: str) -> np.ndarray:
         chunks = []
         for start in range(0, len(items), self.max_batch_size):
             batch = self.module.batch_of(items[start : start + self.max_batch_size], kind)
-            chunks.append(self.module.predict_fn(batch, self.model).embeddings)
+            chunks.append(self.module.predict(batch, self.model).embeddings)
         if not chunks:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         return np.concatenate(chunks)

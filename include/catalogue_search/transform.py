@@ -27,6 +27,10 @@ TEXT = contract.TEXT
 MAX_PAYLOAD_MB = 100
 MAX_INVOCATION_TIMEOUT_S = 3600
 FETCH_WORKERS = 8
+MB = 1024 * 1024
+# The most one record can add to a chunk's `.npz` answer: a 1024-d float32 row plus an id of up to
+# 250 characters (numpy stores them as UCS-4). A 256-record chunk answers ~1.3 MB at most.
+ANSWER_BYTES_PER_RECORD = 1024 * 4 + 250 * 4
 
 
 def job_name(settings: Settings, run_key: str) -> str:
@@ -58,6 +62,10 @@ def model_request(settings: Settings, encode_type: str, image_uri: str, artifact
                 "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
                 # TorchServe's own per-request limit: at least one chunk's invocation timeout.
                 "TS_DEFAULT_RESPONSE_TIMEOUT": str(max(300, settings.transform_invocation_timeout_s)),
+                # TorchServe refuses requests and answers above 6,553,500 bytes unless told otherwise, and
+                # the serving toolkit does not read MaxPayloadInMB: the limits follow it here.
+                "TS_MAX_REQUEST_SIZE": str(settings.transform_max_payload_mb * MB),
+                "TS_MAX_RESPONSE_SIZE": str(settings.transform_max_payload_mb * MB),
             },
         },
     }
@@ -99,6 +107,13 @@ def transform_request(
         raise InvalidValueError(f"CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB must be 1..{MAX_PAYLOAD_MB}")
     if not 1 <= settings.transform_invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S:
         raise InvalidValueError(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
+    answer = settings.transform_chunk_size * ANSWER_BYTES_PER_RECORD
+    if answer > settings.transform_max_payload_mb * MB:
+        raise InvalidValueError(
+            f"CATSEARCH_TRANSFORM_CHUNK_SIZE={settings.transform_chunk_size} records can answer up to {answer} "
+            f"bytes, above the {settings.transform_max_payload_mb} MB the model's TorchServe accepts "
+            "(CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB): use smaller chunks or a larger payload limit"
+        )
     return {
         "TransformJobName": job,
         "ModelName": settings.sagemaker_model_name(encode_type),

@@ -208,10 +208,10 @@ def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env, tmp_pa
     crashing = make_handler_artifact(
         tmp_path / "model.tar.gz",
         """
-        def load_model(model_dir, env):
+        def model_fn(model_dir):
             raise RuntimeError("the weights are corrupt")
 
-        def encode(model, payload, content_type, accept):
+        def transform_fn(model, body, content_type, accept):
             raise RuntimeError("unreachable")
         """,
     )

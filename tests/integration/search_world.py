@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw
 
 from catalogue_search import endpoints, index, search
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, read_artifact_version, upload_model_artifact
+from catalogue_search.model_artifact import read_artifact_version
 from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import testenv
+from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 COLOURS = ["red", "blue", "green", "orange", "purple", "black", "teal", "gold"]

@@ -24,10 +24,10 @@ from PIL import Image
 from catalogue_search import catalogue, encoding, index, ingest
 from catalogue_search.contract import VECTOR_ATOL
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.search import LocalEncoder, ModelVersionMismatchError, SearchClient
 from catalogue_search.settings import Settings
 from catalogue_search_dev.local_transform import run_transform_job
+from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-gpu-py312"

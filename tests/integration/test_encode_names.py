@@ -15,10 +15,10 @@ from PIL import Image
 
 from catalogue_search import catalogue, contract, encoding, index, ingest
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
 from catalogue_search_dev.local_transform import run_transform_job
+from catalogue_search_dev.model_build import upload_model_artifact
 
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-gpu-py312"
 TITLES = [f"Zebra plush toy ZX-{i:03d}" for i in range(9)] + ["A fireman.", "A fireman.", "Crème brûlée set"]

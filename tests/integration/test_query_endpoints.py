@@ -21,9 +21,9 @@ from catalogue_search import endpoints
 from catalogue_search.contract import vectors_close
 from catalogue_search.endpoints import ENCODE_TYPES, IMAGE, TEXT
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings, boto3_client
+from catalogue_search_dev.model_build import upload_model_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
@@ -203,10 +203,10 @@ def test_a_wrong_shaped_smoke_answer_fails_the_deploy_naming_the_endpoint(
     two_vectors = """
     import json
 
-    def load_model(model_dir, env):
+    def model_fn(model_dir):  # the serving toolkit's contract
         return None
 
-    def encode(model, payload, content_type, accept):
+    def transform_fn(model, body, content_type, accept):
         return json.dumps({"embeddings": [[0.1, 0.2], [0.3, 0.4]]}).encode(), "application/json"
     """
     put_artifact(s3, settings, make_handler_artifact(tmp_path / "model.tar.gz", two_vectors))
@@ -223,6 +223,27 @@ def test_a_wrong_shaped_smoke_answer_fails_the_deploy_naming_the_endpoint(
     assert "new_state=up_for_retry" not in output  # a wrong answer is not retried
     # the control plane did its part: the endpoints are there, only the smoke check failed
     assert deployment.endpoint_names() == sorted(settings.endpoint_name(t) for t in ENCODE_TYPES)
+
+
+def test_a_model_that_fails_to_load_fails_the_deploy_at_its_smoke_test(deployment, s3, tmp_path, make_handler_artifact):
+    """moto calls the endpoint InService and TorchServe's /ping says Healthy while its workers die in
+    `model_fn`: only the smoke invocation finds out, and it names why."""
+    settings = deployment.settings
+    broken = """
+    def model_fn(model_dir):
+        raise RuntimeError("the weights are corrupt")
+    """
+    put_artifact(s3, settings, make_handler_artifact(tmp_path / "model.tar.gz", broken))
+
+    result = deployment.run("query_endpoints_deploy")
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("airflow.sdk.exceptions.AirflowFail")]
+    for encode_type in ENCODE_TYPES:
+        name = settings.endpoint_name(encode_type)
+        assert any(f"endpoint {name} rejected" in e and "the weights are corrupt" in e for e in errors), errors
+    assert "new_state=up_for_retry" not in output
 
 
 def test_a_missing_artifact_fails_the_deploy_before_anything_is_created(deployment, s3):

@@ -1,25 +1,30 @@
 """The local SageMaker server: InvokeEndpoint through boto3's real HTTP path, transform jobs that really run.
 
 The server (this checkout's code, on a free port) sits in front of the moto
-server; the tiny model's artifact lives in moto S3. Every test has its own
-bucket and resource names.
+server; the tiny model's artifact lives in moto S3. Every model runs in AWS's
+serving toolkit on TorchServe, started with no reachable package index; the
+session's model servers are shared by the tests whose models have the same
+artifact and environment. Every test has its own bucket and resource names.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image, ImageDraw
 
 from catalogue_search.contract import vectors_close
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.settings import Settings, boto3_client
+from catalogue_search_dev.model_build import upload_model_artifact
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
@@ -34,16 +39,16 @@ def jpeg(colour: str = "red", size: int = 64) -> bytes:
 
 
 def crashing_artifact(make_handler_artifact, path: Path, where: str) -> Path:
-    """A model.tar.gz whose own handler raises in `load_model` or in `encode`."""
+    """A model.tar.gz whose own handler raises in `model_fn` or in `transform_fn` (the toolkit's contract)."""
     return make_handler_artifact(
         path,
         f"""
-        def load_model(model_dir, env):
+        def model_fn(model_dir):
             if {where!r} == "load":
                 raise RuntimeError("the weights are corrupt")
             return object()
 
-        def encode(model, payload, content_type, accept):
+        def transform_fn(model, body, content_type, accept):
             raise RuntimeError("CUDA error: device-side assert triggered")
         """,
     )
@@ -71,8 +76,11 @@ def sagemaker(settings: Settings):
             pass
 
 
-def deploy(sagemaker, settings: Settings, encode_type: str, model_data_url: str | None = None, **variant) -> str:
-    """Model + serverless endpoint config + endpoint, as the deploy DAG creates them (moto: InService at once)."""
+def deploy(
+    sagemaker, settings: Settings, encode_type: str, model_data_url: str | None = None, wait: bool = True, **variant
+) -> str:
+    """Model + serverless endpoint config + endpoint, as the deploy DAG creates them; waits until InService
+    (the local server says Creating until the endpoint's TorchServe answers /ping)."""
     name = settings.endpoint_name(encode_type)
     sagemaker.create_model(
         ModelName=name,
@@ -91,6 +99,10 @@ def deploy(sagemaker, settings: Settings, encode_type: str, model_data_url: str 
     sagemaker.created.append(("endpoint_config", name))
     sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
     sagemaker.created.append(("endpoint", name))
+    if wait:
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 600}
+        )
     return name
 
 
@@ -123,8 +135,9 @@ def test_text_and_binary_image_requests_answer_exactly_what_the_handler_answers_
         assert answer["ContentType"] == "application/json"
         assert answer["InvokedProductionVariant"] == "AllTraffic"
         body = answer["Body"].read()
-        assert body == handler.invoke(payload, content_type)  # the same bytes: same code, same weights
+        # TorchServe's worker is another process: the same code and weights, equal within the contract's tolerance
         vectors = json.loads(body)["embeddings"]
+        assert vectors_close(vectors, json.loads(handler.invoke(payload, content_type))["embeddings"])
         assert len(vectors) == (2 if encode_type == "TEXT" else 1)
         assert len(vectors[0]) == json.loads(TINY.read_text())["embed_dim"]
 
@@ -142,16 +155,30 @@ def test_accept_chooses_the_response_format(tiny, sagemaker):
     assert [len(json.loads(line)["embedding"]) > 0 for line in lines] == [True, True]
 
 
-def test_a_request_the_handler_rejects_is_a_model_error_with_the_handlers_message(tiny, sagemaker):
-    name = deploy(sagemaker, tiny, "IMAGE")
+@pytest.mark.parametrize(
+    ("encode_type", "body", "content_type", "accept", "status", "words"),
+    [
+        ("IMAGE", b"\xff\xd8 not a jpeg", "application/x-image", None, 400, "image"),
+        ("TEXT", b'{"inputs": ["unclosed"', "application/json", None, 400, "not valid JSON"),
+        ("TEXT", b"\xff\xfe binary, not CSV", "text/csv", None, 415, "unsupported Content-Type 'text/csv'"),
+        ("TEXT", b'{"inputs": ["lamp"]}', "application/json", "text/html", 406, "unsupported Accept"),
+    ],
+    ids=["corrupt image", "invalid JSON", "unsupported content type", "unsupported accept"],
+)
+def test_bad_input_is_a_client_error_with_one_line_and_no_traceback(
+    tiny, sagemaker, encode_type, body, content_type, accept, status, words
+):
+    name = deploy(sagemaker, tiny, encode_type)
+    extra = {"Accept": accept} if accept else {}
     with pytest.raises(ClientError) as err:
-        runtime(tiny).invoke_endpoint(EndpointName=name, ContentType="application/x-image", Body=b"\xff\xd8 not a jpeg")
+        runtime(tiny).invoke_endpoint(EndpointName=name, ContentType=content_type, Body=body, **extra)
     response = err.value.response
-    assert response["Error"]["Code"] == "ModelError"
+    assert response["Error"]["Code"] == "ModelError" and type(err.value).__name__ == "ModelError"
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 424
-    assert response["OriginalStatusCode"] == 500
-    assert "image" in response["OriginalMessage"] and "Received server error (500)" in response["Error"]["Message"]
-    assert type(err.value).__name__ == "ModelError"  # botocore's modeled exception, as search.py catches it
+    assert response["OriginalStatusCode"] == status
+    assert f"Received client error ({status})" in response["Error"]["Message"]
+    message = response["OriginalMessage"]
+    assert words in message and "\n" not in message and "Traceback" not in message and "/opt/ml" not in message
 
 
 def test_an_unknown_endpoint_is_a_validation_error(settings):
@@ -160,6 +187,27 @@ def test_an_unknown_endpoint_is_a_validation_error(settings):
     assert err.value.response["Error"]["Code"] == "ValidationError"
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert "Endpoint never-deployed of account" in str(err.value) and "not found" in str(err.value)
+
+
+def test_torchserve_takes_a_request_at_its_size_limit_and_refuses_one_byte_more(tiny, sagemaker, local_sagemaker):
+    """TorchServe's max_request_size (6,553,500 bytes unless TS_MAX_REQUEST_SIZE says otherwise) is what a
+    transform job's chunk meets: at the limit the handler answers, one byte over TorchServe answers 413."""
+    from catalogue_search_dev.model_server import ModelEndpoint
+
+    name = deploy(sagemaker, tiny, "IMAGE")
+    runtime(tiny).invoke_endpoint(EndpointName=name, ContentType="application/x-image", Body=jpeg("red"))
+    [server] = [s for s in local_sagemaker.servers.describe() if name in s["models"]]
+    record = json.dumps({"id": "at/limit.jpg", "b64": base64.b64encode(jpeg("red")).decode()}).encode() + b"\n"
+    limit = 6_553_500
+    at_limit = record + b" " * (limit - len(record))  # a blank line: the chunk parser skips it
+    container = ModelEndpoint(server["url"])
+
+    answer = container.invoke(at_limit, "application/x-image-chunk", "application/x-npz", timeout=120)
+    assert (len(at_limit), answer.status, answer.content_type) == (limit, 200, "application/x-npz")
+    with np.load(io.BytesIO(answer.body)) as npz:
+        assert list(npz["ids"]) == ["at/limit.jpg"]
+    over = container.invoke(at_limit + b" ", "application/x-image-chunk", "application/x-npz", timeout=120)
+    assert over.status == 413
 
 
 def test_payloads_over_the_serverless_limit_are_refused(tiny, sagemaker):
@@ -174,23 +222,61 @@ def test_a_missing_artifact_or_a_crashing_handler_is_a_model_error_naming_the_ca
     tiny, s3, sagemaker, tmp_path, make_handler_artifact
 ):
     missing = deploy(
-        sagemaker, tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"), "TEXT", "s3://nowhere-x/m.tar.gz"
+        sagemaker,
+        tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "m"),
+        "TEXT",
+        "s3://nowhere-x/m.tar.gz",
+        wait=False,
     )
     with pytest.raises(ClientError, match="ModelError") as err:
         runtime(tiny).invoke_endpoint(EndpointName=missing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
     assert "s3://nowhere-x/m.tar.gz cannot be loaded" in err.value.response["OriginalMessage"]
 
-    crash = crashing_artifact(make_handler_artifact, tmp_path / "model.tar.gz", "encode")
-    s3.upload_file(str(crash), tiny.bucket, "models/crash/model.tar.gz")
-    crashing = deploy(
-        sagemaker,
-        tiny.replace(endpoint_prefix=tiny.endpoint_prefix + "c"),
-        "TEXT",
-        f"s3://{tiny.bucket}/models/crash/model.tar.gz",
+    for where, wanted in (("encode", "CUDA error: device-side assert triggered"), ("load", "the weights are corrupt")):
+        crash = crashing_artifact(make_handler_artifact, tmp_path / f"{where}.tar.gz", where)
+        s3.upload_file(str(crash), tiny.bucket, f"models/crash-{where}/model.tar.gz")
+        crashing = deploy(
+            sagemaker,
+            tiny.replace(endpoint_prefix=tiny.endpoint_prefix + where[0]),
+            "TEXT",
+            f"s3://{tiny.bucket}/models/crash-{where}/model.tar.gz",
+        )
+        with pytest.raises(ClientError, match="ModelError") as err:
+            runtime(tiny).invoke_endpoint(
+                EndpointName=crashing, ContentType="application/json", Body=b'{"inputs": ["x"]}'
+            )
+        response = err.value.response
+        # A failure of the handler stays a server error (the toolkit's own 500, its traceback included).
+        assert response["OriginalStatusCode"] == 500 and "Received server error (500)" in response["Error"]["Message"]
+        assert wanted in response["OriginalMessage"]
+
+
+def test_the_toolkit_serves_the_artifact_with_no_package_index_and_answers_the_handlers_vectors(
+    tiny, s3, sagemaker, sagemaker_url, local_sagemaker
+):
+    """The container pip-installs code/requirements.txt from the archive's wheels alone: the toolkit's env
+    has no open_clip, and pip's index is an address nothing listens on."""
+    import subprocess
+
+    from catalogue_search_dev import containers
+
+    name = deploy(sagemaker, tiny, "IMAGE")
+    answer = runtime(tiny).invoke_endpoint(EndpointName=name, ContentType="application/x-image", Body=jpeg("blue"))
+
+    handler = load_handler_from_artifact(tiny.artifact_uri, "IMAGE", s3_client=s3, env={})
+    expected = json.loads(handler.invoke(jpeg("blue"), "application/x-image"))["embeddings"]
+    assert vectors_close(json.loads(answer["Body"].read())["embeddings"], expected)
+    servers = [s for s in local_sagemaker.servers.describe() if name in s["models"]]
+    assert len(servers) == 1 and servers[0]["url"].startswith("http://127.0.0.1:")
+    log = Path(servers[0]["log"]).read_text()
+    assert "Looking in links:" in log and "/model/code/wheels" in log
+    assert "Successfully installed" in log and "open-clip-torch-3.3.0" in log
+    bare = subprocess.run(
+        [str(containers.environment() / "bin" / "python"), "-c", "import open_clip"], capture_output=True, text=True
     )
-    with pytest.raises(ClientError, match="ModelError") as err:
-        runtime(tiny).invoke_endpoint(EndpointName=crashing, ContentType="application/json", Body=b'{"inputs": ["x"]}')
-    assert err.value.response["OriginalMessage"] == "RuntimeError: CUDA error: device-side assert triggered"
+    assert bare.returncode != 0 and "No module named 'open_clip'" in bare.stderr
+    with urllib.request.urlopen(sagemaker_url + "/ping") as ping:
+        assert any(name in s["models"] for s in json.load(ping)["model_servers"])  # what `./dev stack status` shows
 
 
 # --- Control plane and transform jobs ------------------------------------------------------
@@ -276,7 +362,7 @@ def test_a_job_that_cannot_run_is_failed_with_the_reason(tiny, s3, sagemaker, tm
         bad = crashing_artifact(make_handler_artifact, tmp_path / "m.tar.gz", "load")
         s3.upload_file(str(bad), tiny.bucket, "models/bad/model.tar.gz")
         url, wanted = f"s3://{tiny.bucket}/models/bad/model.tar.gz", "the weights are corrupt"
-    model = deploy(sagemaker, tiny, "IMAGE", url)
+    model = deploy(sagemaker, tiny, "IMAGE", url, wait=False)
     s3.put_object(Bucket=tiny.bucket, Key="in/red.jpg", Body=jpeg("red"))
     name = f"bad-{tiny.bucket[-8:]}"
 

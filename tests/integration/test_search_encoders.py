@@ -67,10 +67,10 @@ def test_endpoint_encoder_rejects_a_wrong_shaped_response(search_world, sagemake
     wrong = """
     import json
 
-    def load_model(model_dir, env):
+    def model_fn(model_dir):  # the serving toolkit's contract
         return None
 
-    def encode(model, payload, content_type, accept):
+    def transform_fn(model, body, content_type, accept):
         return json.dumps({"predictions": [0.1, 0.2]}).encode(), "application/json"
     """
     key = f"models/wrong-{uuid.uuid4().hex[:6]}/model.tar.gz"

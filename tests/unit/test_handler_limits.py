@@ -238,9 +238,9 @@ def test_output_is_strict_json(image_handler: LoadedHandler):
     module = image_handler.module
     prediction = module.Prediction(embeddings=np.zeros((1, 32), dtype=np.float32), ids=[float("nan")])
     with pytest.raises(ValueError, match="JSON compliant"):
-        module.output_fn(prediction, JSON)
+        module.serialize(prediction, JSON)
     with pytest.raises(ValueError, match="JSON compliant"):
-        module.output_fn(prediction, JSONLINES)
+        module.serialize(prediction, JSONLINES)
 
 
 # --------------------------------------------------------------------------- JSON Lines

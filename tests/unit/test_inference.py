@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from catalogue_search.handler import LoadedHandler, load_handler
-from catalogue_search.model_artifact import write_model_dir
+from catalogue_search_dev.model_build import write_model_dir
 
 X_IMAGE = "application/x-image"
 JSON = "application/json"
@@ -319,8 +319,8 @@ def test_model_fn_follows_the_container_environment(
     model = inference.model_fn(str(model_dir))
     assert (model.encode_type, model.max_batch_size) == ("TEXT", 5)
     assert Image.MAX_IMAGE_PIXELS == 1_000_000
-    data = inference.input_fn('{"inputs": ["red shoe", "lamp"]}', JSON)
-    body = inference.output_fn(inference.predict_fn(data, model), JSON)
+    data = inference.parse_request('{"inputs": ["red shoe", "lamp"]}', JSON)
+    body = inference.serialize(inference.predict(data, model), JSON)
     assert vectors(body).shape == (2, 32)
 
 
@@ -347,10 +347,10 @@ def test_missing_clip_config_names_the_directory(tmp_path: Path, image_handler: 
 
 
 @pytest.mark.slow  # builds and saves the real 151M-parameter architecture: left out of `./dev test --quick`
-def test_real_vit_b_32_offline_falls_back_to_random_weights_and_serves(
+def test_real_vit_b_32_offline_with_random_weights_allowed_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    """`pretrained="openai"` with no model hub: the real architecture, random weights, a loud warning."""
+    """`pretrained="openai"`, no model hub, random weights allowed: the real architecture, a loud warning."""
     import socket
 
     import huggingface_hub.constants
@@ -359,9 +359,9 @@ def test_real_vit_b_32_offline_falls_back_to_random_weights_and_serves(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never reach for the hub
     monkeypatch.setattr(socket.socket, "connect", lambda self, address: connections.append(address))
     with caplog.at_level(logging.WARNING):
-        config = write_model_dir(tmp_path, "ViT-B-32", "openai")
+        config = write_model_dir(tmp_path, "ViT-B-32", "openai", allow_random_weights=True)
     assert connections == []
-    assert (config["pretrained"], config["pretrained_requested"]) == ("", "openai")
+    assert (config["pretrained"], config["pretrained_requested"], config["random_weights"]) == (None, "openai", True)
     assert config["model_cfg"]["quick_gelu"] is True  # the architecture the openai weights need
     assert (config["embed_dim"], config["image_size"]) == (512, 224)
     assert any("NOT be meaningful" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

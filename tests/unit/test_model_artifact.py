@@ -1,4 +1,4 @@
-"""model.tar.gz: the layout SageMaker's PyTorch container expects, deterministic bytes, upload."""
+"""model.tar.gz: the layout the PyTorch container expects, which weights it holds, deterministic bytes, upload."""
 
 from __future__ import annotations
 
@@ -15,13 +15,21 @@ import torch
 
 from catalogue_search.handler import INFERENCE_CODE_DIR, load_handler_from_artifact, load_inference_module
 from catalogue_search.model_artifact import (
-    ArtifactInfo,
-    build_model_artifact,
+    ArtifactVersionError,
     inference_image_uri,
-    main,
-    upload_model_artifact,
+    read_artifact_metadata,
+    read_artifact_version,
 )
 from catalogue_search.settings import Settings
+from catalogue_search_dev import vendor_wheels
+from catalogue_search_dev.model_build import (
+    ArtifactInfo,
+    RandomWeightsError,
+    build_model_artifact,
+    main,
+    upload_model_artifact,
+    write_model_dir,
+)
 
 TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 
@@ -43,7 +51,8 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> ArtifactInfo:
 def test_archive_has_the_layout_the_pytorch_container_expects(artifact: ArtifactInfo):
     with tarfile.open(artifact.path) as tar:
         members = tar.getmembers()
-        assert [m.name for m in members] == [
+        names = [m.name for m in members]
+        assert [n for n in names if not n.startswith("code/wheels")] == [
             "artifact_version.txt",
             "clip_config.json",
             "code",
@@ -55,16 +64,44 @@ def test_archive_has_the_layout_the_pytorch_container_expects(artifact: Artifact
         assert tar.extractfile("code/inference.py").read() == (INFERENCE_CODE_DIR / "inference.py").read_bytes()
         requirements = tar.extractfile("code/requirements.txt").read().decode()
         config = json.loads(tar.extractfile("clip_config.json").read())
-    assert "open_clip_torch==3.3.0" in requirements.splitlines()
+    lines = requirements.splitlines()
+    assert "open-clip-torch==3.3.0" in lines and {"--no-index", "--find-links wheels"} <= set(lines)
+    wheels = [n.removeprefix("code/wheels/") for n in names if n.startswith("code/wheels/") and n.endswith(".whl")]
+    assert "open_clip_torch-3.3.0-py3-none-any.whl" in wheels
+    # regex is compiled: one wheel for the container's Python (py312) and one for the local toolkit's
+    assert {w.split("-")[2] for w in wheels if w.startswith("regex-")} == {"cp311", "cp312"}
     assert config["model_name"] == "tiny-clip"
-    assert config["pretrained"] == ""
+    assert (config["pretrained"], config["random_weights"]) == (None, True)
     assert (config["embed_dim"], config["image_size"]) == (32, 32)
     assert config["model_cfg"] == json.loads(TINY_MODEL_CONFIG.read_text())
-    assert (artifact.pretrained_loaded, artifact.embed_dim) == (False, 32)
+    assert (artifact.pretrained_loaded, artifact.random_weights, artifact.embed_dim) == (False, True, 32)
     assert artifact.sha256 == hashlib.sha256(Path(artifact.path).read_bytes()).hexdigest()
     with tarfile.open(artifact.path) as tar:
         assert tar.extractfile("artifact_version.txt").read().decode().strip() == artifact.artifact_version
     assert len(artifact.artifact_version) == 16
+
+
+def test_every_vendored_package_is_pinned_at_the_projects_version():
+    """The container's open_clip is the one the workers' encoder and the build use."""
+    locked = {}
+    for line in (INFERENCE_CODE_DIR.parent / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith(" "):
+            name, version = line.split("==")
+            locked[name.lower().replace("_", "-")] = version.strip()
+    pins = vendor_wheels.pins(INFERENCE_CODE_DIR / "requirements.txt")
+    assert pins and all(locked[p.split("==")[0].lower()] == p.split("==")[1] for p in pins)
+
+
+def test_an_unpinned_requirement_cannot_be_vendored(tmp_path: Path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("--no-index\nopen-clip-torch>=3\n")
+    with pytest.raises(vendor_wheels.VendorError, match="not pinned"):
+        vendor_wheels.pins(requirements)
+
+
+def test_the_container_python_comes_from_the_settings(settings: Settings):
+    assert vendor_wheels.container_python(settings.replace(py_version="py312")) == "3.12"
+    assert "3.12" in vendor_wheels.target_pythons(settings.replace(py_version="py312"))
 
 
 def test_the_same_inputs_give_the_same_bytes(artifact: ArtifactInfo, tmp_path: Path):
@@ -119,11 +156,11 @@ def test_a_checkpoint_file_is_packaged_as_pretrained_weights(tmp_path: Path):
     torch.save(state, checkpoint)
 
     info = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", str(checkpoint), TINY_MODEL_CONFIG)
-    assert info.pretrained_loaded
+    assert info.pretrained_loaded and not info.random_weights
     with tarfile.open(info.path) as tar:
         packaged = torch.load(tar.extractfile("model.pt"), weights_only=True)
         config = json.loads(tar.extractfile("clip_config.json").read())
-    assert config["pretrained"] == "tiny-weights.pt"
+    assert (config["pretrained"], config["random_weights"]) == ("tiny-weights.pt", False)
     assert packaged.keys() == state.keys()
     assert all(torch.equal(packaged[k], state[k]) for k in state)
 
@@ -172,17 +209,63 @@ def test_upload_puts_the_artifact_at_the_settings_uri(artifact: ArtifactInfo, se
     assert uri == settings.artifact_uri == f"s3://{settings.bucket}/models/vit-b-32/model.tar.gz"
     obj = s3.get_object(Bucket=settings.bucket, Key="models/vit-b-32/model.tar.gz")
     assert obj["Body"].read() == Path(artifact.path).read_bytes()
-    assert obj["Metadata"]["sha256"] == artifact.sha256
-    assert obj["Metadata"]["artifact-version"] == artifact.artifact_version
+    assert obj["Metadata"] == {
+        "sha256": artifact.sha256,
+        "artifact-version": artifact.artifact_version,
+        "random-weights": "true",
+    }
     assert upload_model_artifact(settings, s3, artifact.path) == uri  # unchanged: nothing to do
-    from catalogue_search.model_artifact import ArtifactVersionError, read_artifact_version
-
-    assert read_artifact_version(s3, uri) == artifact.artifact_version  # one HEAD
+    metadata = read_artifact_metadata(s3, uri)  # one HEAD
+    assert (metadata.version, metadata.random_weights) == (artifact.artifact_version, True)
+    assert read_artifact_version(s3, uri) == artifact.artifact_version
     s3.put_object(Bucket=settings.bucket, Key="models/old/model.tar.gz", Body=b"built before versions")
     with pytest.raises(ArtifactVersionError, match="no 'artifact-version' metadata"):
         read_artifact_version(s3, f"s3://{settings.bucket}/models/old/model.tar.gz")
     with pytest.raises(ArtifactVersionError, match="no model artifact at"):
         read_artifact_version(s3, f"s3://{settings.bucket}/models/none/model.tar.gz")
+
+
+def test_an_artifact_that_does_not_say_counts_as_random_weights(settings: Settings, s3):
+    key = "models/unsaid/model.tar.gz"
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=b"x", Metadata={"artifact-version": "abc"})
+    assert read_artifact_metadata(s3, f"s3://{settings.bucket}/{key}").random_weights is True
+
+
+def test_pretrained_weights_are_recorded_as_such_in_the_upload(settings: Settings, s3, tmp_path: Path):
+    import open_clip
+
+    name = load_inference_module().register_model_config("tiny-clip", json.loads(TINY_MODEL_CONFIG.read_text()))
+    checkpoint = tmp_path / "tiny-weights.pt"
+    torch.save(open_clip.create_model(name).state_dict(), checkpoint)
+    info = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", str(checkpoint), TINY_MODEL_CONFIG)
+    uri = upload_model_artifact(settings, s3, info.path)
+    assert s3.head_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Metadata"]["random-weights"] == "false"
+    assert read_artifact_metadata(s3, uri).random_weights is False
+
+
+@pytest.fixture
+def no_model_hub(monkeypatch: pytest.MonkeyPatch) -> list:
+    """open_clip cannot reach the model hub (as on this machine) and must not try the network."""
+    import socket
+
+    import huggingface_hub.constants
+
+    connections: list = []
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: connections.append(address))
+    return connections
+
+
+def test_a_pretrained_build_without_its_weights_is_refused(
+    tmp_path: Path, no_model_hub: list, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "model.tar.gz"
+    code = main(["build", "--model", "ViT-B-32", "--pretrained", "openai", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists() and no_model_hub == []
+    assert "pretrained ViT-B-32/openai could not be loaded" in err and "--allow-random-weights" in err
+    with pytest.raises(RandomWeightsError):
+        write_model_dir(tmp_path / "dir", "ViT-B-32", "openai")
 
 
 def test_s3_artifact_is_fetched_into_the_cache_keyed_by_etag(
@@ -213,5 +296,5 @@ def test_cli_build_reports_what_it_built(tmp_path: Path, capsys: pytest.CaptureF
     printed = capsys.readouterr()
     info = json.loads(printed.out)
     assert info["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert info["pretrained_loaded"] is False
+    assert (info["pretrained_loaded"], info["random_weights"]) == (False, True)
     assert "RANDOM weights" in printed.err

@@ -80,15 +80,21 @@ def prepare_catalogue(settings: Settings, s3, out_dir: Path | None = None):
 
 
 def prepare_model(settings: Settings, s3, model_cfg_path: Path | None = None) -> dict[str, Any]:
-    """Build (once) and upload the model artifact; warn loudly about random weights."""
-    from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
+    """Build (once) and upload the model artifact; random weights are allowed here, and said so loudly."""
+    from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
     tag = settings.model_pretrained or "random"
     path = cache_home() / "artifacts" / f"{settings.model_slug}-{tag}" / "model.tar.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = build_model_artifact(path, settings.model_name, settings.model_pretrained, model_cfg_path)
+    _say(
+        "the local stack builds the model with --allow-random-weights: where no model hub is in reach, the "
+        "artifact holds RANDOM weights instead of failing (a deployment builds without it)"
+    )
+    info = build_model_artifact(
+        path, settings.model_name, settings.model_pretrained, model_cfg_path, allow_random_weights=True
+    )
     upload_model_artifact(settings, s3, path)
-    if not info.pretrained_loaded:
+    if info.random_weights:
         _say(
             "WARNING: no pretrained CLIP weights could be loaded (no model hub here): the model has the real "
             f"{settings.model_name} architecture with RANDOM weights. Text search results are not meaningful; "

@@ -228,6 +228,7 @@ BENCHMARKS = {
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "full-dag": "full_dag_run.py",
+    "torchserve": "torchserve.py",
 }
 
 

@@ -319,6 +319,10 @@ def status() -> dict[str, str]:
         health = "healthy" if service.healthy() else "down"
         owner = f"started by ./dev, pid {pid}" if pid else "not started by ./dev"
         out[service.name] = f"{health} at {service.url} ({owner})"
+        if service.name == "sagemaker" and health == "healthy":
+            from catalogue_search_dev.sagemaker_local import describe_model_servers
+
+            out["torchserve"] = describe_model_servers(service.url)
     from catalogue_search_dev import ui_state
 
     out["airflow"] = ui_state.status()

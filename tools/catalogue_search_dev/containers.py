@@ -1,0 +1,160 @@
+"""The SageMaker containers' software on this machine: AWS's toolkits in a Python env of their own.
+
+The target images are SageMaker's PyTorch DLCs named by `Settings.framework_version`
+and `Settings.py_version` (2.6, py312): the inference image runs
+`sagemaker-pytorch-inference` 2.0.25 on TorchServe 0.12.0, the training image
+`sagemaker-training`. `requirements-containers.lock` installs those toolkits,
+at those versions, with what the images ship that the handler relies on (torch,
+torchvision, numpy, pillow, boto3) and without what they lack (open_clip and
+its dependencies: the artifact must carry them). This machine has no Python
+3.12 and no torch 2.6, so the env uses the project's Python and torch.
+
+A container is a directory of its own standing for /opt/ml
+(`SAGEMAKER_BASE_DIR`) and a fresh Python env layered on the shared one (its
+`site-packages` sees the toolkits; whatever the container pip-installs at
+start-up stays in it), so each container starts from the image as it ships.
+
+    python -m catalogue_search_dev.containers ensure   # create the env (the first model server does it too)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Mapping
+from pathlib import Path
+
+from catalogue_search_dev.localenv import cache_home, repo_root
+
+ENTRY = Path(__file__).with_name("container_entry.py")
+UNREACHABLE_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: pip fails at once if it tries an index
+
+
+def lock_file() -> Path:
+    return repo_root() / "requirements-containers.lock"
+
+
+def environment() -> Path:
+    """The shared env with the toolkits (created once per lock file, with uv from its cache)."""
+    lock = lock_file()
+    env = cache_home() / f"sagemaker-containers-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
+    if (env / ".installed").exists():
+        return env
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with open(env.parent / f".{env.name}.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (env / ".installed").exists():
+            shutil.rmtree(env, ignore_errors=True)
+            uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv") or "uv"
+            base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+            subprocess.run([uv, "venv", "--quiet", "--python", str(base), str(env)], check=True)
+            subprocess.run(
+                [uv, "pip", "install", "--quiet", "--python", str(env / "bin" / "python"), "-r", str(lock)], check=True
+            )
+            (env / ".installed").write_text(str(lock) + "\n")
+    return env
+
+
+def _site_packages(prefix: Path) -> Path:
+    relative = Path(sysconfig.get_path("purelib")).relative_to(sys.prefix)
+    return prefix / relative
+
+
+def new_container(root: Path) -> Path:
+    """A fresh container in `root`: its Python env layered on the toolkits' env; returns its `bin/`."""
+    env = environment()
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / "tmp").mkdir()
+    venv = root / "env"
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True)
+    (_site_packages(venv) / "sagemaker-containers.pth").write_text(str(_site_packages(env)) + "\n")
+    # TorchServe starts its workers with the Python that ran `torchserve`: the container's own.
+    for script in ("torchserve", "torch-model-archiver"):
+        source = (env / "bin" / script).read_text().split("\n", 1)[1]
+        target = venv / "bin" / script
+        target.write_text(f"#!{venv / 'bin' / 'python'}\n{source}")
+        target.chmod(0o755)
+    return venv / "bin"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` loopback ports nothing listens on now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def base_environment(root: Path, bin_dir: Path, aws: Mapping[str, str]) -> dict[str, str]:
+    """What every container sees: its /opt/ml, its tmp, its Python first, AWS as configured, no package index."""
+    env_bin = environment() / "bin"
+    path = os.pathsep.join([str(bin_dir), str(env_bin), "/usr/local/bin", "/usr/bin", "/bin"])
+    env = {
+        "PATH": path,
+        "HOME": str(root),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "SAGEMAKER_BASE_DIR": str(root),
+        "TEMP": str(root / "tmp"),
+        "TMPDIR": str(root / "tmp"),
+        # The network isolation SageMaker may impose: pip finds no index and no user configuration.
+        "PIP_INDEX_URL": UNREACHABLE_INDEX,
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "2",
+        "PIP_NO_CACHE_DIR": "1",
+    }
+    if os.environ.get("JAVA_HOME"):
+        env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+    env.update(aws)
+    return env
+
+
+def command(bin_dir: Path, what: str) -> list[str]:
+    """The command line of a container's toolkit: `serve` or `train` (see `container_entry`)."""
+    return [str(bin_dir / "python"), str(ENTRY), what]
+
+
+def start(root: Path, bin_dir: Path, what: str, env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    """Run the toolkit (`serve` or `train`) in `root`; its process group is the container's."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command(bin_dir, what),
+            cwd=root,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["ensure"]:
+        print("usage: python -m catalogue_search_dev.containers ensure", file=sys.stderr)
+        return 2
+    print(environment())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
