@@ -7,9 +7,11 @@ cookie or an `Authorization: Bearer` header, must be valid, and the user
 allowed to read Assets; the catalogue is the `products` alias Asset the
 ingest DAG publishes). No token: 401; an invalid token or no permission: 403.
 
-The query encoder is loaded once per API-server process, lazily, on the first
-query, and shared by all requests; with CATSEARCH_QUERY_ENCODER=endpoint
-nothing here imports torch.
+The query encoder is loaded once per API-server process, in the background
+when the server starts (warmup.py), and shared by all requests; with
+CATSEARCH_QUERY_ENCODER=endpoint nothing here imports torch. The page's own
+endpoints (status, explanations) and the login redirect are in page_api.py
+and login.py.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ from pydantic import BaseModel, Field
 
 from catalogue_search import search
 from catalogue_search.settings import Settings, SettingsError
+from catalogue_search_web import page_api
+from catalogue_search_web.warmup import lifespan
 
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/catalogue-search"
 STATIC = Path(__file__).resolve().parent / "static"
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
+STATIC_FILES = {
+    **{name: "text/javascript" for name in ("app.js", "state.js", "messages.js", "cards.js")},
+    "style.css": "text/css",
+    "icon.svg": "image/svg+xml",
+}
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_K = 12
 IMAGE_CACHE = "private, max-age=86400"  # behind a login: browsers may keep it, shared caches may not
@@ -169,8 +177,10 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         docs_url=None,  # Swagger UI loads its assets from a CDN; the schema is at /openapi.json
         redoc_url=None,
         openapi_url=None,  # served below, behind the login like everything else
+        lifespan=lifespan,  # the API server runs it: the encoder warms up in the background
     )
     app.state.warm = warm
+    page_api.install(app, URL_PREFIX, ERRORS)
 
     @app.exception_handler(search.SearchError)
     @app.exception_handler(SettingsError)
@@ -233,6 +243,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         brand: BrandFilter = None,
         mode: Mode = "image",
         fold: Fold = False,
+        fusion: page_api.FusionDep = None,
     ) -> SearchPage:
         if not q.strip():
             raise search.EmptyQueryError("the text query is empty")
@@ -243,7 +254,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
             k,
             offset,
             lambda n: warm.client.search_text(
-                q, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold
+                q, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold, fusion=fusion
             ),
         )
 
@@ -258,6 +269,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         brand: BrandFilter = None,
         mode: Mode = "image",
         fold: Fold = False,
+        fusion: page_api.FusionDep = None,
     ) -> SearchPage:
         data = image.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
@@ -269,7 +281,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
             k,
             offset,
             lambda n: warm.client.search_image(
-                data, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold
+                data, n, offset=offset, product_type=product_type, brand=brand, mode=mode, fold=fold, fusion=fusion
             ),
         )
 
