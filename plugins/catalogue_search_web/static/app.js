@@ -73,7 +73,7 @@ function showPreview() {
   if (!file) { els.thumb.removeAttribute("src"); delete els.thumb.dataset.src; return; }
   els.thumb.dataset.src = els.thumb.src = URL.createObjectURL(file);
   els.thumb.alt = `Your picture, ${truncate(file.name || "image", 60)}`;
-  els.thumbName.textContent = truncate(file.name || "your picture", 40);
+  els.thumbName.textContent = `Your picture: ${truncate(file.name || "image", 40)}`;
 }
 
 /** A new search (or new options): page 1 unless told, a new history entry, then run it. */

@@ -43,7 +43,7 @@ export function renderCards(list, page, actions) {
     const buttons = el("div", "buttons");
     const more = el("button", "more", "More like this");
     more.type = "button";
-    more.setAttribute("aria-label", `More like ${hit.item_name}`);
+    more.setAttribute("aria-label", `More like this: ${hit.item_name}`); // the visible words first (WCAG 2.5.3)
     more.addEventListener("click", () => actions.like(hit));
     buttons.append(more);
     if (actions.explain) buttons.append(whyButton(hit, body, actions.explain));
@@ -57,6 +57,7 @@ export function renderCards(list, page, actions) {
 function whyButton(hit, body, explain) {
   const button = el("button", "why", "Why this result?");
   button.type = "button";
+  button.setAttribute("aria-label", `Why this result? ${hit.item_name}`);
   const panel = el("div", "why-panel");
   panel.id = `why-${hit.item_id}`;
   panel.hidden = true;
