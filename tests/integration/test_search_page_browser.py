@@ -16,6 +16,7 @@ weights' and differs.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -263,6 +264,20 @@ def _bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def _contrast(png: bytes) -> float:
+    """WCAG contrast ratio of the lightest and darkest pixels of a screenshot."""
+    from PIL import Image
+
+    def luminance(rgb) -> float:
+        c = [v / 255 for v in rgb]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    data = Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+    values = [luminance(data[i : i + 3]) for i in range(0, len(data), 3)]
+    return (max(values) + 0.05) / (min(values) + 0.05)
+
+
 def test_a_logged_out_visit_logs_in_comes_back_and_waits_for_the_warm_up(context, api_server, gate, axe_source):
     assert not gate.is_open, "run this module in file order: this test needs the API server's first minutes"
     tab = context.new_page()
@@ -492,6 +507,8 @@ def test_the_nav_entry_and_the_address_bar_inside_airflow(page, api_server):
     frame = page.wait_for_selector("iframe").content_frame()
     frame.wait_for_selector(".chip")
     _shot(page, "11-inside-airflow")
+    icon = page.get_by_role("link", name=re.compile(r"^Search$")).locator("img")
+    assert _contrast(icon.screenshot()) >= 4.5, "the selected nav item's icon does not stand out"
     frame.check("input[name=mode][value=hybrid]")
     _search(frame, "dog")
     _wait_results(frame, "“dog” in hybrid mode")
