@@ -346,6 +346,15 @@ def test_a_mode_switch_changes_the_results_and_the_url_keeps_the_search(page, ap
     page.go_forward()
     assert _ids(_wait_results(page, "“dog” in images mode")) == _ids(image)
 
+    page.check("#fold")  # folding is part of the search and of the URL
+    _wait_results(page, "“dog” in images mode: results 1–")
+    assert "fold=1" in page.url
+    page.reload()
+    _wait_results(page, "“dog” in images mode: results 1–")
+    assert page.is_checked("#fold")
+    page.uncheck("#fold")
+    _wait_results(page, "“dog” in images mode: results 1–12")
+
     page.goto(api_server["page"] + "?q=dog")  # the user's choice is remembered
     _wait_results(page, "“dog” in images mode")
     page.goto(api_server["page"] + "?q=dog&mode=name&type=ANIMALS")  # a shared link's own choice wins
@@ -439,6 +448,10 @@ def test_why_a_hybrid_hit_matched_and_the_model_line(page, api_server, world, ax
     assert [name for name, _ in ranks] == ["lexical", "name", "image"] and all(r for _, r in ranks)  # 40 < 100
     _shot(page, "10-why-it-matched")
     _assert_accessible(page, axe_source, "results-hybrid")
+    page.emulate_media(color_scheme="dark")
+    _shot(page, "10-why-it-matched-dark")
+    _assert_accessible(page, axe_source, "results-hybrid-dark")
+    page.emulate_media(color_scheme="light")
 
     # The quality step's figures in the index _meta (the shared contract's shape) reach the line.
     from catalogue_search import index
