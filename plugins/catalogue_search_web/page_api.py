@@ -27,6 +27,7 @@ from catalogue_search import contract, index, search
 MEASURED_DEFAULT_MODE = "hybrid"
 MODE_PREFERENCE = ("hybrid", "name", "image")  # ties go to the first
 LISTS = {"lexical": "BM25 on the title", "name": "title vectors", "image": "image vectors"}
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # where the search client states no cap of its own (`max_image_bytes`)
 
 router = APIRouter()
 
@@ -93,9 +94,17 @@ def default_mode(info: IndexInfo | None) -> tuple[str, str]:
 
 def read_index_info(client) -> IndexInfo:
     """The `_meta` of the index behind the alias (the newest, during a swap)."""
+    from opensearchpy import exceptions as osx
+
     alias = client.alias
-    with search.opensearch_errors(client.settings.opensearch_url, alias):
+    try:
         mappings = client.client.indices.get_mapping(index=alias)
+    except osx.NotFoundError as exc:
+        raise search.IndexMissingError(f"index or alias {alias!r} does not exist: run catalogue_ingest") from exc
+    except osx.ConnectionError as exc:
+        raise search.OpenSearchUnavailableError(
+            f"OpenSearch at {client.settings.opensearch_url} is unreachable"
+        ) from exc
     metas = [(name, (m.get("mappings") or {}).get("_meta") or {}) for name, m in sorted(mappings.items())]
     meta = metas[-1][1] if metas else {}
     weights = meta.get("weights") or {}
@@ -150,10 +159,15 @@ class ExplainOut(BaseModel):
     score: float = Field(description="the sum of the contributions: the hit's fused score")
 
 
-Filters = dict[str, str | None]
+def filter_args(product_type: str | None, brand: str | None) -> dict[str, Any]:
+    """The search client's filter arguments: a `search.Filters` where the search package has one (since its
+    split into a package), the two keywords before it."""
+    if hasattr(search, "Filters"):
+        return {"filters": search.Filters(product_type=product_type, brand=brand)}
+    return {"product_type": product_type, "brand": brand}
 
 
-def explain(client, vector: list[float], text: str | None, item_id: str, fusion, depth: int, filters: Filters):
+def explain(client, vector: list[float], text: str | None, item_id: str, fusion, depth: int, filters: dict):
     """The rank of `item_id` in each of hybrid's lists, searched as hybrid searches them."""
     searches = {
         "lexical": (lambda: client.search_lexical(text, depth, **filters)) if text else None,
@@ -202,7 +216,7 @@ def explain_text(
     client.check_model_version(contract.TEXT)
     vector = client.encoder.encode(contract.TEXT, json.dumps({"inputs": [q.strip()]}).encode(), contract.JSON)
     fusion = fusion or search.Fusion()
-    filters = {"product_type": product_type, "brand": brand}
+    filters = filter_args(product_type, brand)
     return explain(client, vector, q.strip(), item_id, fusion, max(depth, fusion.candidates), filters)
 
 
@@ -216,16 +230,15 @@ def explain_image(
     product_type: TypeFilter = None,
     brand: BrandFilter = None,
 ) -> ExplainOut:
-    from catalogue_search_web.app import MAX_UPLOAD_BYTES
-
-    data = image.file.read(MAX_UPLOAD_BYTES + 1)
-    if not data or len(data) > MAX_UPLOAD_BYTES:
-        raise search.UnreadableImageError("the image is empty or too large")
     client = _warm(request).client
+    limit = getattr(client, "max_image_bytes", MAX_IMAGE_BYTES)
+    data = image.file.read(limit + 1)
+    if not data or len(data) > limit:
+        raise search.UnreadableImageError("the image is empty or too large")
     client.check_model_version(contract.IMAGE)
     vector = client.encoder.encode(contract.IMAGE, data, contract.X_IMAGE)
     fusion = fusion or search.Fusion()
-    filters = {"product_type": product_type, "brand": brand}
+    filters = filter_args(product_type, brand)
     return explain(client, vector, None, item_id, fusion, max(depth, fusion.candidates), filters)
 
 

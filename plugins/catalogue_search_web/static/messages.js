@@ -3,6 +3,8 @@
 
 const BY_CODE = {
   empty_query: "Type a few words to search for.",
+  query_too_long: "That search is too long. Shorten it to a few words (hybrid mode reads at most a few hundred).",
+  rejected_query: "That search could not be read. Try other words.",
   unreadable_image: "That file could not be read as a picture. Try a JPEG or PNG photo of normal size (at most 10 MB).",
   image_too_large: "That picture is too large. Try a smaller one (at most 10 MB and a normal photo size).",
   out_of_range: "That page is past the last result. Go back to the first page.",
