@@ -296,7 +296,11 @@ def test_a_logged_out_visit_logs_in_comes_back_and_waits_for_the_warm_up(context
     tab.wait_for_function("() => /warming up/.test(document.getElementById('status').textContent)")
     _shot(tab, "02-warming-up")
     _assert_accessible(tab, axe_source, "warming-up")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not gate.held and time.monotonic() < deadline:  # the warm-up imports torch, then asks for the artifact
+        time.sleep(0.2)
     assert gate.held >= 1, "the warm-up never asked S3 for the model artifact"
+    assert tab.is_visible("#warmup") and "warming up" in tab.inner_text("#status")  # still waiting, both
     gate.open()
     cards = _wait_results(tab, "“dog” in hybrid mode: results 1–12")
     assert cards[0]["name"] == DOG
