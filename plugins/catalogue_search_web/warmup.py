@@ -5,7 +5,8 @@ worker process; `lifespan` starts one daemon thread there. The thread encodes
 one short text and one tiny picture through the same search client the
 requests share (`Warm.client`): with the local encoder that imports torch and
 loads both handlers from the model artifact (the 10 s a first query used to
-pay), with the endpoint encoder it finds the endpoints and wakes them. The page
+pay), with the endpoint encoder it finds the endpoints and wakes them. Then
+one hybrid query touches the index's title text and both vector fields. The page
 asks `/api/status` and says "warming up the model" until the state is `ready`;
 a query sent meanwhile waits for the same load (the encoder loads once).
 
@@ -69,16 +70,15 @@ class WarmUp:
         errors = []
         try:
             client = warm.client
+            vectors = {}
             for encode_type, payload, content_type in PAYLOADS:
                 try:
-                    client.encoder.encode(encode_type, payload, content_type)
+                    vectors[encode_type] = client.encoder.encode(encode_type, payload, content_type)
                 except Exception as exc:  # reported on the status line; the query raises it again
                     log.warning("catalogue search: warming the %s encoder failed: %s", encode_type.lower(), exc)
                     errors.append({"encode_type": encode_type, **search.error_payload(exc)[1]})
-            try:
-                client.result_limit()  # the alias and its window, cached for the first query
-            except Exception as exc:  # the status line reports the index on its own
-                log.info("catalogue search: the index is not there yet: %s", exc)
+            if contract.TEXT in vectors:
+                _warm_index(client, vectors[contract.TEXT])
         except Exception as exc:  # no client at all (settings missing)
             log.warning("catalogue search: warm-up failed: %s", exc)
             errors.append({"encode_type": "", **search.error_payload(exc)[1]})
@@ -92,6 +92,15 @@ class WarmUp:
         end = self.finished if self.finished is not None else time.monotonic()
         seconds = round(end - self.started, 1) if self.started is not None else None
         return {"state": self.state, "seconds": seconds, "errors": list(self.errors)}
+
+
+def _warm_index(client: Any, vector: list[float]) -> None:
+    """One hybrid query (BM25 and both vector fields): the node reads the graphs and the client caches the
+    alias's window before the first user asks. Best effort: the status line reports the index on its own."""
+    try:
+        client.search_hybrid(vector, 1, text="warm-up")
+    except Exception as exc:
+        log.info("catalogue search: the index could not be warmed (yet): %s", exc)
 
 
 @asynccontextmanager
