@@ -200,46 +200,51 @@ TypeFilter = Annotated[str | None, Query(description="only this product type (an
 BrandFilter = Annotated[str | None, Query(description="only this brand (any case)")]
 
 
+@dataclasses.dataclass(frozen=True)
+class Ask:
+    """Which hit to explain, and the hybrid search it came from (weights, filters, how deep its page was)."""
+
+    item_id: str
+    depth: int
+    filters: dict[str, Any]
+    fusion: search.Fusion
+
+
+def ask_params(
+    fusion: FusionDep, item_id: ItemId, depth: Depth = 12, product_type: TypeFilter = None, brand: BrandFilter = None
+) -> Ask:
+    fusion = fusion or search.Fusion()
+    return Ask(item_id, max(depth, fusion.candidates), filter_args(product_type, brand), fusion)
+
+
+AskDep = Annotated[Ask, Depends(ask_params)]
+
+
+def _explain_query(request: Request, ask: Ask, encode_type: str, payload: bytes, text: str | None) -> ExplainOut:
+    client = _warm(request).client
+    client.check_model_version(encode_type)
+    content_type = contract.JSON if encode_type == contract.TEXT else contract.X_IMAGE
+    vector = client.encoder.encode(encode_type, payload, content_type)
+    return explain(client, vector, text, ask.item_id, ask.fusion, ask.depth, ask.filters)
+
+
 @router.get("/api/explain", response_model=ExplainOut, summary="Why a hybrid hit of a text query matched")
-def explain_text(
-    request: Request,
-    fusion: FusionDep,
-    q: Annotated[str, Query(description="the text query")],
-    item_id: ItemId,
-    depth: Depth = 12,
-    product_type: TypeFilter = None,
-    brand: BrandFilter = None,
-) -> ExplainOut:
+def explain_text(request: Request, ask: AskDep, q: Annotated[str, Query(description="the text query")]) -> ExplainOut:
     if not q.strip():
         raise search.EmptyQueryError("the text query is empty")
-    client = _warm(request).client
-    client.check_model_version(contract.TEXT)
-    vector = client.encoder.encode(contract.TEXT, json.dumps({"inputs": [q.strip()]}).encode(), contract.JSON)
-    fusion = fusion or search.Fusion()
-    filters = filter_args(product_type, brand)
-    return explain(client, vector, q.strip(), item_id, fusion, max(depth, fusion.candidates), filters)
+    payload = json.dumps({"inputs": [q.strip()]}).encode()
+    return _explain_query(request, ask, contract.TEXT, payload, q.strip())
 
 
 @router.post("/api/explain/image", response_model=ExplainOut, summary="Why a hybrid hit of an image query matched")
 def explain_image(
-    request: Request,
-    fusion: FusionDep,
-    image: Annotated[UploadFile, File(description="the query image")],
-    item_id: ItemId,
-    depth: Depth = 12,
-    product_type: TypeFilter = None,
-    brand: BrandFilter = None,
+    request: Request, ask: AskDep, image: Annotated[UploadFile, File(description="the query image")]
 ) -> ExplainOut:
-    client = _warm(request).client
-    limit = getattr(client, "max_image_bytes", MAX_IMAGE_BYTES)
+    limit = getattr(_warm(request).client, "max_image_bytes", MAX_IMAGE_BYTES)
     data = image.file.read(limit + 1)
     if not data or len(data) > limit:
         raise search.UnreadableImageError("the image is empty or too large")
-    client.check_model_version(contract.IMAGE)
-    vector = client.encoder.encode(contract.IMAGE, data, contract.X_IMAGE)
-    fusion = fusion or search.Fusion()
-    filters = filter_args(product_type, brand)
-    return explain(client, vector, None, item_id, fusion, max(depth, fusion.candidates), filters)
+    return _explain_query(request, ask, contract.IMAGE, data, None)
 
 
 def install(app, url_prefix: str, responses: dict[int | str, dict[str, Any]]) -> None:
