@@ -539,3 +539,4 @@ def test_the_nav_entry_and_the_address_bar_inside_airflow(page, api_server):
     cards = _wait_results(frame, "“dog” in hybrid mode: results 1–12")
     assert cards[0]["name"] == DOG
     _shot(page, "12-inside-airflow-after-reload")
+    page.screenshot(path=str(SHOTS / "search-page.png"))  # the picture the docs show
