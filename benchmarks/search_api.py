@@ -73,6 +73,9 @@ def build_index(settings, images: list[bytes], s3) -> str:
 
     handler = load_handler_from_artifact(settings.artifact_uri, "IMAGE", s3_client=s3, cache_dir=settings.model_cache)
     vectors = handler.encode_images(images)
+    titles = [f"{WORDS[i % len(WORDS)]} {THINGS[i % len(THINGS)]}" for i in range(len(images))]
+    text = load_handler_from_artifact(settings.artifact_uri, "TEXT", s3_client=s3, cache_dir=settings.model_cache)
+    title_vectors = text.encode_texts(titles)  # the title vectors: every mode can be timed (hybrid, name)
     client = index.client_from_settings(settings)
     name = f"{settings.index_alias}-v1"
     body = index.index_body(settings, alias=settings.index_alias, dimension=vectors.shape[1], run_key="b")
@@ -86,14 +89,14 @@ def build_index(settings, images: list[bytes], s3) -> str:
         )
         product = {
             "item_id": f"B0BENCH{i:05d}",
-            "item_name": f"{WORDS[i % len(WORDS)]} {THINGS[i % len(THINGS)]}",
+            "item_name": titles[i],
             "image_id": f"img{i}",
             "main_image_id": f"img{i}",
             "path": path,
             "product_type": ["HOME", "TOY", "SHOES"][i % 3],
             "brand": ["Acme", "Globex"][i % 2],
         }
-        docs.append(index.document(product, vec.tolist(), settings.model_name))
+        docs.append(index.document(product, vec.tolist(), settings.model_name, name_vector=title_vectors[i].tolist()))
     index.bulk_load(client, name, docs, total=len(docs))
     index.finish_loading(client, name, 0)
     index.swap_alias(client, settings.index_alias, name)

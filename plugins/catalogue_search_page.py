@@ -1,4 +1,4 @@
-"""Airflow plugin: "Catalogue search" in the UI's navigation, served by a FastAPI app the API server mounts.
+"""Airflow plugin: "Search" in the UI's navigation, served by a FastAPI app the API server mounts.
 
 The app (plugins/catalogue_search_web/) answers only logged-in users who may
 read Assets; see its docstring and the README's "Search page" section.
@@ -18,7 +18,7 @@ class CatalogueSearchPlugin(AirflowPlugin):
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Catalogue search"}]
     external_views = [
         {
-            "name": "Catalogue search",
+            "name": "Search",  # the nav's labels are short: a longer one is cut ("Catalogue…")
             "href": URL_PREFIX + "/",
             "url_route": "catalogue-search",
             "destination": "nav",

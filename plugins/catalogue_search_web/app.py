@@ -7,9 +7,11 @@ cookie or an `Authorization: Bearer` header, must be valid, and the user
 allowed to read Assets; the catalogue is the `products` alias Asset the
 ingest DAG publishes). No token: 401; an invalid token or no permission: 403.
 
-The query encoder is loaded once per API-server process, lazily, on the first
-query, and shared by all requests; with CATSEARCH_QUERY_ENCODER=endpoint
-nothing here imports torch.
+The query encoder is loaded once per API-server process, in the background
+when the server starts (warmup.py), and shared by all requests; with
+CATSEARCH_QUERY_ENCODER=endpoint nothing here imports torch. The page's own
+endpoints (status, explanations) and the login redirect are in page_api.py
+and login.py.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ from pydantic import BaseModel, Field
 
 from catalogue_search import search
 from catalogue_search.settings import Settings, SettingsError
+from catalogue_search_web import page_api
+from catalogue_search_web.warmup import lifespan
 
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/catalogue-search"
 STATIC = Path(__file__).resolve().parent / "static"
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
+STATIC_FILES = {
+    **{name: "text/javascript" for name in ("app.js", "state.js", "messages.js", "cards.js")},
+    "style.css": "text/css",
+    "icon.svg": "image/svg+xml",
+}
 DEFAULT_K = 12
 IMAGE_CACHE = "private, max-age=86400"  # behind a login: browsers may keep it, shared caches may not
 # ABO image paths look like `3e/3eb5feba.jpg`
@@ -188,8 +196,10 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         docs_url=None,  # Swagger UI loads its assets from a CDN; the schema is at /openapi.json
         redoc_url=None,
         openapi_url=None,  # served below, behind the login like everything else
+        lifespan=lifespan,  # the API server runs it: the encoder warms up in the background
     )
     app.state.warm = warm
+    page_api.install(app, URL_PREFIX, ERRORS)
 
     @app.exception_handler(search.SearchError)
     @app.exception_handler(SettingsError)
@@ -257,13 +267,14 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         ] = "",
         mode: Mode = "image",
         fold: FoldParam = False,
+        fusion: page_api.FusionDep = None,
     ) -> SearchPage:
         return answer(
             request,
             "text",
             q,
             page,
-            lambda p: warm.client.search_text(q, p, filters=filters, mode=mode, fold=_fold(fold)),
+            lambda p: warm.client.search_text(q, p, filters=filters, mode=mode, fold=_fold(fold), fusion=fusion),
         )
 
     @app.post("/api/search/image", response_model=SearchPage, responses=ERRORS, summary="Search by an uploaded image")
@@ -275,6 +286,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
         filters: FiltersDep,
         mode: Mode = "image",
         fold: FoldParam = False,
+        fusion: page_api.FusionDep = None,
     ) -> SearchPage:
         data = image.file.read(warm.client.max_image_bytes + 1)  # enough to tell the client's size check "too large"
         return answer(
@@ -282,7 +294,7 @@ def create_app(warm: Warm | None = None) -> FastAPI:
             "image",
             image.filename,
             page,
-            lambda p: warm.client.search_image(data, p, filters=filters, mode=mode, fold=_fold(fold)),
+            lambda p: warm.client.search_image(data, p, filters=filters, mode=mode, fold=_fold(fold), fusion=fusion),
         )
 
     @app.get(
