@@ -65,6 +65,10 @@ Requests (`Content-Type`):
   InvocationsMaxRetries, then the task's retries and the next run).
   The answer (`Accept: application/x-npz`) is one NumPy `.npz`: `ids`,
   `embeddings` (float32, one row per id), `error_ids`, `errors`, `artifact_version`.
+- `application/x-text-chunk` (TEXT models; batch transform of the titles): a
+  JSON Lines chunk of `{"id": ..., "text": "<title>"}` records, encoded in
+  forward passes of MAX_BATCH_SIZE; a blank text or a repeated id is an error
+  record. The answer is the same `.npz`.
 
 Responses (`Accept`): `application/json` -> `{"embeddings": [[...]], "ids": [...]}`
 (ids only when the request had some), `application/jsonlines` -> one

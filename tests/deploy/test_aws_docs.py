@@ -73,7 +73,7 @@ def test_the_guides_commands_take_the_options_it_gives():
     commands = {
         "python deploy/aws/stack_env.py": [str(t.REPO / "deploy" / "aws" / "stack_env.py")],
         "python deploy/aws/opensearch_roles.py": [str(t.REPO / "deploy" / "aws" / "opensearch_roles.py")],
-        "python -m catalogue_search.model_artifact build": ["-m", "catalogue_search.model_artifact", "build"],
+        "python -m catalogue_search_dev.model_build build": ["-m", "catalogue_search_dev.model_build", "build"],
         "python -m catalogue_search.cli search": ["-m", "catalogue_search.cli", "search"],
     }
     for command, argv in commands.items():

@@ -129,7 +129,7 @@ with DAG(dag_id=DAG_ID, schedule="@once", start_date=datetime(2026, 1, 1), catch
             [
                 sys.executable,
                 "-m",
-                "catalogue_search.model_artifact",
+                "catalogue_search_dev.model_build",
                 "build",
                 "--model",
                 s.model_name,
