@@ -121,11 +121,11 @@ for path in sys.argv[1:]:
     read, write = os.pipe()
     if os.fork() == 0:
         before = set(sys.modules)
-        start = time.perf_counter()
+        start = time.process_time()  # CPU seconds: what parsing costs the DAG processor, whatever the load
         spec = importlib.util.spec_from_file_location("dag_under_test", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         heavy = sorted(m for m in HEAVY if m in sys.modules and m not in before)
         os.write(write, json.dumps({"seconds": elapsed, "heavy": heavy}).encode())
         os._exit(0)
@@ -153,9 +153,9 @@ def import_probe() -> dict[str, dict]:
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])
 def test_dag_file_imports_fast_and_light(dag_file):
-    """With Airflow already loaded (as in the DAG processor), a DAG file parses in well under a second."""
+    """With Airflow already loaded (as in the DAG processor), a DAG file parses in well under a CPU second."""
     answer = import_probe()[dag_file.name]
     assert answer["status"] == 0 and answer["result"], f"{dag_file.name} failed to import in the probe"
     result = json.loads(answer["result"])
     assert result["heavy"] == [], f"{dag_file.name} imports heavy modules at top level: {result['heavy']}"
-    assert result["seconds"] < 1.0, f"{dag_file.name} took {result['seconds']:.2f}s to import"
+    assert result["seconds"] < 1.0, f"{dag_file.name} took {result['seconds']:.2f} CPU seconds to import"
