@@ -36,3 +36,14 @@ def test_screenshots_go_to_the_build_folder_unless_the_docs_are_updated(monkeypa
     assert testkinds.screenshot_path("page.png") == tmp_path / "build" / "screenshots" / "page.png"
     monkeypatch.setenv(testkinds.UPDATE_DOCS_ENV, "1")
     assert testkinds.screenshot_path("page.png") == tmp_path / "docs" / "page.png"
+
+
+def test_the_quick_lane_splits_its_files_once_each_by_what_they_load():
+    from catalogue_search_dev.localenv import repo_root
+
+    repo = repo_root()
+    model, rest = testkinds.quick_shards(repo)
+    every = sorted(str(p.relative_to(repo)) for d in testkinds.QUICK_PATHS for p in (repo / d).rglob("test_*.py"))
+    assert sorted(model + rest) == every and not set(model) & set(rest)
+    assert {"tests/unit/test_inference.py", "tests/unit/test_handler_fuzz.py"} <= set(model)
+    assert {"tests/dags/test_dag_integrity.py", "tests/unit/test_testkinds.py"} <= set(rest)
