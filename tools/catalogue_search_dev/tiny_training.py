@@ -90,7 +90,7 @@ def trained_checkpoint(
             loss.backward()
             optimiser.step()
             if step % 50 == 0 or step == steps - 1:
-                log.info("tiny CLIP training: step %d/%d, loss %.3f", step + 1, steps, float(loss))
+                log.info("tiny CLIP training: step %d/%d, loss %.3f", step + 1, steps, loss.item())
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_suffix(".partial")
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, partial)
