@@ -125,3 +125,29 @@ def test_a_random_weight_index_is_measured_at_chance_recorded_and_refused_withou
         opted_in, s3, client, index_name=name, alias=settings.index_alias, report_key="r/q2.json"
     )
     assert summary["random_weights"] is True and summary["recall@10"] == image  # the same sample, the same figures
+
+
+def test_dev_eval_prints_the_recorded_figures_compares_and_measures_again(indexed, monkeypatch, capsys):
+    from catalogue_search_dev import quality_eval
+
+    settings, s3, client, name, products = indexed
+    for key, value in {
+        "CATSEARCH_BUCKET": settings.bucket,
+        "CATSEARCH_MODEL_NAME": settings.model_name,
+        "CATSEARCH_OPENSEARCH_URL": settings.opensearch_url,
+        "CATSEARCH_AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "CATSEARCH_INDEX_ALIAS": f"{settings.index_alias}-loaded",  # the alias sample_index.load set
+    }.items():
+        monkeypatch.setenv(key, value)
+    recorded = client.indices.get_mapping(index=name)[name]["mappings"]["_meta"]["quality"]
+    assert quality_eval.main([]) == 0
+    table = capsys.readouterr().out
+    assert name in table and quality.RANDOM_WEIGHTS_NOTE in table
+    assert f"{recorded['modes']['name']['recall@10']:.4f}" in table
+    assert quality_eval.main(["--compare", name]) == 0
+    assert "compared with" in capsys.readouterr().out
+    assert quality_eval.main(["--measure", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["modes"] == recorded["modes"] and again["sample_size"] == len(products)
+    assert quality_eval.main(["--compare", "no-such-index"]) == 1
+    assert "no index or alias 'no-such-index'" in capsys.readouterr().err
