@@ -7,7 +7,7 @@ count; for `hybrid`, BM25 on the title and both k-NN lists with the default
 duplicates asks "more like this" with its image vector, itself left out. Only
 the hit ids come back (`_source: false`, documents are keyed by item_id): the
 ranking is the search client's, without fetching and parsing every hit's
-source (two 512-d vectors each). tests/integration/test_quality.py checks the
+source (two 512-d vectors each). tests/integration/test_quality_evaluation.py checks the
 ranks against `SearchClient`'s own.
 """
 
