@@ -83,7 +83,7 @@ def sample(docs: Iterable[dict[str, Any]], size: int, seed: int) -> list[dict[st
 
 def evaluate(
     docs: list[dict[str, Any]],
-    encode_titles: Callable[[list[str]], list[list[float] | None]],
+    query_vectors: Callable[[list[dict[str, Any]]], list[list[float] | None]],
     ask: Callable[[dict[str, Any], list[float], bool], dict[str, list[str]]],
     *,
     size: int,
@@ -92,13 +92,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Measure a sample of `docs` (the index's products: item_id, item_name, product_type, image_id).
 
-    `encode_titles` turns titles into query vectors (None: the model refused it);
+    `query_vectors` gives the products' titles as query vectors (None: the model refused one);
     `ask(doc, vector, duplicates)` returns the hit ids per mode, best first (and,
     when `duplicates`, those of "more like this" on the product's image).
     Returns the `quality` record without the model fields.
     """
     chosen = sample(docs, size, seed)
-    vectors = encode_titles([d["item_name"].strip() for d in chosen])
+    vectors = query_vectors(chosen)
     shared = Counter(d.get("image_id") for d in docs if d.get("image_id"))
     image_of = {d["item_id"]: d.get("image_id") for d in docs}
 

@@ -2,10 +2,12 @@
 
 Runs after validation and before the alias moves:
 
-1. the index's search quality (`quality.evaluate`), titles encoded by the TEXT
-   model of the artifact that encoded the index, in this process: the same
-   handler and request bytes the query endpoints use, but the endpoints may still
-   serve the published model (a new model is what the gate is for) or be torn down;
+1. the index's search quality (`quality.evaluate`), the titles as queries of the
+   TEXT model of the artifact that encoded the index, run in this process (the
+   handler and request bytes the query endpoints use; the endpoints may still
+   serve the published model, a new model being what the gate is for, or be torn
+   down), checked against and completed by the index's title vectors
+   (`quality_queries.QueryVectors`);
 2. the figures go to the run report in the bucket (`quality.json` in the run's
    prefix), the index `_meta` (`quality`, `weights`) and the task log (a table);
 3. the gates, each of which leaves the alias where it is:
@@ -26,7 +28,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from catalogue_search import index, quality
-from catalogue_search.contract import JSON, TEXT
 from catalogue_search.errors import PermanentError
 from catalogue_search.s3util import parse_s3_uri, put_bytes
 from catalogue_search.settings import Settings
@@ -91,64 +92,40 @@ def _meta(client, name: str) -> dict[str, Any]:
     return dict((mappings.get(name) or next(iter(mappings.values())))["mappings"].get("_meta") or {})
 
 
-def _title_encoder(settings: Settings, s3, version: str):
-    """The TEXT handler of the run's artifact and a batched encode of titles as search queries."""
-    from catalogue_search.handler import load_handler_from_artifact
-    from catalogue_search.search import parse_embeddings
-
-    handler = load_handler_from_artifact(settings.artifact_uri, TEXT, s3_client=s3, cache_dir=settings.model_cache)
-    if handler.artifact_version != version:
-        raise PermanentError(
-            f"the model artifact at {settings.artifact_uri} is version {handler.artifact_version or '(none)'} but "
-            f"the index was encoded by version {version}: the artifact was replaced during the run; run again"
-        )
-
-    def encode(titles: list[str]) -> list[list[float] | None]:
-        # The very request a text search sends, many per forward pass; a title the model refuses finds nothing.
-        payloads = [json.dumps({"inputs": [title]}).encode() for title in titles]
-        answers = handler.invoke_many(payloads, JSON)
-        return [parse_embeddings(a.body, "the TEXT model") if a.error is None else None for a in answers]
-
-    return handler, encode
-
-
-def measure(settings: Settings, s3, client, index_name: str, logger: logging.Logger = log) -> dict[str, Any]:
-    """The `quality` record of `index_name` (see COMMON contract) plus `weights` and `index`."""
+def measure(
+    settings: Settings, s3, client, index_name: str, logger: logging.Logger = log, *, encode_all: bool = False
+) -> dict[str, Any]:
+    """The `quality` record of `index_name` (see COMMON contract) and the artifact's `weights`."""
     from opensearchpy import helpers
 
-    from catalogue_search.quality_queries import QueryRunner
+    from catalogue_search.quality_queries import QueryRunner, QueryVectors, title_encoder
 
     meta = _meta(client, index_name)
     version = str(meta.get("artifact_version") or "")
     bucket, key = parse_s3_uri(settings.artifact_uri)
     head = s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}
-    handler, encode = _title_encoder(settings, s3, version)
+    handler, encode = title_encoder(settings, s3, version)
     clip_config = json.loads((handler.model_dir / "clip_config.json").read_text())
     weights = artifact_weights(head, clip_config)
     docs = [h["_source"] for h in helpers.scan(client, index=index_name, query={"_source": DOC_FIELDS}, size=1000)]
     if not docs:
         raise PermanentError(f"index {index_name} holds no products: nothing to evaluate")
     runner = QueryRunner(settings, client, index_name, quality.DEPTH)
+    vectors = QueryVectors(client, index_name, encode, encode_all=encode_all, logger=logger)
     logger.info("evaluating %s: titles of up to %d of its %d products", index_name, settings.quality_sample, len(docs))
-    started, encoding = time.monotonic(), [0.0]
-
-    def timed_encode(titles: list[str]) -> list[list[float] | None]:
-        began = time.monotonic()
-        try:
-            return encode(titles)
-        finally:
-            encoding[0] = time.monotonic() - began
-
-    measured = quality.evaluate(
-        docs, timed_encode, runner.ask, size=settings.quality_sample, seed=settings.quality_seed
-    )
+    started = time.monotonic()
+    measured = quality.evaluate(docs, vectors, runner.ask, size=settings.quality_sample, seed=settings.quality_seed)
     took = time.monotonic() - started
     logger.info(
-        "evaluated %d titles in %.1f s (encoding %.1f s, queries %.1f s)",
+        "evaluated %d titles in %.1f s: %d encoded by the TEXT model (%.1f s; %d of them checked against the "
+        "index's title vectors), %d taken from the index's title vectors; queries %.1f s",
         measured["sample_size"],
         took,
-        encoding[0],
-        took - encoding[0],
+        vectors.encoded,
+        vectors.seconds,
+        vectors.checked,
+        vectors.stored,
+        took - vectors.seconds,
     )
     record = {
         "index": index_name,

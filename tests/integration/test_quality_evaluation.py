@@ -9,18 +9,17 @@ index is measured at chance, recorded, and refused without the opt-in.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from catalogue_search import index, quality, quality_gate
+from catalogue_search.contract import vectors_close
 from catalogue_search.errors import PermanentError
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
-from catalogue_search.quality_queries import QueryRunner
+from catalogue_search.model_artifact import archive_version, upload_model_artifact
+from catalogue_search.quality_queries import CHECKED_TITLES, QueryRunner, QueryVectors, title_encoder
 from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
 
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 CONTRACT_KEYS = {
     "model",
     "artifact_version",
@@ -35,7 +34,7 @@ CONTRACT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def indexed(moto_url, sagemaker_url, opensearch_url, tmp_path_factory):
+def indexed(tiny_artifact, moto_url, opensearch_url, tmp_path_factory):
     """(settings, s3, client, index name, products): 120 sample products, two of them sharing an image id."""
     import boto3
 
@@ -54,8 +53,7 @@ def indexed(moto_url, sagemaker_url, opensearch_url, tmp_path_factory):
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     s3.create_bucket(Bucket=settings.bucket)
     tmp = tmp_path_factory.mktemp("quality")
-    artifact = tmp / "model.tar.gz"
-    info = build_model_artifact(artifact, "tiny-clip", "", TINY)
+    artifact = tiny_artifact
     upload_model_artifact(settings, s3, artifact)  # no random-weights metadata: counts as random
     layout = sample_index.layout_dir()
     products = sample_index.sample_products(layout)[:120]
@@ -66,7 +64,7 @@ def indexed(moto_url, sagemaker_url, opensearch_url, tmp_path_factory):
     name = f"{settings.index_alias}-v1"
     sample_index.load(client, settings, name, f"{settings.index_alias}-loaded", encoded)
     meta = client.indices.get_mapping(index=name)[name]["mappings"]["_meta"]
-    client.indices.put_mapping(index=name, body={"_meta": {**meta, "artifact_version": info.artifact_version}})
+    client.indices.put_mapping(index=name, body={"_meta": {**meta, "artifact_version": archive_version(artifact)}})
     yield settings, s3, client, name, encoded.products
     client.indices.delete(index=name, ignore_unavailable=True)
 
@@ -75,7 +73,7 @@ def test_the_evaluation_ranks_exactly_as_the_search_client(indexed):
     settings, s3, client, name, products = indexed
     runner = QueryRunner(settings, client, name, quality.DEPTH)
     searcher = SearchClient(settings.replace(index_alias=name), client=client, encoder=LocalEncoder(settings, s3))
-    handler, encode = quality_gate._title_encoder(settings, s3, searcher.index_artifact_version())
+    handler, encode = title_encoder(settings, s3, searcher.index_artifact_version())
     chosen = products[:2] + products[40:44]  # the two that share an image, and four others
     for doc, vector in zip(chosen, encode([p["item_name"].strip() for p in chosen])):
         asked = runner.ask(doc, vector, duplicates=True)
@@ -151,3 +149,24 @@ def test_dev_eval_prints_the_recorded_figures_compares_and_measures_again(indexe
     assert again["modes"] == recorded["modes"] and again["sample_size"] == len(products)
     assert quality_eval.main(["--compare", "no-such-index"]) == 1
     assert "no index or alias 'no-such-index'" in capsys.readouterr().err
+
+
+def test_query_vectors_are_the_models_checked_against_the_index_title_vectors(indexed):
+    settings, s3, client, name, products = indexed
+    version = client.indices.get_mapping(index=name)[name]["mappings"]["_meta"]["artifact_version"]
+    _, encode = title_encoder(settings, s3, version)
+    docs = products[:60]
+    vectors = QueryVectors(client, name, encode)
+    got = vectors(docs)
+    assert (vectors.encoded, vectors.checked, vectors.stored) == (CHECKED_TITLES, CHECKED_TITLES, 60 - CHECKED_TITLES)
+    everything = QueryVectors(client, name, encode, encode_all=True)
+    assert vectors_close(everything(docs), got)  # the model's own vectors, to the contract's tolerance
+    assert everything.encoded == 60 and everything.stored == 0
+
+    # a model that encodes titles otherwise than the index's title vectors: every title is encoded
+    def other_text(titles):
+        return encode([f"not {t}" for t in titles])
+
+    fallback = QueryVectors(client, name, other_text)
+    assert vectors_close(fallback(docs), other_text([d["item_name"].strip() for d in docs]))
+    assert fallback.encoded == 60 and fallback.stored == 0
