@@ -154,14 +154,26 @@ def evaluate_index(
     (a `PermanentError` leaves the alias where it is)."""
     measured = measure(settings, s3, client, index_name, logger)
     new, weights = measured["quality"], measured["weights"]
-    served_index = next((t for t in index.alias_targets(client, alias) if t != index_name), None)
-    served = _meta(client, served_index).get("quality") if served_index else None
-    if served_index and served is None:
-        served = {"artifact_version": _meta(client, served_index).get("artifact_version")}
-    verdict = gate(new, served, served_index, settings.quality_tolerance_points / 100)
+    targets = index.alias_targets(client, alias)
+    served_index = next((t for t in targets if t != index_name), None)
+    served_meta = _meta(client, served_index) if served_index else {}
+    served = served_meta.get("quality") or {"artifact_version": served_meta.get("artifact_version")}
+    verdict = gate(new, served if served_index else None, served_index, settings.quality_tolerance_points / 100)
+    if index_name in targets:  # a rerun of a run that published: reported, the serving index left as it is
+        verdict = Verdict(
+            index_name,
+            True,
+            None,
+            quality.headline(new),
+            None,
+            None,
+            False,
+            f"index {index_name} serves alias {alias} already (a rerun): reported only",
+        )
     report = {"index": index_name, "alias": alias, "weights": weights, "quality": new, "gate": verdict.as_dict()}
     put_bytes(s3, settings.bucket, report_key, json.dumps(report, indent=1).encode(), "application/json")
-    client.indices.put_mapping(index=index_name, body={"_meta": {**_meta(client, index_name), **measured}})
+    if index_name not in targets:
+        client.indices.put_mapping(index=index_name, body={"_meta": {**_meta(client, index_name), **measured}})
     for line in quality.format_table(new).splitlines():
         logger.info("%s", line)
     logger.info("quality gate: %s. Report: s3://%s/%s", verdict.reason, settings.bucket, report_key)

@@ -124,6 +124,14 @@ def test_a_random_weight_index_is_measured_at_chance_recorded_and_refused_withou
     )
     assert summary["random_weights"] is True and summary["recall@10"] == image  # the same sample, the same figures
 
+    # a rerun once the index serves: reported, not compared with itself
+    client.indices.update_aliases(body={"actions": [{"add": {"index": name, "alias": settings.index_alias}}]})
+    again = quality_gate.evaluate_index(
+        opted_in, s3, client, index_name=name, alias=settings.index_alias, report_key="r/q3.json"
+    )
+    assert again["gate"] == f"index {name} serves alias {settings.index_alias} already (a rerun): reported only"
+    client.indices.update_aliases(body={"actions": [{"remove": {"index": name, "alias": settings.index_alias}}]})
+
 
 def test_dev_eval_prints_the_recorded_figures_compares_and_measures_again(indexed, monkeypatch, capsys):
     from catalogue_search_dev import quality_eval

@@ -31,7 +31,8 @@ INTERESTING = re.compile(
     r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|SageMaker job \S+ completed|"
     r"Error while running transform job|documents loaded:|self-match ok|alias \S+: |deleted superseded|"
     r"could not be encoded|has no embedding|is missing|more than one shard|builds on|serves nothing yet|ANN recall|"
-    r"shrink guard|clean-up of|\[error|Traceback|DagRun Finished)"
+    r"shrink guard|clean-up of|quality gate|evaluated \d+ titles|random weights: quality|"
+    r"\[error|Traceback|DagRun Finished)"
 )
 STRUCTLOG = re.compile(r"^\S+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: \S+=\S+)*)?$")
 
