@@ -32,6 +32,11 @@ by text and by image, then points the read alias at it.
 4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
 5. **validate_index**: the count, sampled products holding exactly their stored
    embedding, and ANN recall@10 against exact search; a failure leaves the alias alone.
+   **evaluate_index**: search quality (recall@1/5/10 and MRR per mode and product
+   type, each title asked as a query) to the run report, the index `_meta` and the
+   log; an index from random weights (unless CATSEARCH_ALLOW_RANDOM_WEIGHTS) or a
+   new model worse than the served one (unless `allow_quality_drop`) is refused
+   (docs/quality.md).
 6. **swap_alias**: the shrink guard, then one atomic `_aliases` call; served
    indices beyond the retention are deleted. Records an event of the alias's
    index Asset (`catalogue-search-index/<alias>`, through the asset alias
@@ -44,8 +49,9 @@ by text and by image, then points the read alias at it.
 
 A run publishes the whole catalogue: the shards it processes plus every other
 shard as last published under the alias. Trigger with Params to backfill chosen
-shards (`shards: ["0", "3"]`), another language, a forced re-encode, or
-`allow_shrink` for an intended large shrink. `max_products` is for trials on
+shards (`shards: ["0", "3"]`), another language, a forced re-encode,
+`allow_shrink` for an intended large shrink, or `allow_quality_drop` for an
+intended quality drop of a new model. `max_products` is for trials on
 another alias. Unknown conf keys fail the run at once. Roll back with the
 `catalogue_rollback` DAG. Every task has a time limit (`CATSEARCH_*_TIMEOUT_S`),
 the run one of `CATSEARCH_INGEST_DAGRUN_TIMEOUT_S`: see docs/pipeline.md.
@@ -84,6 +90,12 @@ PARAMS = {
         False,
         type="boolean",
         description="Publish even when the catalogue shrinks by more than CATSEARCH_SHRINK_GUARD_PERCENT.",
+    ),
+    "allow_quality_drop": Param(
+        False,
+        type="boolean",
+        description="Publish a new model even when its text->image recall@10 is below the served index's "
+        "(beyond CATSEARCH_QUALITY_TOLERANCE_POINTS and the sampling margin).",
     ),
 }
 
@@ -179,6 +191,20 @@ def catalogue_ingest():
 
         return ingest.validate_index(env.settings, env.s3, env.opensearch, env.plan, loaded)
 
+    @catalogue_task("validate")
+    def evaluate_index(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import quality_gate
+
+        return quality_gate.evaluate_index(
+            env.settings,
+            env.s3,
+            env.opensearch,
+            index_name=run_plan["index"],
+            alias=run_plan["alias"],
+            report_key=f"{run_plan['prefix']}quality.json",
+            allow_quality_drop=bool(env.params.get("allow_quality_drop", False)),
+        )
+
     @catalogue_task(outlets=[index_asset_alias()])
     def swap_alias(env: TaskEnv, run_plan: dict) -> dict:
         from catalogue_search import ingest
@@ -213,6 +239,7 @@ def catalogue_ingest():
     names_recorded = record_name_embeddings(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
+    evaluated = evaluate_index(run_plan)
     published = swap_alias(run_plan)
     chain(
         filtered,
@@ -222,6 +249,7 @@ def catalogue_ingest():
         [recorded, names_recorded],
         loaded,
         validated,
+        evaluated,
         published,
     )
     validated >> report_duplicates(run_plan)

@@ -122,6 +122,14 @@ class Settings:
     knn_m: int = 16
     knn_ef_construction: int = 100
     knn_candidates: int = 75
+    # Search quality (the evaluate_index step, docs/quality.md): titles of a seeded sample of this many
+    # products are asked in every mode (0 = every product); a new model may publish when its text -> image
+    # recall@10 is at most this many percentage points below the served index's, beyond the sampling margin.
+    quality_sample: int = 1000
+    quality_seed: int = 0
+    quality_tolerance_points: float = 2.0
+    # Publish an index encoded by a model artifact with random weights (the local stack sets it; docs/quality.md).
+    allow_random_weights: bool = False
     # Near-duplicates: two products whose image vectors have cosine >= this are one
     # product for hit folding and the per-run duplicate report (same image id: always).
     duplicate_cosine_threshold: float = 0.98

@@ -146,6 +146,7 @@ def test_ingest_dag_shape():
         "alias",
         "force_reencode",
         "allow_shrink",
+        "allow_quality_drop",
     }
     encode = dag.get_task("encode_images")
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
@@ -165,6 +166,7 @@ def test_ingest_dag_shape():
         "record_embeddings",
         "load_index",
         "validate_index",
+        "evaluate_index",
         "swap_alias",
     ]
     for up, down in zip(order, order[1:]):

@@ -62,6 +62,10 @@ def tiny_stack_env(prefix: str, moto_url, sagemaker_url, opensearch_url, aws_env
         # The tiny model's random weights put 38% of distinct pictures above 0.98: report identical ones.
         "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
         "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
+        # The tiny model's weights are random: publish anyway (as the local stack does), and measure the
+        # search quality on a smaller sample than a deployment's 1,000 (docs/quality.md).
+        "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "true",
+        "CATSEARCH_QUALITY_SAMPLE": "200",
     }
     env.update(aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)))
     return env, Settings.from_env({**os.environ, **env})

@@ -147,6 +147,8 @@ def world(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_factory):
         "CATSEARCH_SHRINK_GUARD_PERCENT": "10",
         "CATSEARCH_MODEL_NAME": "tiny-clip",
         "CATSEARCH_MODEL_PRETRAINED": "",
+        "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "true",
+        "CATSEARCH_QUALITY_SAMPLE": "200",
         "CATSEARCH_AWS_ENDPOINT_URL": moto_url,
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
     }

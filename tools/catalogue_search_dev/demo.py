@@ -31,7 +31,8 @@ INTERESTING = re.compile(
     r"(shard \w+: \d+ listings|images: \d+ copied|need encoding|nothing new to encode|SageMaker job \S+ completed|"
     r"Error while running transform job|documents loaded:|self-match ok|alias \S+: |deleted superseded|"
     r"could not be encoded|has no embedding|is missing|more than one shard|builds on|serves nothing yet|ANN recall|"
-    r"shrink guard|clean-up of|\[error|Traceback|DagRun Finished)"
+    r"shrink guard|clean-up of|quality gate|evaluated \d+ titles|random weights: quality|"
+    r"\[error|Traceback|DagRun Finished)"
 )
 STRUCTLOG = re.compile(r"^\S+Z \[(\w+)\s*\] (.*?)(?: \[[\w.]+\](?: \S+=\S+)*)?$")
 
@@ -98,7 +99,8 @@ def prepare_model(settings: Settings, s3, model_cfg_path: Path | None = None) ->
         _say(
             "WARNING: no pretrained CLIP weights could be loaded (no model hub here): the model has the real "
             f"{settings.model_name} architecture with RANDOM weights. Text search results are not meaningful; "
-            "an image still finds itself. With internet, the same command packages real weights."
+            "an image still finds itself. With internet, the same command packages real weights. The local "
+            "stack publishes it anyway (CATSEARCH_ALLOW_RANDOM_WEIGHTS=true); a deployment refuses such an index."
         )
     return info.as_dict()
 
@@ -156,6 +158,18 @@ def answer_queries(settings: Settings, summary, k: int = 5) -> bool:
     return bool(found)
 
 
+def show_quality(settings: Settings) -> None:
+    """The search quality the run measured (the served index's `_meta`), as `./dev eval` prints it."""
+    from catalogue_search import index, quality
+
+    client = index.client_from_settings(settings)
+    for name, mapping in client.indices.get_mapping(index=settings.index_alias).items():
+        record = (mapping["mappings"].get("_meta") or {}).get("quality")
+        if record:
+            print(f"\nSearch quality of {name} (each product's title as the query; `./dev eval` shows it again):")
+            print(quality.format_table(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__)
     parser.add_argument(
@@ -177,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         code = run_dag("catalogue_ingest", conf)
         if code != 0:
             return code
+    show_quality(settings)
     ok = answer_queries(settings, summary)
     _say(f'done in {time.monotonic() - started:.0f}s; search again with: ./dev search "a red flower"')
     return 0 if ok else 1

@@ -7,7 +7,8 @@
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
-./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag; BENCHMARKS.md)
+./dev eval [--compare INDEX] the served index's search quality (docs/quality.md)
+./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, eval, full-dag; BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C, SIGTERM or SIGHUP stops all of it
@@ -217,6 +218,12 @@ def cmd_rollback(args: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args: list[str]) -> int:
+    from catalogue_search_dev import quality_eval
+
+    return quality_eval.main(args)
+
+
 def cmd_airflow(args: list[str]) -> int:
     ensure_airflow_db()
     return subprocess.run(["airflow", *args]).returncode
@@ -247,6 +254,7 @@ BENCHMARKS = {
     "knn": "knn_recall.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
+    "eval": "quality_eval.py",
     "full-dag": "full_dag_run.py",
     "torchserve": "torchserve.py",
 }
@@ -296,6 +304,7 @@ COMMANDS = {
     "search": cmd_search,
     "airflow": cmd_airflow,
     "rollback": cmd_rollback,
+    "eval": cmd_eval,
     "ui": cmd_ui,
 }
 

@@ -37,6 +37,9 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         "CATSEARCH_SAGEMAKER_ENDPOINT_URL": "http://127.0.0.1:5100",
         "CATSEARCH_OPENSEARCH_URL": "http://127.0.0.1:9200",
         "CATSEARCH_QUERY_ENCODER": "local",
+        # No model hub here: the local model has random weights, and the stack publishes its index anyway
+        # (a deployment leaves this false and refuses such an index; docs/quality.md).
+        "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "true",
         # Local transform jobs take seconds, not the minutes SageMaker's do.
         "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
         "CATSEARCH_BUCKET": "catalogue-search-local",
