@@ -29,12 +29,12 @@ from typing import Any
 
 from catalogue_search import index, quality
 from catalogue_search.errors import PermanentError
+from catalogue_search.model_artifact import RANDOM_WEIGHTS_METADATA
 from catalogue_search.s3util import parse_s3_uri, put_bytes
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS_METADATA = "random-weights"  # S3 user metadata of the artifact object ("true" | "false")
 Z = 1.96  # the gate's confidence: 95%, two-sided
 DOC_FIELDS = ["item_id", "item_name", "product_type", "image_id"]
 
