@@ -80,6 +80,7 @@ def opensearch(settings: Settings):
         password=conn.password or "",
         region=extra.get("region", settings.region),
         credentials=_aws_credentials(settings) if auth == "sigv4" else None,
+        ca_certs=settings.opensearch_ca_certs,
     )
 
 

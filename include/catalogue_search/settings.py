@@ -92,6 +92,8 @@ class Settings:
     opensearch_auth: str = "none"
     opensearch_user: str = ""
     opensearch_password: str = field(default="", repr=False)
+    # CA bundle (PEM) that signed an https node's certificate ("" = the system's CAs).
+    opensearch_ca_certs: str = ""
     opensearch_conn_id: str = "opensearch_default"
     index_alias: str = "products"
     index_shards: int = 1
