@@ -44,7 +44,6 @@ def roles(alias: str) -> dict[str, dict[str, Any]]:
                 "indices:data/write/bulk",  # the bulk load (a cluster action to the plugin)
                 "indices:data/read/scroll",  # the duplicate report scans the index ...
                 "indices:data/read/scroll/clear",  # ... and helpers.scan always clears its scroll
-                "indices:admin/aliases",  # the atomic alias swap (checked again per index below)
             ],
             "index_permissions": [
                 {"index_patterns": [pattern], "allowed_actions": ["indices_all"]},
