@@ -3,6 +3,7 @@
 ./dev demo                 index the sample catalogue and answer sample queries
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
+                           (up --secure: also a node with the security plugin, TLS and the AWS roles; docs/aws.md)
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
 ./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag; BENCHMARKS.md)
@@ -116,15 +117,20 @@ def cmd_demo(args: list[str]) -> int:
 
 
 def cmd_stack(args: list[str]) -> int:
+    from catalogue_search_dev import secure_stack
+
     action = args[0] if args else "status"
     if action == "up":
         stack_up()
+        if "--secure" in args[1:]:
+            _say(f"opensearch-secure: {secure_stack.up()}")
     elif action == "down":
-        for name, what in stack.down().items():
+        for name, what in {**stack.down(), "opensearch-secure": secure_stack.down()}.items():
             _say(f"{name}: {what}")
     elif action == "status":
         for name, what in stack.status().items():
             print(f"{name}: {what}")
+        print(f"opensearch-secure: {secure_stack.status()}")
     else:
         _say(f"unknown stack action {action!r}: use up, down or status")
         return 2

@@ -63,6 +63,8 @@ class SecureService(stack.Service):
         return root() / "run" / "opensearch.pid"
 
     def healthy(self) -> bool:
+        if not credentials_file().exists() or not ca_file().exists():
+            return False  # never installed here
         try:
             return request("GET", "/_cluster/health", timeout=3).get("status") in {"green", "yellow"}
         except Exception:
@@ -91,9 +93,13 @@ def ca_file() -> Path:
     return stack.state_dir() / "secure-opensearch-ca.pem"
 
 
+def credentials_file() -> Path:
+    return stack.state_dir() / "secure-opensearch.json"
+
+
 def credentials() -> dict[str, str]:
     """User -> password, made once (the node keeps them in its security index)."""
-    path = stack.state_dir() / "secure-opensearch.json"
+    path = credentials_file()
     if path.exists():
         return json.loads(path.read_text())
     made = {user: secrets.token_urlsafe(18) + "-Aa1" for user in (ADMIN, *USERS)}
@@ -224,6 +230,11 @@ def up(alias: str | None = None) -> str:
 
 def down() -> str:
     return stack.stop(service())
+
+
+def status() -> str:
+    health = "healthy" if service().healthy() else "down"
+    return f"{health} at {url()} (`./dev stack up --secure`; users: {', '.join(USERS)}, admin)"
 
 
 def client_env(user: str) -> dict[str, str]:
