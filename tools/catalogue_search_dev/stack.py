@@ -329,8 +329,12 @@ def stop(service: Service) -> str:
         service.pid_file.unlink(missing_ok=True)
         return "not running (nothing started by ./dev)"
     try:
-        # moto and the SageMaker server lead their own process group (with the latter's job runners).
-        os.kill(pid, signal.SIGTERM) if service.name == "opensearch" else os.killpg(pid, signal.SIGTERM)
+        # moto and the SageMaker server lead their own process group (with the latter's job runners);
+        # an OpenSearch node (plain or secured) daemonizes into a group it does not lead.
+        if service.name.startswith("opensearch"):
+            os.kill(pid, signal.SIGTERM)
+        else:
+            os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     for _ in range(60):
