@@ -155,6 +155,7 @@ def test_the_domain_publishes_its_logs_to_groups_only_it_may_write(template):
 
 
 # --- checkov --------------------------------------------------------------------------------
+@pytest.mark.slow  # checkov scans for about 15 s (its own virtualenv is built on the first run)
 def test_template_passes_checkov_and_every_skip_gives_its_reason():
     from catalogue_search_dev import lint_env
 

@@ -19,53 +19,62 @@ def _name(dn: str):
     return x509.Name.from_rfc4514_string(dn)
 
 
+def _certificate(subject: str, issuer: str, key, signing_key, days: int, extensions: list):
+    """A certificate for `key`'s public half, signed by `signing_key`; `extensions` as (extension, critical)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
 def write(folder: Path, node_dn: str, days: int = 3650) -> None:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = _name("CN=catalogue-search local CA,O=catalogue-search")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )  # keyCertSign, cRLSign
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    ca_dn = "CN=catalogue-search local CA,O=catalogue-search"
+    ca = _certificate(
+        ca_dn,
+        ca_dn,
+        ca_key,
+        ca_key,
+        days,
+        [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),  # cert + CRL sign
+            (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+        ],
     )
     node_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    node = (
-        x509.CertificateBuilder()
-        .subject_name(_name(node_dn))
-        .issuer_name(ca_name)
-        .public_key(node_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-        )  # digitalSignature, keyEncipherment
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    node = _certificate(
+        node_dn,
+        ca_dn,
+        node_key,
+        ca_key,
+        days,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.KeyUsage(True, False, True, False, False, False, False, False, False), True),  # sign, encipher
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+            (x509.SubjectAlternativeName(loopback), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+        ],
     )
     pem = serialization.Encoding.PEM
     (folder / "root-ca.pem").write_bytes(ca.public_bytes(pem))
