@@ -8,11 +8,10 @@ mappings, so this runs once after the stack, as the master role
 
 - `catalogue_search_writer` (backend role: the Airflow workers' role): every
   action on the indices starting with the alias (create the versioned index,
-  bulk-load, validate, swap the alias, delete superseded indices), plus listing
-  index metadata and aliases (the retention step lists all indices to find the
-  project's own by their `_meta`).
-- `catalogue_search_reader` (backend role: the search role): read and search
-  the alias and its indices, nothing else.
+  bulk-load, validate, swap the alias, report duplicates, delete superseded
+  indices), and `_analyze` with no index.
+- `catalogue_search_reader` (backend role: the search role): search the alias
+  and its indices, and read their settings and mapping; nothing else.
 """
 
 from __future__ import annotations
@@ -31,27 +30,58 @@ SECURITY_API = "/_plugins/_security/api"
 
 
 def roles(alias: str) -> dict[str, dict[str, Any]]:
-    """The two FGAC roles, scoped to the indices whose names start with `alias`."""
+    """The two FGAC roles, scoped to the indices whose names start with `alias`.
+
+    The least set the pipeline and the search clients need, found by running them
+    against the security plugin (tests/deploy/test_secured_opensearch.py). Each
+    grant outside the alias's indices says why.
+    """
     pattern = f"{alias}*"
     return {
         WRITER: {
             "description": "catalogue-search ingest (Airflow workers)",
-            "cluster_permissions": ["cluster_composite_ops", "cluster_monitor"],
+            "cluster_permissions": [
+                "indices:data/write/bulk",  # the bulk load (a cluster action to the plugin)
+                "indices:data/read/scroll",  # the duplicate report scans the index ...
+                "indices:data/read/scroll/clear",  # ... and helpers.scan always clears its scroll
+            ],
             "index_permissions": [
                 {"index_patterns": [pattern], "allowed_actions": ["indices_all"]},
-                {"index_patterns": ["*"], "allowed_actions": ["indices:admin/get", "indices:admin/aliases/get"]},
+                # Checked against every index, though they read nothing of the others: `GET/HEAD
+                # _alias/<alias>` (which index serves?) and `_analyze` with no index (does the node
+                # have the asciifolding filter?), which tokenizes the text it is given.
+                {"index_patterns": ["*"], "allowed_actions": ["indices:admin/aliases/get", "indices:admin/analyze"]},
             ],
         },
         READER: {
             "description": "catalogue-search queries (search role)",
-            "cluster_permissions": ["cluster_composite_ops_ro"],
-            "index_permissions": [{"index_patterns": [pattern], "allowed_actions": ["read"]}],
+            "cluster_permissions": [],
+            "index_permissions": [
+                {
+                    "index_patterns": [pattern],
+                    # read: search, get, count; the settings (result window) and mapping (the
+                    # index's model version) every query checks first.
+                    "allowed_actions": ["read", "indices:monitor/settings/get", "indices:admin/mappings/get"],
+                }
+            ],
         },
     }
 
 
+def without_path(role_arn: str) -> str:
+    """arn:aws:iam::1:role/service-role/x -> arn:aws:iam::1:role/x (what an assumed-role session carries)."""
+    head, _, name = role_arn.partition(":role/")
+    return f"{head}:role/{name.rsplit('/', 1)[-1]}" if name else role_arn
+
+
 def role_mappings(writer_role_arn: str, reader_role_arn: str) -> dict[str, dict[str, Any]]:
-    return {WRITER: {"backend_roles": [writer_role_arn]}, READER: {"backend_roles": [reader_role_arn]}}
+    """Each role mapped by its IAM role's ARN in both forms: with the path (as IAM names the role) and
+    without (as the domain sees a request signed by an assumed-role session of it)."""
+
+    def both(arn: str) -> list[str]:
+        return list(dict.fromkeys([arn, without_path(arn)]))
+
+    return {WRITER: {"backend_roles": both(writer_role_arn)}, READER: {"backend_roles": both(reader_role_arn)}}
 
 
 def requests(alias: str, writer_role_arn: str, reader_role_arn: str) -> list[tuple[str, str, dict[str, Any]]]:

@@ -39,7 +39,8 @@ def s3(settings: Settings):
 
     from catalogue_search.s3util import client_config
 
-    return S3Hook(aws_conn_id=settings.aws_conn_id, config=client_config(settings.copy_workers)).get_conn()
+    config = client_config(settings.copy_workers, settings.aws_max_attempts)
+    return S3Hook(aws_conn_id=settings.aws_conn_id, config=config).get_conn()
 
 
 def sagemaker(settings: Settings):
@@ -70,6 +71,7 @@ def opensearch(settings: Settings):
         password=conn.password or "",
         region=extra.get("region", settings.region),
         credentials=_aws_credentials(settings) if auth == "sigv4" else None,
+        ca_certs=settings.opensearch_ca_certs,
     )
 
 

@@ -22,17 +22,27 @@ SOURCE_ETAG = "source-etag"
 
 # Threads that share one S3 client: the image copy, the embedding reads, the catalogue upload.
 S3_WORKERS = 16
+# Attempts per AWS call (the first included) under botocore's "standard" retry mode (CATSEARCH_AWS_MAX_ATTEMPTS).
+MAX_ATTEMPTS = 5
 
 
-def client_config(workers: int = S3_WORKERS):
-    """botocore config for a client shared by `workers` threads: one pooled connection per thread.
+def client_config(workers: int = S3_WORKERS, max_attempts: int = MAX_ATTEMPTS):
+    """botocore config for a client shared by `workers` threads: one pooled connection per thread, and
+    botocore's "standard" retry mode: throttling (SlowDown), timeouts, connection errors and 5xx are
+    retried with jittered exponential backoff, at most `max_attempts` attempts in all (the default
+    "legacy" mode retries a narrower set of errors).
 
     botocore's pool holds 10 connections; with more threads every extra one is
     opened, used once and dropped with "Connection pool is full, discarding connection".
     """
     from botocore.config import Config
 
-    return Config(max_pool_connections=max(10, workers, S3_WORKERS))
+    if max_attempts < 1:
+        raise ValueError(f"CATSEARCH_AWS_MAX_ATTEMPTS={max_attempts} is not at least 1")
+    return Config(
+        max_pool_connections=max(10, workers, S3_WORKERS),
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+    )
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -39,6 +39,8 @@ class Settings:
     # Empty means aws_endpoint_url.
     sagemaker_endpoint_url: str = ""
     aws_conn_id: str = "aws_default"
+    # Attempts per AWS call, first included (botocore's "standard" retry mode; s3util.client_config).
+    aws_max_attempts: int = 5
 
     # --- Source catalogue (ABO layout) ---------------------------------------
     # The public ABO bucket in production; a moto bucket of the same name locally.
@@ -96,6 +98,8 @@ class Settings:
     opensearch_auth: str = "none"
     opensearch_user: str = ""
     opensearch_password: str = field(default="", repr=False)
+    # CA bundle (PEM) that signed an https node's certificate ("" = the system's CAs).
+    opensearch_ca_certs: str = ""
     opensearch_conn_id: str = "opensearch_default"
     index_alias: str = "products"
     index_shards: int = 1
@@ -262,7 +266,8 @@ class Settings:
         """`boto3.client(service, **kwargs)` arguments: region, and the local endpoint of `service` if any."""
         from catalogue_search.s3util import client_config
 
-        kwargs: dict[str, Any] = {"region_name": self.region, "config": client_config(self.copy_workers)}
+        config = client_config(self.copy_workers, self.aws_max_attempts)
+        kwargs: dict[str, Any] = {"region_name": self.region, "config": config}
         if self.endpoint_url(service):
             kwargs["endpoint_url"] = self.endpoint_url(service)
         return kwargs

@@ -16,15 +16,16 @@ import logging
 from typing import Any
 
 from catalogue_search import contract
-from catalogue_search.errors import InvalidValueError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
 IMAGE = contract.IMAGE
 TEXT = contract.TEXT
-# SageMaker's documented limits (CreateTransformJob, ModelClientConfig).
+# SageMaker's documented limits (CreateTransformJob, ModelClientConfig): a request's payload is at most
+# 100 MB, and so is the sum over the requests one instance has in flight.
 MAX_PAYLOAD_MB = 100
+MAX_CONCURRENT_PAYLOAD_MB = 100
 MAX_INVOCATION_TIMEOUT_S = 3600
 FETCH_WORKERS = 8
 MB = 1024 * 1024
@@ -46,10 +47,12 @@ def model_request(settings: Settings, encode_type: str, image_uri: str, artifact
     to start on another artifact, and the search client compares it with the
     index's before encoding a query with an endpoint.
     """
+    from catalogue_search.endpoints import check_resource_name
+
     if not artifact_version:
         raise ValueError("model_request needs the artifact version (model_artifact.read_artifact_version)")
     return {
-        "ModelName": settings.sagemaker_model_name(encode_type),
+        "ModelName": check_resource_name(settings.sagemaker_model_name(encode_type)),
         "ExecutionRoleArn": settings.sagemaker_role_arn,
         "PrimaryContainer": {
             "Image": image_uri,
@@ -93,6 +96,36 @@ def ensure_model(sagemaker, request: dict[str, Any]) -> str:
     return "created"
 
 
+def check_limits(settings: Settings) -> None:
+    """Refuse, before CreateTransformJob is sent, what SageMaker would reject: one error naming every problem."""
+    from catalogue_search.settings import SettingsError
+
+    concurrent, payload = settings.transform_max_concurrent, settings.transform_max_payload_mb
+    problems = []
+    if not 1 <= payload <= MAX_PAYLOAD_MB:
+        problems.append(f"CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB={payload} is not 1..{MAX_PAYLOAD_MB}")
+    if concurrent < 1:
+        problems.append(f"CATSEARCH_TRANSFORM_MAX_CONCURRENT={concurrent} is not at least 1")
+    elif concurrent * payload > MAX_CONCURRENT_PAYLOAD_MB:
+        problems.append(
+            f"CATSEARCH_TRANSFORM_MAX_CONCURRENT x CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB = {concurrent} x {payload} MB "
+            f"is above SageMaker's {MAX_CONCURRENT_PAYLOAD_MB} MB per instance: lower one of them"
+        )
+    if not 1 <= settings.transform_invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S:
+        problems.append(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
+    if settings.transform_instance_count < 1:
+        problems.append(f"CATSEARCH_TRANSFORM_INSTANCE_COUNT={settings.transform_instance_count} is not at least 1")
+    answer = settings.transform_chunk_size * ANSWER_BYTES_PER_RECORD
+    if answer > payload * MB:
+        problems.append(
+            f"CATSEARCH_TRANSFORM_CHUNK_SIZE={settings.transform_chunk_size} records can answer up to {answer} "
+            f"bytes, above the {payload} MB the model's TorchServe accepts "
+            "(CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB): use smaller chunks or a larger payload limit"
+        )
+    if problems:
+        raise SettingsError("the batch transform cannot be sent: " + "; ".join(problems))
+
+
 def transform_request(
     settings: Settings, *, job: str, manifest_uri: str, output_uri: str, encode_type: str = IMAGE
 ) -> dict[str, Any]:
@@ -103,20 +136,12 @@ def transform_request(
     `SingleRecord`, a record being the whole chunk) and gets one
     `<chunk>.out` under `output_uri`.
     """
-    if not 1 <= settings.transform_max_payload_mb <= MAX_PAYLOAD_MB:
-        raise InvalidValueError(f"CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB must be 1..{MAX_PAYLOAD_MB}")
-    if not 1 <= settings.transform_invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S:
-        raise InvalidValueError(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
-    answer = settings.transform_chunk_size * ANSWER_BYTES_PER_RECORD
-    if answer > settings.transform_max_payload_mb * MB:
-        raise InvalidValueError(
-            f"CATSEARCH_TRANSFORM_CHUNK_SIZE={settings.transform_chunk_size} records can answer up to {answer} "
-            f"bytes, above the {settings.transform_max_payload_mb} MB the model's TorchServe accepts "
-            "(CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB): use smaller chunks or a larger payload limit"
-        )
+    from catalogue_search.endpoints import check_resource_name
+
+    check_limits(settings)
     return {
-        "TransformJobName": job,
-        "ModelName": settings.sagemaker_model_name(encode_type),
+        "TransformJobName": check_resource_name(job),
+        "ModelName": check_resource_name(settings.sagemaker_model_name(encode_type)),
         "BatchStrategy": "SingleRecord",
         "MaxConcurrentTransforms": settings.transform_max_concurrent,
         "MaxPayloadInMB": settings.transform_max_payload_mb,

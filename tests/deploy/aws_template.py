@@ -3,13 +3,16 @@
 `load()` parses the template with cfn-lint's decoder (short-form tags become
 `{"Fn::Sub": ...}`); `Resolver` evaluates the intrinsic functions the template
 uses against chosen parameter values and made-up physical names, so the IAM
-policies can be given to a policy linter as plain JSON; `policies()` lists every
-policy document in the template with where it sits and what kind it is.
+policies can be given to a policy linter as plain JSON, and says which of the
+template's Rules a set of parameters breaks (what CloudFormation refuses before
+creating anything); `policies()` lists every policy document in the template
+with where it sits and what kind it is.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,15 @@ class Resolver:
     def condition(self, name: str) -> bool:
         return bool(self.resolve(self.template["Conditions"][name]))
 
+    def broken_rules(self) -> list[str]:
+        """The AssertDescription of every rule assertion these parameters fail (CloudFormation's refusal)."""
+        out = []
+        for rule in self.template.get("Rules", {}).values():
+            if "RuleCondition" in rule and not self.resolve(rule["RuleCondition"]):
+                continue
+            out += [a["AssertDescription"] for a in rule["Assertions"] if not self.resolve(a["Assert"])]
+        return out
+
     # --- physical names of the resources ------------------------------------
     def ref(self, logical_id: str) -> Any:
         if logical_id in self.params:
@@ -89,6 +101,10 @@ class Resolver:
             return self.resolve(props["DomainName"])
         if kind == "AWS::EC2::SecurityGroup":
             return "sg-0123456789abcdef0"
+        if kind == "AWS::Logs::LogGroup":
+            return self.resolve(props["LogGroupName"])
+        if kind == "AWS::Logs::ResourcePolicy":
+            return self.resolve(props["PolicyName"])
         raise KeyError(f"no Ref value for {logical_id} ({kind})")
 
     def get_att(self, logical_id: str, attribute: str) -> str:
@@ -101,6 +117,8 @@ class Resolver:
             return f"arn:aws:iam::{ACCOUNT}:role/{name}"
         if (kind, attribute) == ("AWS::OpenSearchService::Domain", "Arn"):
             return f"arn:aws:es:{region}:{ACCOUNT}:domain/{name}"
+        if (kind, attribute) == ("AWS::Logs::LogGroup", "Arn"):
+            return f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{name}:*"
         if (kind, attribute) == ("AWS::OpenSearchService::Domain", "DomainEndpoint"):
             return f"search-{name}-abcdefghijklmnop.{region}.es.amazonaws.com"
         raise KeyError(f"no GetAtt {logical_id}.{attribute} ({kind})")
@@ -136,10 +154,16 @@ class Resolver:
                 if key == "Fn::Join":
                     items = self.resolve(arg[1])
                     return str(arg[0]).join(str(i) for i in items)
-                if key == "Fn::Equals":
-                    return self.resolve(arg[0]) == self.resolve(arg[1])
+                if key == "Fn::Equals":  # CloudFormation compares parameter values as strings
+                    return str(self.resolve(arg[0])) == str(self.resolve(arg[1]))
                 if key == "Fn::Not":
                     return not self.resolve(arg[0])
+                if key == "Fn::And":
+                    return all(self.resolve(a) for a in arg)
+                if key == "Fn::Or":
+                    return any(self.resolve(a) for a in arg)
+                if key == "Fn::Contains":
+                    return str(self.resolve(arg[1])) in [str(v) for v in self.resolve(arg[0])]
                 if key == "Condition":
                     return self.condition(arg)
             out = {}
@@ -200,6 +224,9 @@ def policies(resources: dict[str, dict[str, Any]]) -> list[PolicyDoc]:
             out.append(PolicyDoc(f"{logical_id}.PolicyDocument", "resource", logical_id, props["PolicyDocument"]))
         elif kind == "AWS::OpenSearchService::Domain":
             out.append(PolicyDoc(f"{logical_id}.AccessPolicies", "resource", logical_id, props["AccessPolicies"]))
+        elif kind == "AWS::Logs::ResourcePolicy":  # a JSON string
+            document = json.loads(props["PolicyDocument"])
+            out.append(PolicyDoc(f"{logical_id}.PolicyDocument", "resource", logical_id, document))
     return out
 
 

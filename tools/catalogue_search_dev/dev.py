@@ -5,6 +5,7 @@
 ./dev test --quick [args]  ruff, then the unit tests and DAG integrity checks (marker `unit`): no stack, < 1 min
 ./dev test --update-docs   also write the browser test's screenshot over docs/search-page.png
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
+                           (up --secure: also a node with the security plugin, TLS and the AWS roles; docs/aws.md)
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
 ./dev eval [--compare INDEX] the served index's search quality (docs/quality.md)
@@ -166,15 +167,20 @@ def cmd_demo(args: list[str]) -> int:
 
 
 def cmd_stack(args: list[str]) -> int:
+    from catalogue_search_dev import secure_stack
+
     action = args[0] if args else "status"
     if action == "up":
         stack_up()
+        if "--secure" in args[1:]:
+            _say(f"opensearch-secure: {secure_stack.up()}")
     elif action == "down":
-        for name, what in stack.down().items():
+        for name, what in {**stack.down(), "opensearch-secure": secure_stack.down()}.items():
             _say(f"{name}: {what}")
     elif action == "status":
         for name, what in stack.status().items():
             print(f"{name}: {what}")
+        print(f"opensearch-secure: {secure_stack.status()}")
     else:
         _say(f"unknown stack action {action!r}: use up, down or status")
         return 2

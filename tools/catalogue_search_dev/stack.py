@@ -252,47 +252,44 @@ def _java_home() -> str:
     return str(Path(os.path.realpath(java)).parent.parent)
 
 
-def start_opensearch(service: Service) -> str:
+def start_opensearch(
+    service: Service, home: Path | None = None, root: Path | None = None, extra: dict[str, str] | None = None
+) -> str:
+    """Start (or reuse) a node of the install `home` (default: the plain one) with its files under `root`.
+
+    `extra` adds or overrides node settings (the secured node's TLS and security plugin, `secure_stack.py`).
+    """
     if service.healthy():
         return "reused"
     host, port = _check_loopback(service.url)
-    home = install_opensearch()
-    data = opensearch_root() / "data"
-    logs = opensearch_root() / "logs"
-    run = opensearch_root() / "run"
+    home = home or install_opensearch()
+    root = root or opensearch_root()
+    data, logs, run = root / "data", root / "logs", root / "run"
     for path in (data, logs, run):
         path.mkdir(parents=True, exist_ok=True)
     pid_file = service.pid_file
     pid_file.unlink(missing_ok=True)
-    cmd = [
-        str(home / "bin" / "opensearch"),
-        "-d",
-        "-p",
-        str(pid_file),
-        "-E",
-        f"network.host={host}",
-        "-E",
-        f"http.port={port}",
-        "-E",
-        f"transport.port={port + 100}",
-        "-E",
-        "discovery.type=single-node",
-        "-E",
-        f"path.data={data}",
-        "-E",
-        f"path.logs={logs}",
-        "-E",
-        "cluster.routing.allocation.disk.threshold_enabled=false",
-        "-E",
-        "node.name=catsearch-local",
-    ]
+    node_settings = {
+        "network.host": host,
+        "http.port": str(port),
+        "transport.port": str(port + 100),
+        "discovery.type": "single-node",
+        "path.data": str(data),
+        "path.logs": str(logs),
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+        "node.name": "catsearch-local",
+        **(extra or {}),
+    }
+    cmd = [str(home / "bin" / "opensearch"), "-d", "-p", str(pid_file)]
+    for name, value in node_settings.items():
+        cmd += ["-E", f"{name}={value}"]
     env = dict(os.environ)
     env["OPENSEARCH_JAVA_HOME"] = _java_home()
     env.setdefault("OPENSEARCH_JAVA_OPTS", os.environ.get("CATSEARCH_OPENSEARCH_HEAP", "-Xms1g -Xmx1g"))
     if _run_as_service_user():
         # OpenSearch refuses to run as root.
         _ensure_service_user()
-        subprocess.run(["chown", "-R", f"{SERVICE_USER}:", str(opensearch_root())], check=True)
+        subprocess.run(["chown", "-R", f"{SERVICE_USER}:", str(root)], check=True)
         cmd = ["runuser", "-u", SERVICE_USER, "--", *cmd]
     with open(service.log_file, "ab") as out:
         result = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -336,8 +333,12 @@ def stop(service: Service) -> str:
         service.pid_file.unlink(missing_ok=True)
         return "not running (nothing started by ./dev)"
     try:
-        # moto and the SageMaker server lead their own process group (with the latter's job runners).
-        os.kill(pid, signal.SIGTERM) if service.name == "opensearch" else os.killpg(pid, signal.SIGTERM)
+        # moto and the SageMaker server lead their own process group (with the latter's job runners);
+        # an OpenSearch node (plain or secured) daemonizes into a group it does not lead.
+        if service.name.startswith("opensearch"):
+            os.kill(pid, signal.SIGTERM)
+        else:
+            os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     for _ in range(60):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from catalogue_search.errors import InvalidValueError
@@ -19,11 +20,13 @@ def make_client(
     region: str = "us-east-1",
     timeout: int = 60,
     credentials: Any = None,
+    ca_certs: str = "",
 ):
     """An opensearch-py client; `auth` is "none", "basic" or "sigv4".
 
     SigV4 signs with `credentials` (botocore credentials, e.g. those of the
     Airflow AWS connection); without them, with the process's default chain.
+    `ca_certs` names the CA bundle an https node's certificate is checked against.
     """
     from urllib.parse import urlsplit
 
@@ -41,6 +44,8 @@ def make_client(
         "retry_on_status": RETRY_STATUSES,
         "connection_class": RequestsHttpConnection,
     }
+    if use_ssl and ca_certs:
+        kwargs.update(ca_certs=ca_certs, connection_class=_own_ca_connection())
     if auth == "basic":
         if not user:
             raise InvalidValueError("OpenSearch basic auth needs a user name")
@@ -58,6 +63,24 @@ def make_client(
     return OpenSearch(**kwargs)
 
 
+@functools.cache
+def _own_ca_connection():
+    """A requests connection that checks the node against its own CA bundle only.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's bundle
+    on every request (opensearch-py merges the environment's settings), so a
+    node signed by a private CA would fail verification wherever those are set.
+    """
+    from opensearchpy import RequestsHttpConnection
+
+    class OwnCaConnection(RequestsHttpConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.session.trust_env = False
+
+    return OwnCaConnection
+
+
 def client_from_settings(settings: Settings):
     return make_client(
         settings.opensearch_url,
@@ -65,4 +88,5 @@ def client_from_settings(settings: Settings):
         user=settings.opensearch_user,
         password=settings.opensearch_password,
         region=settings.region,
+        ca_certs=settings.opensearch_ca_certs,
     )
