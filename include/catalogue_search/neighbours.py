@@ -53,7 +53,7 @@ class IndexNeighbours:
         index: str,
         field: str = "embedding",
         *,
-        k: int = 16,
+        k: int = 8,
         batch: int = 64,
         max_k: int = MAX_K,
         logger: logging.Logger = log,

@@ -130,7 +130,7 @@ class Settings:
     # (cost ~ images x log(images)) instead of comparing every pair (images^2); BENCHMARKS.md
     # "Near-duplicates". k: the neighbours each image asks for first (4x more while all k are near).
     duplicate_exact_max_products: int = 20000
-    duplicate_neighbours: int = 16
+    duplicate_neighbours: int = 8
 
     # --- DAGs ----------------------------------------------------------------
     dag_owner: str = "catalogue-search"

@@ -195,6 +195,7 @@ BENCHMARKS = {
     "bulk": "bulk_load.py",
     "load-index-memory": "load_index_memory.py",
     "knn": "knn_recall.py",
+    "duplicates": "duplicates_scale.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "full-dag": "full_dag_run.py",
