@@ -196,6 +196,7 @@ BENCHMARKS = {
     "load-index-memory": "load_index_memory.py",
     "knn": "knn_recall.py",
     "duplicates": "duplicates_scale.py",
+    "knn-family": "knn_family.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "full-dag": "full_dag_run.py",
