@@ -258,6 +258,8 @@ BENCHMARKS = {
     "bulk": "bulk_load.py",
     "load-index-memory": "load_index_memory.py",
     "knn": "knn_recall.py",
+    "duplicates": "duplicates_scale.py",
+    "knn-family": "knn_family.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "eval": "quality_eval.py",

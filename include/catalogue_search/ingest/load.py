@@ -141,12 +141,18 @@ def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: log
     """The run's near-duplicate groups (same image id, or image vectors with cosine >= the
     threshold), read from the run's index: a JSON report in the run's prefix, counts in the log."""
     total = client.count(index=plan.index)["count"]
+    neighbours = None
+    if total > settings.duplicate_exact_max_products:
+        neighbours = duplicates.IndexNeighbours(
+            client, plan.index, index.VECTOR_FIELD, k=settings.duplicate_neighbours, logger=logger
+        )
     report = duplicates.find_duplicates(
         duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD),
         total=total,
         threshold=settings.duplicate_cosine_threshold,
         block_rows=settings.duplicate_block_rows,
         logger=logger,
+        neighbours=neighbours,
     )
     body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
     put_bytes(s3, settings.bucket, plan.duplicates_key, body, JSON)
