@@ -115,17 +115,19 @@ def aws_connection(endpoint_url: str, sagemaker_url: str, *, region: str, login:
 
 
 def _opensearch_connection(url: str) -> str:
-    parsed = urlsplit(url)
-    return json.dumps(
-        {
-            "conn_type": "opensearch",
-            "host": parsed.hostname,
-            "port": parsed.port or (443 if parsed.scheme == "https" else 9200),
-            "schema": parsed.scheme or "http",
-            # No login: no auth. (An extra {"auth": "none"} would be a 4-character "secret" that
-            # Airflow's masker warns it is too short to mask, in every task.)
-        }
-    )
+    nodes = [u.strip() for u in url.split(",") if u.strip()]
+    parsed = urlsplit(nodes[0])
+    conn = {
+        "conn_type": "opensearch",
+        "host": parsed.hostname,
+        "port": parsed.port or (443 if parsed.scheme == "https" else 9200),
+        "schema": parsed.scheme or "http",
+        # No login: no auth. (An extra {"auth": "none"} would be a 4-character "secret" that
+        # Airflow's masker warns it is too short to mask, in every task.)
+    }
+    if len(nodes) > 1:  # the cluster stack: every node, so a task survives one node's death
+        conn["extra"] = {"urls": ",".join(nodes)}
+    return json.dumps(conn)
 
 
 def main() -> None:
