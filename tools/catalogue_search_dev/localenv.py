@@ -80,7 +80,23 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW_CONN_OPENSEARCH_DEFAULT",
         _opensearch_connection(merged["CATSEARCH_OPENSEARCH_URL"]),
     )
+    merged.update(cluster_environment({**env, **merged}))
     return merged
+
+
+def cluster_environment(env: dict[str, str]) -> dict[str, str]:
+    """The cluster stack's variables when it is on (`./dev stack up --cluster`, CATSEARCH_STACK=cluster):
+    every OpenSearch node in CATSEARCH_OPENSEARCH_URL (derived from its first port), the CeleryExecutor
+    and Redis; a caller's own value of any other variable wins. Empty on the light stack."""
+    from catalogue_search_dev import cluster, cluster_airflow
+
+    if not cluster.enabled(env):
+        return {}
+    wanted = cluster_airflow.environment(cluster.Layout.for_user(env))
+    derived = {"CATSEARCH_OPENSEARCH_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"}
+    out = {k: v if k in derived else env.get(k, v) for k, v in wanted.items()}
+    out["AIRFLOW_CONN_OPENSEARCH_DEFAULT"] = _opensearch_connection(out["CATSEARCH_OPENSEARCH_URL"])
+    return out
 
 
 def airflow_sizing(cpus: int) -> dict[str, str]:
