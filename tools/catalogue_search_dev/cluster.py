@@ -266,10 +266,12 @@ def node_name(node: int) -> str:
 
 
 def node_up(layout: Layout, node: int) -> bool:
+    """Whether this cluster's node `node` answers at its port (not some other node there)."""
     try:
-        return http_json(layout.urls[node] + "/_nodes/_local/name")["_nodes"]["total"] == 1
+        found = http_json(layout.urls[node])
     except Exception:
         return False
+    return found.get("name") == node_name(node) and found.get("cluster_name") == f"catsearch-{layout.name}"
 
 
 def health(layout: Layout, timeout: float = 3.0) -> dict:
