@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
-from airflow.sdk import Asset, Param, chain, dag, task
+from airflow.sdk import Param, chain, dag
 
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
-MAX_TRANSFORM_SECONDS = 6 * 3600
-INDEX_ASSET = Asset(
-    name=f"catalogue-search-{SETTINGS.index_alias}",
-    uri=f"opensearch://{SETTINGS.opensearch_url.split('://')[-1]}/{SETTINGS.index_alias}",
-)
 
 DOC = """
 ### Catalogue ingestion
@@ -37,7 +33,9 @@ by text and by image, then points the read alias at it.
 5. **validate_index**: the count, sampled products holding exactly their stored
    embedding, and ANN recall@10 against exact search; a failure leaves the alias alone.
 6. **swap_alias**: the shrink guard, then one atomic `_aliases` call; served
-   indices beyond the retention are deleted.
+   indices beyond the retention are deleted. Records an event of the alias's
+   index Asset (`catalogue-search-index/<alias>`, through the asset alias
+   `catalogue-search-index`) naming the alias and the index it now serves.
 7. **report_duplicates** (beside the swap): groups of near-duplicate products (same
    image id, or image vectors with cosine >= the threshold) as a JSON report in the
    run's prefix of the project bucket, counts in the log.
@@ -49,7 +47,8 @@ shard as last published under the alias. Trigger with Params to backfill chosen
 shards (`shards: ["0", "3"]`), another language, a forced re-encode, or
 `allow_shrink` for an intended large shrink. `max_products` is for trials on
 another alias. Unknown conf keys fail the run at once. Roll back with the
-`catalogue_rollback` DAG.
+`catalogue_rollback` DAG. Every task has a time limit (`CATSEARCH_*_TIMEOUT_S`),
+the run one of `CATSEARCH_INGEST_DAGRUN_TIMEOUT_S`: see docs/pipeline.md.
 """
 
 PARAMS = {
@@ -91,6 +90,7 @@ PARAMS = {
 
 def _transform(task_id: str, config) -> SageMakerTransformOperator:
     """A batch transform task (images or titles): the same deferral, polling and rerun policy for both."""
+    limit = int(SETTINGS.timeout("transform").total_seconds())
     return SageMakerTransformOperator(
         task_id=task_id,
         config=config,
@@ -99,8 +99,9 @@ def _transform(task_id: str, config) -> SageMakerTransformOperator:
         # The triggerer polls the job; no worker is held for the hours it may run.
         deferrable=True,
         check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=MAX_TRANSFORM_SECONDS,
-        max_attempts=MAX_TRANSFORM_SECONDS // SETTINGS.transform_poll_seconds,
+        max_ingestion_time=limit,
+        max_attempts=limit // SETTINGS.transform_poll_seconds,
+        execution_timeout=SETTINGS.timeout("transform"),
         # One job per run; a retry after a half-done job starts a new, timestamped one.
         check_if_job_exists=True,
         action_if_job_exists="timestamp",
@@ -110,160 +111,96 @@ def _transform(task_id: str, config) -> SageMakerTransformOperator:
 @dag(
     dag_id="catalogue_ingest",
     schedule=SETTINGS.schedule or None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
+    **dag_args(SETTINGS, "ingest_dagrun"),
     tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
     doc_md=DOC,
     params=PARAMS,
 )
 def catalogue_ingest():
-    @task
-    def plan(params=None, run_id=None, dag_run=None) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task()
+    def plan(env: TaskEnv) -> dict:
+        from catalogue_search import ingest
 
-        with airflow_clients.fail_fast():
-            ingest.check_conf(dag_run.conf, PARAMS)
-            settings = airflow_clients.checked_settings()
-            return ingest.plan_run(
-                settings,
-                airflow_clients.s3(settings),
-                airflow_clients.opensearch(settings),
-                run_id=run_id,
-                params=params,
-            ).as_dict()
+        ingest.check_conf(env.conf, PARAMS)
+        return ingest.plan_run(env.settings, env.s3, env.opensearch, run_id=env.run_id, params=env.params).as_dict()
 
-    @task
-    def shards_of(run_plan: dict) -> list[str]:
+    @catalogue_task()
+    def shards_of(env: TaskEnv, run_plan: dict) -> list[str]:
         return run_plan["shards"]
 
-    @task(map_index_template="{{ task.op_kwargs['shard'] }}")
-    def filter_shard(run_plan: dict, shard: str) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task("filter", map_index_template="{{ task.op_kwargs['shard'] }}")
+    def filter_shard(env: TaskEnv, run_plan: dict, shard: str) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        with airflow_clients.fail_fast():
-            return ingest.filter_shard(
-                settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan), shard
-            )
+        return ingest.filter_shard(env.settings, env.s3, env.plan, shard)
 
-    @task
-    def copy_images(run_plan: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task("copy")
+    def copy_images(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        with airflow_clients.fail_fast():
-            return ingest.copy_run_images(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+        return ingest.copy_run_images(env.settings, env.s3, env.plan)
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def prepare_encoding(run_plan: dict) -> dict | None:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task(short_circuit=True, ignore_downstream_trigger_rules=False)
+    def prepare_encoding(env: TaskEnv, run_plan: dict) -> dict | None:
+        from catalogue_search import ingest
         from catalogue_search.model_artifact import inference_image_uri
 
-        settings = Settings.from_env()
-        return ingest.prepare_encoding(
-            settings,
-            airflow_clients.s3(settings),
-            airflow_clients.sagemaker(settings),
-            ingest.RunPlan.from_dict(run_plan),
-            inference_image_uri(settings),
-        )
+        return ingest.prepare_encoding(env.settings, env.s3, env.sagemaker, env.plan, inference_image_uri(env.settings))
 
-    @task(trigger_rule="none_failed")
-    def record_embeddings(run_plan: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task(trigger_rule="none_failed")
+    def record_embeddings(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        return ingest.record_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+        return ingest.record_embeddings(env.settings, env.s3, env.plan)
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
-    def prepare_name_encoding(run_plan: dict) -> dict | None:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task(short_circuit=True, ignore_downstream_trigger_rules=False)
+    def prepare_name_encoding(env: TaskEnv, run_plan: dict) -> dict | None:
+        from catalogue_search import ingest
         from catalogue_search.model_artifact import inference_image_uri
 
-        settings = Settings.from_env()
-        return ingest.prepare_name_encoding(
-            settings,
-            airflow_clients.s3(settings),
-            airflow_clients.sagemaker(settings),
-            ingest.RunPlan.from_dict(run_plan),
-            inference_image_uri(settings),
-        )
+        image_uri = inference_image_uri(env.settings)
+        return ingest.prepare_name_encoding(env.settings, env.s3, env.sagemaker, env.plan, image_uri)
 
-    @task(trigger_rule="none_failed")
-    def record_name_embeddings(run_plan: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task(trigger_rule="none_failed")
+    def record_name_embeddings(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        return ingest.record_name_embeddings(settings, airflow_clients.s3(settings), ingest.RunPlan.from_dict(run_plan))
+        return ingest.record_name_embeddings(env.settings, env.s3, env.plan)
 
-    @task(trigger_rule="none_failed")
-    def load_index(run_plan: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task("load", trigger_rule="none_failed")
+    def load_index(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        with airflow_clients.fail_fast():
-            return ingest.load_index(
-                settings,
-                airflow_clients.s3(settings),
-                airflow_clients.opensearch(settings),
-                ingest.RunPlan.from_dict(run_plan),
-            )
+        return ingest.load_index(env.settings, env.s3, env.opensearch, env.plan)
 
-    @task
-    def validate_index(run_plan: dict, loaded: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task("validate")
+    def validate_index(env: TaskEnv, run_plan: dict, loaded: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        with airflow_clients.fail_fast():
-            return ingest.validate_index(
-                settings,
-                airflow_clients.s3(settings),
-                airflow_clients.opensearch(settings),
-                ingest.RunPlan.from_dict(run_plan),
-                loaded,
-            )
+        return ingest.validate_index(env.settings, env.s3, env.opensearch, env.plan, loaded)
 
-    @task(outlets=[INDEX_ASSET])
-    def swap_alias(run_plan: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task(outlets=[index_asset_alias()])
+    def swap_alias(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        with airflow_clients.fail_fast():
-            return ingest.publish(
-                settings,
-                airflow_clients.s3(settings),
-                airflow_clients.opensearch(settings),
-                ingest.RunPlan.from_dict(run_plan),
-            )
+        published = ingest.publish(env.settings, env.s3, env.opensearch, env.plan)
+        env.announce_index(published["alias"], published["index"], "publish", previous=published["previous"])
+        return published
 
     # A teardown: runs whatever happened upstream (with no setup task, its trigger rule
     # ALL_DONE_SETUP_SUCCESS is ALL_DONE) and, unlike a plain ALL_DONE leaf, does not
     # turn a failed run into a successful one.
-    @task
-    def clean_up(params=None) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task()
+    def clean_up(env: TaskEnv) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        with airflow_clients.fail_fast():
-            return ingest.clean_up(
-                settings,
-                airflow_clients.s3(settings),
-                airflow_clients.opensearch(settings),
-                params["alias"],
-            )
+        return ingest.clean_up(env.settings, env.s3, env.opensearch, env.params["alias"])
 
-    @task
-    def report_duplicates(run_plan: dict) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task("validate")
+    def report_duplicates(env: TaskEnv, run_plan: dict) -> dict:
+        from catalogue_search import ingest
 
-        settings = Settings.from_env()
-        return ingest.report_duplicates(
-            settings,
-            airflow_clients.s3(settings),
-            airflow_clients.opensearch(settings),
-            ingest.RunPlan.from_dict(run_plan),
-        )
+        return ingest.report_duplicates(env.settings, env.s3, env.opensearch, env.plan)
 
     run_plan = plan()
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -17,31 +18,29 @@ that served are rollback targets; `CATSEARCH_INDEX_RETENTION` (default 1) says
 how many are kept. The index rolled back from stops being a rollback target and
 is removed by the next `catalogue_ingest` run's clean-up. The per-shard catalogue
 state goes back with the index, so the next backfill builds on the restored
-catalogue. Same as `./dev rollback [--alias A]`.
+catalogue. Records an event of the alias's index Asset
+(`catalogue-search-index/<alias>`) naming the index it serves again, as a
+publish does. Same as `./dev rollback [--alias A]` (which records no event).
 """
 
 
 @dag(
     dag_id="catalogue_rollback",
     schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "opensearch", "rollback"],
     doc_md=DOC,
     params={"alias": Param(SETTINGS.index_alias, type="string", pattern="^[a-z0-9][a-z0-9_-]*$")},
 )
 def catalogue_rollback():
-    @task
-    def roll_back(params=None, dag_run=None) -> dict:
-        from catalogue_search import airflow_clients, ingest
+    @catalogue_task(outlets=[index_asset_alias()])
+    def roll_back(env: TaskEnv) -> dict:
+        from catalogue_search import ingest
 
-        with airflow_clients.fail_fast():
-            ingest.check_conf(dag_run.conf, ["alias"])
-            settings = airflow_clients.checked_settings()
-            return ingest.rollback(
-                settings, airflow_clients.s3(settings), airflow_clients.opensearch(settings), params["alias"]
-            )
+        ingest.check_conf(env.conf, ["alias"])
+        rolled = ingest.rollback(env.settings, env.s3, env.opensearch, env.params["alias"])
+        env.announce_index(rolled["alias"], rolled["to"], "rollback", previous=rolled["from"])
+        return rolled
 
     roll_back()
 

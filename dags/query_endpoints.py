@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from collections.abc import Callable
 
 from airflow.providers.amazon.aws.operators.sagemaker import (
     SageMakerEndpointConfigOperator,
@@ -10,12 +11,14 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     SageMakerModelOperator,
 )
 from airflow.providers.amazon.aws.sensors.sagemaker import SageMakerEndpointSensor
-from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
+from airflow.sdk import TaskGroup, TriggerRule, chain, dag
 
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, task_env
 from catalogue_search.endpoints import ENCODE_TYPES
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
+log = logging.getLogger(__name__)
 
 DEPLOY_DOC = """
 ### Query endpoints: deploy
@@ -57,89 +60,73 @@ failed; **verify_gone** then fails the run if anything is left, naming it.
 
 
 # --- pre_execute hooks: skip a create whose result is already there (re-deploys and retries) ---
-def _skip_existing_model(context) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException
+def _skip_when(done: Callable[..., bool], reason: str) -> Callable[[dict], None]:
+    """A hook that skips its task when `done(endpoints, sagemaker, config)`; `reason` is formatted with the config."""
 
-    from catalogue_search import airflow_clients, endpoints
+    def hook(context) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
 
-    name = context["task"].config["ModelName"]
-    if endpoints.model_exists(airflow_clients.sagemaker(Settings.from_env()), name):
-        raise AirflowSkipException(f"model {name} already exists (its name is a digest of its content)")
+        from catalogue_search import endpoints
 
+        config = context["task"].config
+        with task_env(context) as env:
+            if done(endpoints, env.sagemaker, config):
+                raise AirflowSkipException(reason.format(**config))
 
-def _skip_existing_config(context) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from catalogue_search import airflow_clients, endpoints
-
-    name = context["task"].config["EndpointConfigName"]
-    if endpoints.endpoint_config_exists(airflow_clients.sagemaker(Settings.from_env()), name):
-        raise AirflowSkipException(f"endpoint config {name} already exists (its name is a digest of its content)")
+    return hook
 
 
-def _skip_current_endpoint(context) -> None:
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from catalogue_search import airflow_clients, endpoints
-
-    request = context["task"].config
-    if endpoints.endpoint_up_to_date(airflow_clients.sagemaker(Settings.from_env()), request):
-        raise AirflowSkipException(f"endpoint {request['EndpointName']} already uses {request['EndpointConfigName']}")
+_skip_existing_model = _skip_when(
+    lambda endpoints, sagemaker, config: endpoints.model_exists(sagemaker, config["ModelName"]),
+    "model {ModelName} already exists (its name is a digest of its content)",
+)
+_skip_existing_config = _skip_when(
+    lambda endpoints, sagemaker, config: endpoints.endpoint_config_exists(sagemaker, config["EndpointConfigName"]),
+    "endpoint config {EndpointConfigName} already exists (its name is a digest of its content)",
+)
+_skip_current_endpoint = _skip_when(
+    lambda endpoints, sagemaker, config: endpoints.endpoint_up_to_date(sagemaker, config),
+    "endpoint {EndpointName} already uses {EndpointConfigName}",
+)
 
 
 @dag(
     dag_id="query_endpoints_deploy",
     schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "query", "sagemaker", "endpoints"],
     doc_md=DEPLOY_DOC,
 )
 def query_endpoints_deploy():
-    @task
-    def resolve_model() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from catalogue_search import airflow_clients, endpoints
+    @catalogue_task()
+    def resolve_model(env: TaskEnv) -> dict:
+        from catalogue_search import endpoints
         from catalogue_search.model_artifact import inference_image_uri
 
-        settings = airflow_clients.checked_settings()
-        try:
-            version = endpoints.artifact_version(airflow_clients.s3(settings), settings)
-        except endpoints.ArtifactMissingError as exc:  # nothing to deploy: retrying will not help
-            raise AirflowFailException(str(exc)) from exc
-        image_uri = inference_image_uri(settings, instance_type=endpoints.SERVERLESS_IMAGE_INSTANCE_TYPE)
+        version = endpoints.artifact_version(env.s3, env.settings)  # no artifact: fails at once
+        image_uri = inference_image_uri(env.settings, instance_type=endpoints.SERVERLESS_IMAGE_INSTANCE_TYPE)
         return {"image_uri": image_uri, "artifact_version": version}
 
-    @task(multiple_outputs=True)
-    def prepare(model: dict, encode_type: str) -> dict:
-        import logging
+    @catalogue_task(multiple_outputs=True)
+    def prepare(env: TaskEnv, model: dict, encode_type: str) -> dict:
+        from catalogue_search import endpoints
 
-        from catalogue_search import airflow_clients, endpoints
-
-        settings = Settings.from_env()
-        sagemaker = airflow_clients.sagemaker(settings)
-        plan = endpoints.deploy_plan(settings, encode_type, model["image_uri"], model["artifact_version"])
-        action = endpoints.endpoint_action(sagemaker, plan.endpoint)  # an endpoint still busy: retried with backoff
-        logging.getLogger(__name__).info("endpoint %s -> %s: %s", plan.endpoint_name, plan.model["ModelName"], action)
+        plan = endpoints.deploy_plan(env.settings, encode_type, model["image_uri"], model["artifact_version"])
+        action = endpoints.endpoint_action(env.sagemaker, plan.endpoint)  # still busy: retried with backoff
+        log.info("endpoint %s -> %s: %s", plan.endpoint_name, plan.model["ModelName"], action)
         return {**plan.as_dict(), "endpoint_action": action}
 
-    @task
-    def smoke_test(endpoint_name: str, encode_type: str, run_id=None, ti=None) -> dict:
+    @catalogue_task()
+    def smoke_test(env: TaskEnv, endpoint_name: str, encode_type: str) -> dict:
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-        from airflow.sdk.exceptions import AirflowFailException
 
         from catalogue_search import endpoints
 
-        settings = Settings.from_env()
-        runtime = AwsBaseHook(aws_conn_id=settings.aws_conn_id, client_type="sagemaker-runtime").get_conn()
+        runtime = AwsBaseHook(aws_conn_id=env.settings.aws_conn_id, client_type="sagemaker-runtime").get_conn()
         payload, content_type = endpoints.smoke_payload(encode_type)
-        try:
-            inference_id = endpoints.smoke_inference_id(run_id, encode_type, ti.try_number)
-            return endpoints.smoke_test(runtime, endpoint_name, payload, content_type, inference_id=inference_id)
-        except endpoints.SmokeTestError as exc:  # a wrong answer is not transient: no retry
-            raise AirflowFailException(str(exc)) from exc
+        inference_id = endpoints.smoke_inference_id(env.run_id, encode_type, env.context["ti"].try_number)
+        # A wrong answer is a SmokeTestError: permanent, no retry.
+        return endpoints.smoke_test(runtime, endpoint_name, payload, content_type, inference_id=inference_id)
 
     model = resolve_model()
     for encode_type in ENCODE_TYPES:
@@ -168,13 +155,14 @@ def query_endpoints_deploy():
                 pre_execute=_skip_current_endpoint,
                 trigger_rule=TriggerRule.NONE_FAILED,
             )
+            # Rescheduled between pokes (no worker held); each poke has the default task time limit.
             wait_in_service = SageMakerEndpointSensor(
                 task_id="wait_in_service",
                 endpoint_name=plan["endpoint_name"],
                 aws_conn_id=SETTINGS.aws_conn_id,
                 mode="reschedule",
                 poke_interval=30,
-                timeout=int(timedelta(minutes=45).total_seconds()),
+                timeout=SETTINGS.timeout("endpoint").total_seconds(),
                 trigger_rule=TriggerRule.NONE_FAILED,
             )
             smoke = smoke_test(plan["endpoint_name"], encode_type)
@@ -184,47 +172,38 @@ def query_endpoints_deploy():
 @dag(
     dag_id="query_endpoints_teardown",
     schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args=SETTINGS.dag_default_args(),
+    **dag_args(SETTINGS),
     tags=["catalogue-search", "query", "sagemaker", "endpoints", "cleanup"],
     doc_md=TEARDOWN_DOC,
 )
 def query_endpoints_teardown():
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def delete_endpoint(encode_type: str) -> bool:
-        from catalogue_search import airflow_clients, endpoints
+    @catalogue_task(trigger_rule=TriggerRule.ALL_DONE)
+    def delete_endpoint(env: TaskEnv, encode_type: str) -> bool:
+        from catalogue_search import endpoints
 
-        settings = Settings.from_env()
-        return endpoints.delete_endpoint(airflow_clients.sagemaker(settings), settings.endpoint_name(encode_type))
+        return endpoints.delete_endpoint(env.sagemaker, env.settings.endpoint_name(encode_type))
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def delete_endpoint_configs(encode_type: str) -> list[str]:
-        from catalogue_search import airflow_clients, endpoints
+    @catalogue_task(trigger_rule=TriggerRule.ALL_DONE)
+    def delete_endpoint_configs(env: TaskEnv, encode_type: str) -> list[str]:
+        from catalogue_search import endpoints
 
-        settings = Settings.from_env()
-        prefix = endpoints.resource_prefix(settings, encode_type)
-        return endpoints.delete_endpoint_configs(airflow_clients.sagemaker(settings), prefix)
+        return endpoints.delete_endpoint_configs(env.sagemaker, endpoints.resource_prefix(env.settings, encode_type))
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def delete_models(encode_type: str) -> list[str]:
-        from catalogue_search import airflow_clients, endpoints
+    @catalogue_task(trigger_rule=TriggerRule.ALL_DONE)
+    def delete_models(env: TaskEnv, encode_type: str) -> list[str]:
+        from catalogue_search import endpoints
 
-        settings = Settings.from_env()
-        prefix = endpoints.resource_prefix(settings, encode_type)
-        return endpoints.delete_models(airflow_clients.sagemaker(settings), prefix)
+        return endpoints.delete_models(env.sagemaker, endpoints.resource_prefix(env.settings, encode_type))
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def verify_gone() -> None:
+    @catalogue_task(trigger_rule=TriggerRule.ALL_DONE)
+    def verify_gone(env: TaskEnv) -> None:
         """Fails the run if anything is left (the run's state follows its last task, which runs anyway)."""
-        from airflow.sdk.exceptions import AirflowFailException
+        from catalogue_search import endpoints
+        from catalogue_search.errors import PermanentError
 
-        from catalogue_search import airflow_clients, endpoints
-
-        settings = Settings.from_env()
-        left = endpoints.leftovers(airflow_clients.sagemaker(settings), settings)
+        left = endpoints.leftovers(env.sagemaker, env.settings)
         if left:
-            raise AirflowFailException(f"still there after the tear-down: {', '.join(left)}")
+            raise PermanentError(f"still there after the tear-down: {', '.join(left)}")
 
     deleted = []
     for encode_type in ENCODE_TYPES:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "include"))
 sys.path.insert(0, str(REPO / "tools"))
 
 from catalogue_search.settings import Settings  # noqa: E402
-from catalogue_search_dev import testenv  # noqa: E402
+from catalogue_search_dev import testenv, testkinds  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
 TINY_MODEL_CONFIG = FIXTURES / "tiny_clip.json"
@@ -51,6 +51,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 AIRFLOW_HOME_KEY = pytest.StashKey[Path]()
+
+
+# --- markers: what a test needs, from where it lives (testkinds.kind_markers; registered in pyproject.toml) ---
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = REPO / "tests"
+    for item in items:
+        try:
+            relative = item.path.relative_to(tests)
+        except ValueError:
+            continue
+        explicit = {mark.name for mark in item.iter_markers()}
+        for name in sorted(testkinds.kind_markers(relative, set(item.fixturenames), explicit) - explicit):
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -170,13 +183,36 @@ def sagemaker_client(settings: Settings):
     return boto3.client("sagemaker", **settings.boto3_kwargs("sagemaker"))
 
 
+# --- the tiny model: built once per session, shared by every test that encodes -----------------------------
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
-    """model.tar.gz of the tiny CLIP config (random weights, saved: every load gives the same vectors)."""
+    """model.tar.gz of the tiny CLIP config (random weights, saved: every load gives the same vectors).
+
+    The one build of the session: tests read it, upload it, or unpack it (`tiny_model_dir`), never change it.
+    """
     from catalogue_search.model_artifact import build_model_artifact
 
     path = tmp_path_factory.mktemp("tiny-artifact") / "model.tar.gz"
     build_model_artifact(path, "tiny-clip", "", TINY_MODEL_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_info(tiny_artifact: Path):
+    """The `ArtifactInfo` of `tiny_artifact` (read back from the record of its build: nothing is built again)."""
+    from catalogue_search.model_artifact import build_model_artifact
+
+    return build_model_artifact(tiny_artifact, "tiny-clip", "", TINY_MODEL_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_artifact: Path, tmp_path_factory) -> Path:
+    """`tiny_artifact` unpacked, as SageMaker unpacks model.tar.gz into /opt/ml/model: what `load_handler` takes."""
+    import tarfile
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    with tarfile.open(tiny_artifact) as tar:
+        tar.extractall(path, filter="data")
     return path
 
 

@@ -15,33 +15,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from catalogue_search import index
-from catalogue_search.errors import PermanentError
+from catalogue_search.errors import is_permanent
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def checked_settings() -> Settings:
-    """The settings for a DAG's first task: a missing or invalid one fails the task at once, with no retry."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from catalogue_search.settings import SettingsError
-
-    try:
-        return Settings.from_env().check()
-    except SettingsError as exc:
-        raise AirflowFailException(str(exc)) from exc
-
-
 @contextmanager
 def fail_fast() -> Iterator[None]:
-    """Turn a `PermanentError` (a retry cannot fix it) into AirflowFailException: no retries, the message shown."""
+    """An error no retry can fix (`errors.is_permanent`) becomes AirflowFailException: no retries, the message shown."""
     from airflow.sdk.exceptions import AirflowFailException
 
     try:
         yield
-    except PermanentError as exc:
-        raise AirflowFailException(str(exc)) from exc
+    except Exception as exc:
+        if not is_permanent(exc):
+            raise
+        raise AirflowFailException(f"{exc} (a retry cannot fix this: {type(exc).__name__})") from exc
 
 
 def s3(settings: Settings):

@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from catalogue_search.errors import InvalidValueError
+
 log = logging.getLogger(__name__)
 
 LISTINGS_KEY = "listings/metadata/listings_{shard}.json.gz"
@@ -79,9 +81,9 @@ def read_listings(raw: bytes, source: str = "listings") -> list[Any]:
                 try:
                     rows.append(json.loads(raw_line.decode("utf-8")))
                 except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, too long an int, too deep
-                    raise ValueError(f"{source} line {number} is not valid JSON: {exc}") from exc
+                    raise InvalidValueError(f"{source} line {number} is not valid JSON: {exc}") from exc
     except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
-        raise ValueError(f"{source} cannot be read at line {number + 1}: {exc}") from exc
+        raise InvalidValueError(f"{source} cannot be read at line {number + 1}: {exc}") from exc
     return rows
 
 
@@ -92,10 +94,10 @@ def read_images_csv(raw: bytes, source: str = IMAGES_CSV_KEY):
     try:
         frame = pd.read_csv(io.BytesIO(raw), compression="gzip", dtype={"image_id": str, "path": str})
     except Exception as exc:  # not gzip, truncated, a row with too many fields ("... in line 7 ...")
-        raise ValueError(f"{source} cannot be read: {exc}") from exc
+        raise InvalidValueError(f"{source} cannot be read: {exc}") from exc
     missing = {"image_id", "height", "width", "path"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{source} lacks the columns {sorted(missing)}")
+        raise InvalidValueError(f"{source} lacks the columns {sorted(missing)}")
     for column in ("height", "width"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     bad = int((~(_valid_sizes(frame["height"]) & _valid_sizes(frame["width"]))).sum())

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from catalogue_search.errors import InvalidValueError
+
 log = logging.getLogger(__name__)
 
 SAME_IMAGE = "same image id"
@@ -115,7 +117,7 @@ def find_duplicates(
     `image_id` and `item_name`; `total` bounds their number (the memory map's rows).
     """
     if not 0 < threshold <= 1:
-        raise ValueError(f"the duplicate threshold is a cosine in (0, 1], got {threshold}")
+        raise InvalidValueError(f"the duplicate threshold is a cosine in (0, 1], got {threshold}")
     report = DuplicateReport(threshold=threshold)
     row_of: dict[str, int] = {}  # image id -> row
     items_of: list[list[tuple[str, str]]] = []  # row -> [(item_id, item_name)]

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from catalogue_search.aws import describe_or_none, error_code, is_not_found  # noqa: F401  (re-exported)
 from catalogue_search.contract import ENCODE_TYPES, IMAGE, JSON, TEXT, X_IMAGE  # noqa: F401  (re-exported)
+from catalogue_search.errors import InvalidValueError, PermanentError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class EndpointError(Exception):
     """A deploy, tear-down or smoke step cannot go on; the message says what to do."""
 
 
-class ArtifactMissingError(EndpointError):
+class ArtifactMissingError(EndpointError, PermanentError):
     pass
 
 
@@ -62,7 +63,7 @@ class EndpointBusyError(EndpointError):
     pass
 
 
-class SmokeTestError(EndpointError):
+class SmokeTestError(EndpointError, PermanentError):
     pass
 
 
@@ -70,7 +71,7 @@ class SmokeTestError(EndpointError):
 def check_resource_name(name: str) -> str:
     """SageMaker names: letters, digits and hyphens, at most 63 characters."""
     if len(name) > MAX_NAME_LENGTH or not _NAME_PATTERN.match(name):
-        raise ValueError(
+        raise InvalidValueError(
             f"{name!r} is not a valid SageMaker name (letters, digits and single hyphens, at most "
             f"{MAX_NAME_LENGTH} characters): shorten CATSEARCH_ENDPOINT_PREFIX"
         )
@@ -79,12 +80,12 @@ def check_resource_name(name: str) -> str:
 
 def serverless_config(settings: Settings) -> dict[str, int]:
     if settings.endpoint_memory_mb not in SERVERLESS_MEMORY_SIZES:
-        raise ValueError(
+        raise InvalidValueError(
             f"CATSEARCH_ENDPOINT_MEMORY_MB={settings.endpoint_memory_mb}: serverless endpoints take one of "
             f"{', '.join(map(str, SERVERLESS_MEMORY_SIZES))}"
         )
     if not 1 <= settings.endpoint_max_concurrency <= MAX_CONCURRENCY:
-        raise ValueError(
+        raise InvalidValueError(
             f"CATSEARCH_ENDPOINT_MAX_CONCURRENCY={settings.endpoint_max_concurrency}: must be 1..{MAX_CONCURRENCY}"
         )
     return {"MemorySizeInMB": settings.endpoint_memory_mb, "MaxConcurrency": settings.endpoint_max_concurrency}
@@ -94,7 +95,7 @@ def resource_prefix(settings: Settings, encode_type: str) -> str:
     """Every endpoint model and config of one encode type starts with this (the tear-down deletes them all)."""
     base = settings.endpoint_name(encode_type)
     if len(base) > MAX_NAME_LENGTH - DIGEST_LENGTH - 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"endpoint name {base!r} is longer than {MAX_NAME_LENGTH - DIGEST_LENGTH - 1} characters, leaving no room "
             "for the digest of its models and configs: shorten CATSEARCH_ENDPOINT_PREFIX"
         )

@@ -36,6 +36,7 @@ from typing import Any
 
 from catalogue_search.aws import is_s3_missing
 from catalogue_search.contract import GZIP
+from catalogue_search.errors import PermanentError
 from catalogue_search.handler import INFERENCE_CODE_DIR, load_inference_module, sha256_file
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings, boto3_client
@@ -242,7 +243,7 @@ def read_artifact_version(s3_client: Any, uri: str) -> str:
     return version
 
 
-class ArtifactVersionError(RuntimeError):
+class ArtifactVersionError(PermanentError, RuntimeError):
     """The model artifact's version cannot be read; the message says what to do."""
 
 

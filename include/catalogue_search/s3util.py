@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from catalogue_search.aws import is_s3_missing
 from catalogue_search.contract import GZIP, JPEG, OCTET_STREAM
+from catalogue_search.errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def client_config(workers: int = S3_WORKERS):
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise InvalidValueError(f"not an s3:// URI: {uri!r}")
     return parts.netloc, parts.path.lstrip("/")
 
 

@@ -3,8 +3,8 @@
 Every name a task, a CLI command or a test needs (buckets, index alias, model,
 endpoints) comes from here. Values are read from environment variables. Production code has no local
 defaults: the settings that name a deployment (bucket, role, OpenSearch,
-query encoder) are empty unless set, and `check()` (called by the first task of
-every DAG and by the CLI) fails with one message naming every one missing.
+query encoder) are empty unless set, and `check()` (called by every task before
+its work, and by the CLI) fails with one message naming every one missing or invalid.
 The local stack's values live in `tools/catalogue_search_dev/localenv.py`,
 which `./dev` and `docker-compose.yaml` export.
 """
@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from catalogue_search.errors import PermanentError
+from catalogue_search.errors import InvalidValueError
 
 ENV_PREFIX = "CATSEARCH_"
 
@@ -132,6 +133,20 @@ class Settings:
     task_retries: int = 2
     retry_delay_seconds: int = 20
     max_retry_delay_seconds: int = 600
+    # Time limits, in seconds. Each task's `execution_timeout` is the one of its kind of
+    # work (docs/pipeline.md lists which task has which), so a hung S3, OpenSearch or
+    # SageMaker call ends there and the task is retried instead of holding a worker slot
+    # forever. Sized at 10x or more of the full-size run's figures in BENCHMARKS.md.
+    task_timeout_s: int = 1800  # bookkeeping: plan, prepare/record, swap, clean-up, rollback, endpoint calls
+    filter_timeout_s: int = 1800  # filter_shard: one listings shard and images.csv (about 1-11 s)
+    copy_timeout_s: int = 3 * 3600  # copy_images: every image of the catalogue (851 s at 145,445)
+    transform_timeout_s: int = 6 * 3600  # encode_images / encode_names: the job, polled while deferred
+    load_timeout_s: int = 3 * 3600  # load_index: the bulk load and HNSW build (266 s quiet, ~45 min loaded)
+    validate_timeout_s: int = 3600  # validate_index, report_duplicates (7 s, 213 s), the smoke test
+    endpoint_timeout_s: int = 2700  # wait_in_service: an endpoint reaching InService
+    # A run that has not finished by then fails (and stops holding its max_active_runs slot).
+    ingest_dagrun_timeout_s: int = 24 * 3600
+    dagrun_timeout_s: int = 3 * 3600  # every other DAG
 
     # --- Ingestion -----------------------------------------------------------
     schedule: str = "@weekly"
@@ -174,6 +189,11 @@ class Settings:
     def check(self) -> Settings:
         """Fail closed: raise one `SettingsError` naming every missing or invalid setting."""
         problems = [f"{name} is not set" for name in self.missing()]
+        problems += [
+            f"{_env_name(name)}={getattr(self, name)} must be at least 1"
+            for name in TIMEOUTS
+            if getattr(self, name) < 1
+        ]
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value and value not in allowed:
@@ -224,16 +244,22 @@ class Settings:
         return self.sagemaker_model_name(encode_type)
 
     def dag_default_args(self) -> dict[str, Any]:
-        """Owner and retry policy shared by every task of every DAG (exponential backoff)."""
-        from datetime import timedelta
-
+        """Owner, retry policy (exponential backoff) and time limit shared by every task of every DAG."""
         return {
             "owner": self.dag_owner,
             "retries": self.task_retries,
             "retry_delay": timedelta(seconds=self.retry_delay_seconds),
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(seconds=self.max_retry_delay_seconds),
+            "execution_timeout": self.timeout("task"),
         }
+
+    def timeout(self, kind: str) -> timedelta:
+        """The time limit `<kind>_timeout_s` ("task", "load", "ingest_dagrun", ...) as a timedelta."""
+        name = f"{kind}_timeout_s"
+        if name not in TIMEOUTS:
+            raise KeyError(f"no time limit {name!r}; the settings have {', '.join(sorted(TIMEOUTS))}")
+        return timedelta(seconds=getattr(self, name))
 
     def endpoint_url(self, service: str = "") -> str:
         """Where boto3 reaches `service` ("" = real AWS): SageMaker's own stand-in, else the S3 one."""
@@ -251,10 +277,14 @@ class Settings:
         return kwargs
 
 
-class SettingsError(PermanentError, ValueError):
+class SettingsError(InvalidValueError):
     """A required setting is missing or has a value the code cannot use."""
 
 
+# The time limits (`timeout(kind)`), in seconds.
+TIMEOUTS = tuple(
+    f.name for f in fields(Settings) if f.name.endswith("_timeout_s") and f.name != "transform_invocation_timeout_s"
+)
 # Settings with no safe default: a deployment must name them.
 REQUIRED = ("bucket", "sagemaker_role_arn", "opensearch_url", "query_encoder")
 CHOICES = {"query_encoder": ("local", "endpoint")}
@@ -279,12 +309,12 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError as exc:
-            raise ValueError(f"{_env_name(f.name)}={raw!r} is not a whole number") from exc
+            raise SettingsError(f"{_env_name(f.name)}={raw!r} is not a whole number") from exc
     if kind == "float":
         try:
             return float(raw)
         except ValueError as exc:
-            raise ValueError(f"{_env_name(f.name)}={raw!r} is not a number") from exc
+            raise SettingsError(f"{_env_name(f.name)}={raw!r} is not a number") from exc
     if kind == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     return raw

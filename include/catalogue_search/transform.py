@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from catalogue_search import contract
+from catalogue_search.errors import InvalidValueError
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ def transform_request(
     `<chunk>.out` under `output_uri`.
     """
     if not 1 <= settings.transform_max_payload_mb <= MAX_PAYLOAD_MB:
-        raise ValueError(f"CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB must be 1..{MAX_PAYLOAD_MB}")
+        raise InvalidValueError(f"CATSEARCH_TRANSFORM_MAX_PAYLOAD_MB must be 1..{MAX_PAYLOAD_MB}")
     if not 1 <= settings.transform_invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S:
-        raise ValueError(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
+        raise InvalidValueError(f"CATSEARCH_TRANSFORM_INVOCATION_TIMEOUT_S must be 1..{MAX_INVOCATION_TIMEOUT_S}")
     return {
         "TransformJobName": job,
         "ModelName": settings.sagemaker_model_name(encode_type),

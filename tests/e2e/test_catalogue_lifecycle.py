@@ -12,8 +12,11 @@ file order, each step a fixture that builds on the one before:
 4. a full run whose index would be half the size is refused by the shrink guard;
 5. a run that fails validation leaves no index behind;
 6. a full run publishes E; B, served before the two failed runs, is kept (retention 1);
-7. the rollback DAG moves the alias back to B.
+7. the rollback DAG moves the alias back to B;
+8. the search smoke test (the index Asset's consumer) passes on the alias.
 
+Each publish and the rollback record one event of the alias's index Asset,
+naming the index the alias then serves; the refused and failed runs none.
 A private source bucket (the listing files are edited), project bucket, alias
 and AIRFLOW_HOME; everything is removed at the end.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -81,6 +85,30 @@ class World:
 
     def indices(self) -> set[str]:
         return {i["index"] for i in index.indices_for_alias(self.os, self.alias)}
+
+    def _db(self, query: str) -> list[tuple]:
+        db = sqlite3.connect(self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
+        try:
+            return db.execute(query).fetchall()
+        finally:
+            db.close()
+
+    def asset_events(self) -> list[dict]:
+        """Every asset event in this sequence's Airflow DB, oldest first."""
+        rows = self._db(
+            "SELECT a.name, a.uri, e.extra, e.source_dag_id, e.source_task_id "
+            "FROM asset_event e JOIN asset a ON a.id = e.asset_id ORDER BY e.id"
+        )
+        keys = ("name", "uri", "extra", "dag_id", "task_id")
+        return [dict(zip(keys, (*row[:2], json.loads(row[2]), *row[3:]))) for row in rows]
+
+    def queued_consumers(self) -> set[str]:
+        """The DAGs the scheduler would start for the alias's index Asset (asset_dag_run_queue)."""
+        rows = self._db(
+            "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id "
+            f"WHERE a.name = 'catalogue-search-index/{self.alias}'"
+        )
+        return {row[0] for row in rows}
 
     def listings(self, shard: str) -> list[dict]:
         key = self.settings.source_prefix + LISTINGS.format(shard=shard)
@@ -167,6 +195,19 @@ def test_a_full_run_publishes_every_clean_product_and_records_its_state(world, r
     record = state.read_manifest(world.s3, world.settings, world.alias, run_a)
     assert record["shards"].keys() == {"0", "1"} and record["language_tag"] == "en_US"
     assert state.served(world.s3, world.settings, world.alias) == [run_a]
+
+
+def test_the_publish_records_an_event_of_the_alias_asset_naming_the_index_it_serves(world, run_a):
+    """The event names the alias the run published and the index it points at; no host in the URI."""
+    events = world.asset_events()
+    assert len(events) == 1  # the misspelt run published nothing
+    event = events[0]
+    assert event["name"] == f"catalogue-search-index/{world.alias}"
+    assert event["uri"] == f"x-catalogue-search://index/{world.alias}"
+    assert event["extra"]["alias"] == world.alias and event["extra"]["action"] == "publish"
+    assert event["extra"]["index"] == run_a == world.target()
+    assert (event["dag_id"], event["task_id"]) == ("catalogue_ingest", "swap_alias")
+    assert "catalogue_smoke_test" in world.queued_consumers()  # the scheduler would run its consumer
 
 
 # --- 2. a backfill of shard 0 on the default alias ------------------------------
@@ -321,9 +362,41 @@ def test_the_previous_served_index_survives_failed_runs_with_retention_1(world, 
 # --- 7. rollback ------------------------------------------------------------------
 
 
-def test_the_rollback_dag_returns_the_alias_to_the_previous_served_index(world, backfill, run_e):
+@pytest.fixture(scope="module")
+def rollback(world, backfill, run_e):
     result = _dags_test(world.env, "{}", dag_id="catalogue_rollback")
     assert result.returncode == 0, _tail(result)
+    return result
+
+
+def test_the_rollback_dag_returns_the_alias_to_the_previous_served_index(world, backfill, rollback):
     assert world.target() == backfill["index"]
     assert world.count() == len(world.summary.clean_item_ids)
     assert state.served(world.s3, world.settings, world.alias) == [backfill["index"]]
+
+
+def test_each_move_of_the_alias_and_only_those_recorded_an_event_naming_the_index(
+    world, run_a, backfill, run_e, rollback
+):
+    """Three publishes (A, B, E) and the rollback to B; the refused and the failed run announce nothing."""
+    moves = [(e["extra"]["action"], e["extra"]["index"]) for e in world.asset_events()]
+    assert moves == [
+        ("publish", run_a),
+        ("publish", backfill["index"]),
+        ("publish", run_e),
+        ("rollback", backfill["index"]),
+    ]
+    last = world.asset_events()[-1]
+    assert last["extra"]["index"] == world.target() and last["extra"]["previous"] == run_e
+    assert (last["dag_id"], last["task_id"]) == ("catalogue_rollback", "roll_back")
+    assert {e["name"] for e in world.asset_events()} == {f"catalogue-search-index/{world.alias}"}
+
+
+# --- 8. the index Asset's consumer ---------------------------------------------------
+
+
+def test_the_search_smoke_test_finds_a_product_of_the_served_index(world, backfill, rollback):
+    result = _dags_test(world.env, json.dumps({"alias": world.alias}), dag_id="catalogue_smoke_test")
+    assert result.returncode == 0, _tail(result)
+    assert f"search smoke test on {world.alias} ({backfill['index']})" in _log(result)
+    assert "found by its image and its title" in _log(result)

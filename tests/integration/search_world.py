@@ -132,6 +132,7 @@ def build_world(
     titled: bool = False,
     artifact: Path | None = None,
 ) -> World:
+    """`artifact`: the session's tiny model (the `tiny_artifact` fixture); built here only if not given."""
     token = testenv.unique_name_part()  # the session's token: its end-of-session sweep finds what a crash leaves
     settings = Settings.from_env(
         aws_endpoint_url=moto_url,

@@ -87,11 +87,10 @@ class RequestCounter:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("artifacts")
-    return {
-        seed: build_model_artifact(root / f"seed{seed}.tar.gz", "tiny-clip", "", TINY, seed=seed) for seed in (0, 1)
-    }
+def artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_artifact_info):
+    """The session's tiny model (seed 0), and the same architecture with other weights (seed 1)."""
+    other = build_model_artifact(tmp_path_factory.mktemp("artifacts") / "seed1.tar.gz", "tiny-clip", "", TINY, seed=1)
+    return {0: tiny_artifact_info, 1: other}
 
 
 @pytest.fixture

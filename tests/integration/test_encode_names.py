@@ -15,12 +15,11 @@ from PIL import Image
 
 from catalogue_search import catalogue, contract, encoding, index, ingest
 from catalogue_search.handler import load_handler_from_artifact
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
+from catalogue_search.model_artifact import upload_model_artifact
 from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
 from catalogue_search_dev.local_transform import run_transform_job
 
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-gpu-py312"
 TITLES = [f"Zebra plush toy ZX-{i:03d}" for i in range(9)] + ["A fireman.", "A fireman.", "Crème brûlée set"]
 
@@ -33,7 +32,7 @@ def _jpeg(seed: int) -> bytes:
 
 
 @pytest.fixture
-def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, tmp_path: Path):
+def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, tmp_path: Path, tiny_artifact: Path):
     settings = settings.replace(
         model_name="tiny-clip",
         opensearch_url=opensearch_url,
@@ -41,8 +40,7 @@ def stack(settings: Settings, s3, sagemaker_client, opensearch_url: str, tmp_pat
         transform_batch_size=3,
         sagemaker_role_arn="arn:aws:iam::123456789012:role/catalogue-search-sagemaker",
     )
-    artifact = build_model_artifact(tmp_path / "model.tar.gz", "tiny-clip", "", TINY)
-    upload_model_artifact(settings, s3, artifact.path)
+    upload_model_artifact(settings, s3, tiny_artifact)
     products = []
     for i, title in enumerate(TITLES):
         path = f"{i:02x}/img{i}.jpg"

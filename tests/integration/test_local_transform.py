@@ -19,11 +19,10 @@ from PIL import Image
 
 from catalogue_search.contract import VECTOR_ATOL
 from catalogue_search.handler import LoadedHandler, load_handler_from_artifact
-from catalogue_search.model_artifact import ArtifactInfo, build_model_artifact, upload_model_artifact
+from catalogue_search.model_artifact import ArtifactInfo, upload_model_artifact
 from catalogue_search.settings import Settings
 from catalogue_search_dev.local_transform import TransformJobError, run_transform_job
 
-TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
 
 
@@ -36,10 +35,8 @@ def image_bytes(seed: int, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> ArtifactInfo:
-    return build_model_artifact(
-        tmp_path_factory.mktemp("artifact") / "model.tar.gz", "tiny-clip", "", TINY_MODEL_CONFIG
-    )
+def artifact(tiny_artifact_info) -> ArtifactInfo:
+    return tiny_artifact_info  # the session's tiny model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 
 Logs in, opens "Catalogue search" from Airflow's navigation, runs a text query (cards whose images
 loaded), uploads a catalogue image (its product first, similarity 1.0), applies a filter chip, pages
-forward and clicks "more like this". Saves docs/search-page.png.
+forward and clicks "more like this". Saves a screenshot in build/screenshots/search-page.png, or over
+the README's docs/search-page.png when asked (`./dev test --update-docs`, CATSEARCH_UPDATE_DOCS=1).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 import pytest
 from search_world import build_world
 
+from catalogue_search_dev import testkinds
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CATSEARCH_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = REPO / "docs" / "search-page.png"
+SCREENSHOT = testkinds.screenshot_path("search-page.png")  # build/screenshots/, or docs/ with --update-docs
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -58,8 +61,10 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, moto_url, opensearch_url):
-    w = build_world(moto_url, opensearch_url, tmp_path_factory.mktemp("page-world"), n=N_PRODUCTS)
+def world(tmp_path_factory, moto_url, opensearch_url, tiny_artifact):
+    w = build_world(
+        moto_url, opensearch_url, tmp_path_factory.mktemp("page-world"), n=N_PRODUCTS, artifact=tiny_artifact
+    )
     yield w
     w.cleanup()
 

@@ -37,9 +37,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from catalogue_search.handler import LoadedHandler, load_handler
-from catalogue_search.model_artifact import write_model_dir
 
-TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 EMBED_DIM = 32
 X_IMAGE = "application/x-image"
 JSON = "application/json"
@@ -391,10 +389,8 @@ def check_answer(handler: LoadedHandler, request: Request, peak_memory) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    write_model_dir(path, "tiny-clip", "", TINY_MODEL_CONFIG)
-    return path
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir  # the session's tiny model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

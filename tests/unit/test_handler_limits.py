@@ -21,9 +21,7 @@ import pytest
 from PIL import Image
 
 from catalogue_search.handler import LoadedHandler, load_handler
-from catalogue_search.model_artifact import write_model_dir
 
-TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 X_IMAGE = "application/x-image"
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -97,10 +95,8 @@ def pattern(seed: int, size: tuple[int, int]) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    write_model_dir(path, "tiny-clip", "", TINY_MODEL_CONFIG)
-    return path
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir  # the session's tiny model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from PIL import Image
 from catalogue_search.handler import LoadedHandler, load_handler
 from catalogue_search.model_artifact import write_model_dir
 
-TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 X_IMAGE = "application/x-image"
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -67,10 +66,8 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    write_model_dir(path, "tiny-clip", "", TINY_MODEL_CONFIG)
-    return path
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir  # the session's tiny model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +346,7 @@ def test_missing_clip_config_names_the_directory(tmp_path: Path, image_handler: 
 # --------------------------------------------------------------------------- the real architecture
 
 
+@pytest.mark.slow  # builds and saves the real 151M-parameter architecture: left out of `./dev test --quick`
 def test_real_vit_b_32_offline_falls_back_to_random_weights_and_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):

@@ -18,9 +18,7 @@ from PIL import Image
 
 from catalogue_search import encoding as store
 from catalogue_search.handler import LoadedHandler, load_handler
-from catalogue_search.model_artifact import write_model_dir
 
-TINY_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_clip.json"
 CHUNK = "application/x-image-chunk"
 NPZ = "application/x-npz"
 
@@ -37,10 +35,8 @@ def chunk(records: list[dict]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    write_model_dir(path, "tiny-clip", "", TINY_MODEL_CONFIG)
-    return path
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir  # the session's tiny model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

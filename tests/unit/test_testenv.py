@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,15 @@ TOKEN = "tst0a1b2"
 
 
 def test_the_session_runs_airflow_in_its_own_home():
-    """What `airflow dags test` in a test would use: a private temp home, not the user's."""
+    """What `airflow dags test` in a test would use (it inherits this environment): a private temp home."""
+    from airflow.configuration import conf  # loaded here after tests/conftest.py set the environment
+
     home = Path(os.environ["AIRFLOW_HOME"])
     assert home.name.startswith("catsearch-test-airflow-")
     assert home != localenv.cache_home() / "airflow"
-    probe = "from airflow.configuration import conf; print(conf.get('database', 'sql_alchemy_conn'))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == f"sqlite:///{home / 'airflow.db'}"
+    assert "AIRFLOW_CONFIG" not in os.environ  # a user's config file cannot point elsewhere
+    assert conf.get("database", "sql_alchemy_conn") == f"sqlite:///{home / 'airflow.db'}"
+    assert (home / "airflow.db").is_file()
     assert testenv.TOKEN_PATTERN.fullmatch(os.environ[testenv.TOKEN_ENV])
 
 

@@ -2,6 +2,8 @@
 
 ./dev demo                 index the sample catalogue and answer sample queries
 ./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
+./dev test --quick [args]  ruff, then the unit tests and DAG integrity checks (marker `unit`): no stack, < 1 min
+./dev test --update-docs   also write the browser test's screenshot over docs/search-page.png
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
 ./dev stack up --cluster   3 OpenSearch nodes, Redis, Airflow with 2 Celery workers (docs/cluster.md)
 ./dev search "a red flower" [-k 5] | --image PATH
@@ -9,7 +11,7 @@
 ./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag; BENCHMARKS.md)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
-./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C stops all of it
+./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C, SIGTERM or SIGHUP stops all of it
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from catalogue_search_dev.localenv import cache_home, repo_root
 
 
 def _say(msg: str) -> None:
-    print(f"\033[1m[dev]\033[0m {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"\033[1m[dev]\033[0m {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # stderr closed or gone (`./dev ui | tee` after Ctrl-C)
+        pass
 
 
 def stack_up() -> None:
@@ -100,14 +105,38 @@ def lint() -> int:
     return 0
 
 
+def _has_path(args: list[str]) -> bool:
+    return any(not a.startswith("-") and (repo_root() / a.split("::")[0]).exists() for a in args)
+
+
+def cmd_test_quick(args: list[str]) -> int:
+    """Lint, then the unit tests and the DAG integrity checks: no stack, no browser, no server."""
+    if lint() != 0:
+        return 1
+    from catalogue_search_dev import testkinds
+
+    os.chdir(repo_root())
+    env = dict(os.environ)
+    env.setdefault("CATSEARCH_FUZZ_EXAMPLES", testkinds.QUICK_FUZZ_EXAMPLES)
+    paths = [] if _has_path(args) else testkinds.QUICK_PATHS
+    command = [sys.executable, "-m", "pytest", "-m", testkinds.QUICK_MARKS, *paths, *args]
+    return subprocess.run(command, env=env).returncode
+
+
 def cmd_test(args: list[str]) -> int:
     """Lint, then pytest, then check that the run left the user's Airflow DB, moto and OpenSearch as they were.
 
     The tests use their own AIRFLOW_HOME and name what they create with the
     session's token (tests/conftest.py), so the user's DB is never opened here.
+    `--quick`: see `cmd_test_quick`.
     """
-    from catalogue_search_dev import cluster, testenv
+    from catalogue_search_dev import cluster, testenv, testkinds
 
+    if "--update-docs" in args:  # the browser test writes docs/search-page.png instead of build/screenshots/
+        os.environ[testkinds.UPDATE_DOCS_ENV] = "1"
+        args = [a for a in args if a != "--update-docs"]
+    if "--quick" in args:
+        return cmd_test_quick([a for a in args if a != "--quick"])
     if cluster.enabled():
         _say(
             "the test suite runs on the light stack: `./dev stack down` first (the cluster tests, "
@@ -215,7 +244,7 @@ def cmd_airflow(args: list[str]) -> int:
 
 
 def cmd_ui(args: list[str]) -> int:
-    from catalogue_search_dev import cluster, ui
+    from catalogue_search_dev import cluster, ui, ui_state
 
     stack_up()
     if cluster.enabled():  # the cluster's own API server, scheduler and workers: no `airflow standalone`
@@ -228,7 +257,8 @@ def cmd_ui(args: list[str]) -> int:
     where = "in" if passwords.exists() else "printed below on this first start, and kept in"
     _say(f"Airflow UI on http://127.0.0.1:{port}: user admin, password {where} {passwords}")
     _say(f"LocalExecutor with {os.environ.get('AIRFLOW__CORE__PARALLELISM', '32')} task slots; Ctrl-C stops Airflow")
-    return ui.run(["airflow", "standalone", *args], dict(os.environ), say=_say)
+    _say(f"its output is also kept in {ui_state.log_file()}")
+    return ui.run(["airflow", "standalone", *args], dict(os.environ))
 
 
 # `./dev bench NAME` -> benchmarks/<script>; `./dev bench` runs them all, in this order.

@@ -320,9 +320,9 @@ def status() -> dict[str, str]:
         health = "healthy" if service.healthy() else "down"
         owner = f"started by ./dev, pid {pid}" if pid else "not started by ./dev"
         out[service.name] = f"{health} at {service.url} ({owner})"
-    from catalogue_search_dev import ui
+    from catalogue_search_dev import ui_state
 
-    out["airflow"] = ui.status()
+    out["airflow"] = ui_state.status()
     return out
 
 
@@ -350,5 +350,8 @@ def stop(service: Service) -> str:
 
 
 def down() -> dict[str, str]:
-    """Stop the services this module started (by recorded pid) and nothing else."""
-    return {service.name: stop(service) for service in reversed(services())}
+    """Stop the services this module started (by recorded pid), and the Airflow of `./dev ui`, nothing else."""
+    from catalogue_search_dev import ui_state
+
+    stopped = {"airflow": ui_state.stop_recorded()}
+    return {**stopped, **{service.name: stop(service) for service in reversed(services())}}

@@ -1,92 +1,137 @@
-"""`./dev ui`: `airflow standalone`, stopped with everything it started on Ctrl-C or SIGTERM.
+"""`./dev ui`: `airflow standalone`, and everything it started stopped on Ctrl-C, SIGTERM or SIGHUP.
 
-`airflow standalone` runs the scheduler (with the LocalExecutor's worker
-processes), the DAG processor, the API server and the triggerer as its
-children. It stops them itself on SIGINT, but dies at once on SIGTERM, and its
-children's children (executor workers, task processes in their own process
-groups) can outlive them. So:
+`airflow standalone` runs the scheduler (with the LocalExecutor's workers and
+a log server), the DAG processor, the API server and the triggerer (with its
+log server) as its children. It stops them itself on SIGINT, but dies at once
+on SIGTERM, and the children of its children can outlive it. So:
 
-- it runs in its own process group, with this process as the subreaper of
-  everything below it (an orphan is re-parented here, not to init, and stays
-  findable);
-- Ctrl-C or SIGTERM here is forwarded to it as SIGINT, and Airflow gets
-  `GRACE_SECONDS` to shut down by itself;
-- then whatever is left below this process (its group and every descendant)
-  gets SIGTERM, and after `TERM_SECONDS` SIGKILL, and is reaped.
+- it runs in a session of its own, with this process as the subreaper of
+  everything below it: a terminal's signals reach only this process, and an
+  orphan is re-parented here, not to init, and stays findable;
+- its output comes through a pipe that this process reads and copies to its
+  own stdout and to `<CATSEARCH_HOME>/stack/airflow-ui.log`. When stdout goes
+  away (`./dev ui | tee` and Ctrl-C kills tee; a closed terminal), the copy
+  to it stops and Airflow never writes into a dead pipe; the log keeps all;
+- Ctrl-C, SIGTERM or SIGHUP here is forwarded to it as SIGINT, and Airflow
+  gets `GRACE_SECONDS` to shut down by itself; then whatever is left of its
+  session and below this process gets SIGTERM, after `TERM_SECONDS` SIGKILL,
+  and is reaped. A second signal skips the grace period.
 
-A second Ctrl-C skips the grace period. The pid is recorded so that
-`./dev stack status` says whether an Airflow started by `./dev ui` still runs.
+The log servers bind 127.0.0.1 (`airflow_loopback`). The pids are recorded in
+`<CATSEARCH_HOME>/stack/airflow.json` for `./dev stack status` and
+`./dev stack down` (`ui_state`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
+
+from catalogue_search_dev import airflow_loopback, procs, ui_state
+from catalogue_search_dev.stack import state_dir
 
 GRACE_SECONDS = 30.0
 TERM_SECONDS = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def pid_file() -> Path:
-    from catalogue_search_dev.stack import state_dir
+class Console:
+    """Where `./dev ui` writes: its stdout and stderr, which may go away, and a log file that keeps all.
 
-    return state_dir() / "airflow.pid"
+    One writer thread does every write to the descriptors, so the supervisor
+    never blocks on a reader that stopped reading. A write that fails (EPIPE
+    from a closed pipe, EIO from a hung-up terminal) points that descriptor at
+    /dev/null: nothing is written to it again, and the exit flush cannot fail.
+    """
+
+    QUEUE_LINES = 10_000  # beyond this, lines for a stalled reader are dropped (the log has them)
+
+    def __init__(self, log_path: Path) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "w", encoding="utf-8", errors="replace")
+        self._lock = threading.Lock()
+        self._fds = {fd for fd, stream in ((1, sys.stdout), (2, sys.stderr)) if stream is not None}
+        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(self.QUEUE_LINES)
+        self._writer = threading.Thread(target=self._write_all, daemon=True)
+        self._writer.start()
+
+    def _write_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fd, data = item
+            if fd not in self._fds:
+                continue
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError:
+                self._fds.discard(fd)
+                _point_at_devnull(fd)
+
+    def _emit(self, fd: int, log_text: str, text: str) -> None:
+        with self._lock:
+            self._log.write(log_text)
+            self._log.flush()
+        try:
+            self._queue.put_nowait((fd, text.encode(errors="replace")))
+        except queue.Full:
+            pass
+
+    def out(self, text: str) -> None:
+        self._emit(1, text, text)
+
+    def say(self, msg: str) -> None:
+        self._emit(2, f"[dev] {msg}\n", f"\033[1m[dev]\033[0m {msg}\n")
+
+    def close(self, timeout: float = 2.0) -> None:
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._writer.join(timeout)
+        self._log.close()
 
 
-# --- /proc ------------------------------------------------------------------------
-def _stat(pid: int) -> tuple[int, int, int, str] | None:
-    """(ppid, pgid, sid, state) of a live process, None when it is gone (or a zombie already reaped)."""
+def _point_at_devnull(fd: int) -> None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[2]), int(fields[3]), fields[0]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+class _Signals:
+    """Stop signals recorded as flags instead of a KeyboardInterrupt in the middle of anything."""
 
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._old: dict[int, object] = {}
 
-def group_members(pgid: int) -> list[int]:
-    """Processes (zombies excluded) whose process group is `pgid`."""
-    out = []
-    for pid in _all_pids():
-        st = _stat(pid)
-        if st and st[1] == pgid and st[3] != "Z":
-            out.append(pid)
-    return out
+    def __enter__(self) -> _Signals:
+        for sig in STOP_SIGNALS:
+            self._old[sig] = signal.signal(sig, lambda signum, frame: self.received.append(signum))
+        self._old[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # EPIPE, handled, not death
+        return self
 
-
-def descendants(root: int) -> list[int]:
-    """Every live process below `root` (by parent pid), zombies excluded."""
-    children: dict[int, list[int]] = {}
-    state: dict[int, str] = {}
-    for pid in _all_pids():
-        st = _stat(pid)
-        if st:
-            children.setdefault(st[0], []).append(pid)
-            state[pid] = st[3]
-    out, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        if state.get(pid) != "Z":
-            out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _become_subreaper() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: orphans go to init; the group kill still applies
+    except (OSError, AttributeError):  # not Linux: orphans go to init; the session kill still applies
         pass
 
 
@@ -101,73 +146,70 @@ def _reap() -> None:
             return
 
 
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _relay(pipe: IO[bytes], console: Console) -> None:
+    for line in iter(pipe.readline, b""):
+        console.out(line.decode(errors="replace"))
 
 
-# --- running and stopping -----------------------------------------------------------
-class _Signals:
-    """Ctrl-C / SIGTERM recorded as flags instead of a KeyboardInterrupt in the middle of anything."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> _Signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, lambda signum, frame: self.received.append(signum))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def run(
-    cmd: list[str],
-    env: dict[str, str],
-    *,
-    say: Callable[[str], None] = print,
-    grace: float = GRACE_SECONDS,
-    term: float = TERM_SECONDS,
-) -> int:
-    """Run `cmd` (airflow standalone) until it exits or a signal arrives; then stop all of it."""
+def run(cmd: list[str], env: dict[str, str], *, grace: float = GRACE_SECONDS, term: float = TERM_SECONDS) -> int:
+    """Run `cmd` (airflow standalone) until it exits or a stop signal arrives; then stop all of it."""
     _become_subreaper()
+    console = Console(ui_state.log_file())
+    env = airflow_loopback.environment(env, state_dir() / "bin")
+    before = set(procs.descendants(os.getpid()))  # e.g. the moto server this `./dev ui` started: not Airflow's
+    left: list[int] = []
     with _Signals() as signals:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, process_group=0)
-        port = env.get("AIRFLOW__API__PORT", "8080")
-        pid_file().write_text(f"{proc.pid} http://127.0.0.1:{port}\n")
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        relay = threading.Thread(target=_relay, args=(proc.stdout, console), daemon=True)
+        relay.start()
+        ui_state.record(proc.pid, env)
         try:
             while proc.poll() is None and not signals.received:
                 time.sleep(0.2)
-            if signals.received:
-                say(f"stopping Airflow (pid {proc.pid}): waiting up to {grace:.0f} s for its own shutdown")
-            stop(proc, signals.received, say=say, grace=grace, term=term)
         finally:
-            pid_file().unlink(missing_ok=True)
-    if signals.received:
-        say("Airflow stopped: no process it started is left")
-        return 0
-    return proc.returncode or 0
+            if signals.received:
+                name = signal.Signals(signals.received[0]).name
+                console.say(f"{name}: stopping Airflow (session {proc.pid}), up to {grace:.0f} s for its own shutdown")
+            left = stop(proc, signals.received, console.say, grace=grace, term=term, keep=before)
+            relay.join(timeout=5)
+            if not left:
+                ui_state.forget()
+    if left:
+        console.say(f"processes that would not die (still recorded for ./dev stack status): {left}")
+        code = 1
+    elif signals.received:
+        console.say("Airflow stopped: no process it started is left")
+        code = 0
+    else:
+        code = proc.returncode or 0
+    console.close()
+    return code
 
 
 def stop(
     proc: subprocess.Popen,
     received: list[int],
+    say: Callable[[str], None],
     *,
-    say: Callable[[str], None] = print,
     grace: float = GRACE_SECONDS,
     term: float = TERM_SECONDS,
-) -> None:
-    """Ask `proc` to shut down (SIGINT), wait, then SIGTERM and SIGKILL its group and every descendant."""
-    me, pgid = os.getpid(), proc.pid
+    keep: set[int] = frozenset(),
+) -> list[int]:
+    """SIGINT to `proc`, a wait, then SIGTERM and SIGKILL to its session and every new descendant.
+
+    Returns the pids still alive at the end (none, unless a process ignores SIGKILL).
+    """
+    me, sid = os.getpid(), proc.pid
 
     def left() -> list[int]:
-        return sorted((set(group_members(pgid)) | set(descendants(me))) - {me})
+        return sorted((set(procs.session_members(sid)) | set(procs.descendants(me, keep))) - {me})
 
     if proc.poll() is None:
         try:
@@ -180,12 +222,12 @@ def stop(
         proc.poll()
         _reap()
         if not left():
-            return
+            return []
         time.sleep(0.2)
     for sig, wait in ((signal.SIGTERM, term), (signal.SIGKILL, 5.0)):
         pids = left()
         if not pids:
-            return
+            return []
         say(f"{len(pids)} Airflow processes still running: sending {signal.Signals(sig).name}")
         _signal_all(pids, sig)
         deadline = time.monotonic() + wait
@@ -195,22 +237,16 @@ def stop(
             time.sleep(0.2)
     proc.poll()
     _reap()
-    if left():
-        say(f"processes that would not die: {left()}")
+    return left()
 
 
-# --- status -----------------------------------------------------------------------------
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def status() -> str:
-    """Whether an Airflow started by `./dev ui` is running, by its recorded pid and process group."""
-    path = pid_file()
-    try:
-        pid_text, url = (path.read_text().split() + [""])[:2]
-        pid = int(pid_text)
-    except (FileNotFoundError, ValueError):
-        return "not running (no Airflow started by ./dev ui)"
-    members = group_members(pid)
-    if pid in members:
-        return f"running at {url} (started by ./dev ui, pid {pid}, {len(members)} processes)"
-    if members:
-        return f"pid {pid} has exited but {len(members)} processes of its group still run: {members}"
-    return f"not running (pid {pid}, started by ./dev ui, has exited)"
+    return ui_state.status()

@@ -11,6 +11,7 @@ from typing import Any
 
 from catalogue_search.contract import JSON
 from catalogue_search.encoding.store import OUTPUT_SUFFIX, EmbeddingStoreError, Store
+from catalogue_search.errors import InvalidValueError
 from catalogue_search.s3util import get_or_none, put_bytes
 
 MAX_CHUNK_RECORDS = 1024
@@ -50,7 +51,7 @@ def write_chunks(
     """Write the input chunks (`records` turns a chunk's ids into its request), their
     ManifestFile and the plan; return the plan."""
     if not 1 <= chunk_size <= MAX_CHUNK_RECORDS:
-        raise ValueError(f"chunk size {chunk_size} must be between 1 and {MAX_CHUNK_RECORDS}")
+        raise InvalidValueError(f"chunk size {chunk_size} must be between 1 and {MAX_CHUNK_RECORDS}")
     chunk_prefix = store.encode_prefix(run_prefix) + "chunks/"
     out_prefix = store.output_prefix(version, run_prefix)
     plan = EncodePlan(version=version, output_prefix=out_prefix, etags={i: etags.get(i, "") for i in ids})
@@ -66,7 +67,7 @@ def write_chunks(
     limit = store.settings.transform_max_payload_mb * 1024 * 1024
     for key, data in bodies:
         if len(data) > limit:
-            raise ValueError(f"chunk {key} is {len(data)} bytes, above MaxPayloadInMB: lower the chunk size")
+            raise InvalidValueError(f"chunk {key} is {len(data)} bytes, above MaxPayloadInMB: lower the chunk size")
     content_type = store.target.content_type
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda kb: put_bytes(s3, store.bucket, kb[0], kb[1], content_type), bodies))

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from catalogue_search.errors import InvalidValueError
+
 
 def title_id(title: str) -> str:
     """The store id of a title: a digest of its exact text."""
@@ -56,7 +58,7 @@ class TitleVectors:
         for tid, vector in vectors:
             raw = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
             if self.row_bytes and len(raw) != self.row_bytes:
-                raise ValueError(f"title vector {tid} has {len(raw) // 4} dimensions, not {self.row_bytes // 4}")
+                raise InvalidValueError(f"title vector {tid} has {len(raw) // 4} dimensions, not {self.row_bytes // 4}")
             self.row_bytes = len(raw)
             self.rows[tid] = len(self.rows)
             self._file.write(raw)

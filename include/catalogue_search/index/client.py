@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from catalogue_search.errors import InvalidValueError
 from catalogue_search.settings import Settings
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -47,7 +48,7 @@ def make_client(
     }
     if auth == "basic":
         if not user:
-            raise ValueError("OpenSearch basic auth needs a user name")
+            raise InvalidValueError("OpenSearch basic auth needs a user name")
         kwargs["http_auth"] = (user, password)
     elif auth == "sigv4":
         import boto3
@@ -55,10 +56,10 @@ def make_client(
 
         credentials = credentials or boto3.Session().get_credentials()
         if credentials is None:
-            raise ValueError("OpenSearch SigV4 auth needs AWS credentials, and none were found")
+            raise InvalidValueError("OpenSearch SigV4 auth needs AWS credentials, and none were found")
         kwargs["http_auth"] = AWSV4SignerAuth(credentials, region, "es")
     elif auth != "none":
-        raise ValueError(f"unknown OpenSearch auth {auth!r}: use none, basic or sigv4")
+        raise InvalidValueError(f"unknown OpenSearch auth {auth!r}: use none, basic or sigv4")
     return OpenSearch(**kwargs)
 
 
