@@ -150,8 +150,8 @@ class Settings:
 
     # --- Ingestion -----------------------------------------------------------
     schedule: str = "@weekly"
-    # The first day the schedule counts from (ISO date, UTC). Without a start date a scheduler never
-    # creates a scheduled run; with catchup off, only the latest interval runs.
+    # The first day the schedule counts from (ISO date, UTC). In the past, an unpaused DAG runs its
+    # latest weekly slot at once; with catchup off, only that one (docs/cluster.md).
     start_date: str = "2025-01-01"
     language_tag: str = "en_US"
     copy_workers: int = 16

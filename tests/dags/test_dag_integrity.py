@@ -182,7 +182,7 @@ def test_ingest_dag_shape():
         assert dag.get_task(mapped).is_mapped, mapped
     for single in ("record_copies", "finish_index", "validate_index", "swap_alias"):
         assert not dag.get_task(single).is_mapped, single
-    # A start date in the past: a scheduler creates the weekly run (no start date, no scheduled run).
+    # A start date in the past: once unpaused, a scheduler runs the latest weekly slot at once (tests/cluster).
     assert dag.start_date is not None and dag.start_date.year < 2026 and dag.schedule == "@weekly"
     # runs when the encode step was skipped (nothing new): it still writes the run report
     assert dag.get_task("record_embeddings").trigger_rule == "none_failed"
