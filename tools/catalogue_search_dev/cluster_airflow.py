@@ -65,9 +65,13 @@ def environment(
     visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
 ) -> dict[str, str]:
     """What the cluster changes in the local environment (`localenv` applies it in cluster mode)."""
+    from catalogue_search_dev.localenv import opensearch_connection
+
     api = f"http://127.0.0.1:{layout.api_port}"
     return {
         "CATSEARCH_OPENSEARCH_URL": layout.opensearch_url,
+        # Tasks take OpenSearch from this connection before the URL: it names every node too.
+        "AIRFLOW_CONN_OPENSEARCH_DEFAULT": opensearch_connection(layout.opensearch_url),
         "CATSEARCH_INDEX_REPLICAS": "1",
         "CATSEARCH_INDEX_SHARDS": str(INDEX_SHARDS),
         "CATSEARCH_SPLIT_PARTS": str(SPLIT_PARTS),
@@ -163,15 +167,47 @@ def status(layout: Layout) -> dict[str, str]:
     return out
 
 
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                out[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 def worker_of(layout: Layout, pid: int) -> str | None:
-    """The worker whose process group holds process `pid` (a task's), or None."""
+    """The worker a process (a task's) runs under, by its chain of parents; None when none."""
     from catalogue_search_dev.cluster import read_pid
 
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-    for name in workers():
-        if read_pid(layout.pid_file(name)) == group:
-            return name
-    return None
+    mains = {read_pid(layout.pid_file(name)): name for name in workers()}
+    parents = _parents()
+    while pid and pid not in mains:
+        pid = parents.get(pid, 0)
+    return mains.get(pid)
+
+
+def kill_worker(layout: Layout, name: str) -> list[int]:
+    """kill -9 a worker and every process below it, as a machine that dies would (the fault tests)."""
+    import signal
+
+    from catalogue_search_dev.cluster import read_pid
+
+    main = read_pid(layout.pid_file(name))
+    if main is None:
+        raise RuntimeError(f"{name} of {layout.name} is not running")
+    parents = _parents()
+    tree, todo = [], [main]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    layout.pid_file(name).unlink(missing_ok=True)
+    return tree

@@ -78,7 +78,7 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     )
     merged["AIRFLOW_CONN_OPENSEARCH_DEFAULT"] = env.get(
         "AIRFLOW_CONN_OPENSEARCH_DEFAULT",
-        _opensearch_connection(merged["CATSEARCH_OPENSEARCH_URL"]),
+        opensearch_connection(merged["CATSEARCH_OPENSEARCH_URL"]),
     )
     merged.update(cluster_environment({**env, **merged}))
     return merged
@@ -93,10 +93,8 @@ def cluster_environment(env: dict[str, str]) -> dict[str, str]:
     if not cluster.enabled(env):
         return {}
     wanted = cluster_airflow.environment(cluster.Layout.for_user(env))
-    derived = {"CATSEARCH_OPENSEARCH_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"}
-    out = {k: v if k in derived else env.get(k, v) for k, v in wanted.items()}
-    out["AIRFLOW_CONN_OPENSEARCH_DEFAULT"] = _opensearch_connection(out["CATSEARCH_OPENSEARCH_URL"])
-    return out
+    derived = {"CATSEARCH_OPENSEARCH_URL", "AIRFLOW_CONN_OPENSEARCH_DEFAULT", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"}
+    return {k: v if k in derived else env.get(k, v) for k, v in wanted.items()}
 
 
 def airflow_sizing(cpus: int) -> dict[str, str]:
@@ -130,7 +128,7 @@ def aws_connection(endpoint_url: str, sagemaker_url: str, *, region: str, login:
     return json.dumps({"conn_type": "aws", "login": login, "password": password, "extra": extra})
 
 
-def _opensearch_connection(url: str) -> str:
+def opensearch_connection(url: str) -> str:
     nodes = [u.strip() for u in url.split(",") if u.strip()]
     parsed = urlsplit(nodes[0])
     conn = {
