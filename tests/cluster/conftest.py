@@ -122,7 +122,7 @@ def cluster_world(moto_url, sagemaker_url, aws_env, tmp_path_factory):
         )
     )
     # Small bulk requests, one at a time per part: a load part lasts long enough to be killed mid-way.
-    env.update(CATSEARCH_BULK_CHUNK_SIZE="25", CATSEARCH_BULK_THREADS="1", CATSEARCH_RETRY_DELAY_SECONDS="2")
+    env.update(CATSEARCH_BULK_CHUNK_SIZE="50", CATSEARCH_BULK_THREADS="1", CATSEARCH_RETRY_DELAY_SECONDS="2")
     settings = Settings.from_env({**os.environ, **env})
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     out_dir = tmp_path_factory.mktemp("abo")

@@ -8,7 +8,7 @@
 ./dev stack up --cluster   3 OpenSearch nodes, Redis, Airflow with 2 Celery workers (docs/cluster.md)
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
-./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag; BENCHMARKS.md)
+./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, full-dag, cluster)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C, SIGTERM or SIGHUP stops all of it
@@ -272,6 +272,7 @@ BENCHMARKS = {
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "full-dag": "full_dag_run.py",
+    "cluster": "cluster_split.py",
 }
 
 
