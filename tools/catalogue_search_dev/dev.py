@@ -1,7 +1,8 @@
 """`./dev` subcommands: the main job, the tests, the local stack, search.
 
 ./dev demo                 index the sample catalogue and answer sample queries
-./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
+./dev test [pytest args]   ruff, then the test suite (all but the cluster faults), then a check that it left no trace
+./dev test -m cluster      the cluster fault tests: 3 OpenSearch nodes, Celery workers, kills (docs/cluster.md)
 ./dev test --quick [args]  ruff, then the unit tests and DAG integrity checks (marker `unit`): no stack, < 1 min
 ./dev test --update-docs   also write the browser test's screenshot over docs/search-page.png
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
@@ -172,6 +173,9 @@ def cmd_test(args: list[str]) -> int:
     os.chdir(repo_root())
     token = testenv.session_token()
     before = testenv.snapshot()
+    if not any(a == "-m" or a.startswith("-m") for a in args):
+        # The cluster fault tests (3 nodes, Celery, kills) are their own command: `./dev test -m cluster`.
+        args = ["-m", "not cluster", *args]
     code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
     if notes:
