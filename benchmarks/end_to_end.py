@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from catalogue_search import index, search
-    from catalogue_search.model_artifact import archive_version
+    from catalogue_search_dev.model_archive import archive_version
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=10_000)

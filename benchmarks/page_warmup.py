@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     from catalogue_search import index
-    from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
     from catalogue_search.settings import Settings
     from catalogue_search_dev.localenv import cache_home
+    from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
     token = uuid.uuid4().hex[:8]
     settings = Settings.from_env(

@@ -27,8 +27,8 @@ from pathlib import Path
 import _common as bench
 
 from catalogue_search import index, quality_gate
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search_dev.localenv import cache_home
+from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
 WORDS = ["red", "blue", "green", "small", "large", "round", "square", "wooden", "metal", "soft", "bright", "dark"]
 THINGS = ["chair", "lamp", "mug", "shoe", "ball", "flower", "phone case", "backpack", "table", "bottle", "kite"]

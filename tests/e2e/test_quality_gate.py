@@ -22,8 +22,8 @@ import pytest
 from test_catalogue_ingest_dag import TINY, _dags_test, tiny_stack_env
 
 from catalogue_search import index, quality
-from catalogue_search.model_artifact import build_model_artifact
 from catalogue_search_dev import demo, sample_index, tiny_training
+from catalogue_search_dev.model_build import build_model_artifact
 
 
 def _log(result: subprocess.CompletedProcess) -> str:

@@ -17,9 +17,9 @@ import boto3
 from search_world import TINY, Product, World
 
 from catalogue_search import index
-from catalogue_search.model_artifact import build_model_artifact, upload_model_artifact
 from catalogue_search.settings import Settings
 from catalogue_search_dev import sample_index, testenv
+from catalogue_search_dev.model_build import build_model_artifact, upload_model_artifact
 
 DOG = "A dog."
 

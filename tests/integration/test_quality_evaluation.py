@@ -15,10 +15,10 @@ import pytest
 from catalogue_search import index, quality, quality_gate
 from catalogue_search.contract import vectors_close
 from catalogue_search.errors import PermanentError
-from catalogue_search.model_artifact import archive_version, upload_model_artifact
 from catalogue_search.quality_queries import CHECKED_TITLES, QueryRunner, QueryVectors, title_encoder
 from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
+from catalogue_search_dev.model_archive import archive_version, upload_model_artifact
 
 CONTRACT_KEYS = {
     "model",

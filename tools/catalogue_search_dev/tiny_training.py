@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from catalogue_search.handler import load_handler, sha256_file
-from catalogue_search.model_artifact import VERSION_METADATA, archive_version, write_model_dir
+from catalogue_search.model_artifact import VERSION_METADATA
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings
 from catalogue_search_dev.localenv import cache_home
+from catalogue_search_dev.model_archive import archive_version
+from catalogue_search_dev.model_build import write_model_dir
 
 log = logging.getLogger(__name__)
 
