@@ -13,9 +13,10 @@ on SIGTERM, and the children of its children can outlive it. So:
   away (`./dev ui | tee` and Ctrl-C kills tee; a closed terminal), the copy
   to it stops and Airflow never writes into a dead pipe; the log keeps all;
 - Ctrl-C, SIGTERM or SIGHUP here is forwarded to it as SIGINT, and Airflow
-  gets `GRACE_SECONDS` to shut down by itself; then whatever is left of its
-  session and below this process gets SIGTERM, after `TERM_SECONDS` SIGKILL,
-  and is reaped. A second signal skips the grace period.
+  gets `GRACE_SECONDS` to shut down by itself (`STRAGGLER_SECONDS` once
+  standalone itself has exited); then whatever is left of its session and below
+  this process gets SIGTERM, after `TERM_SECONDS` SIGKILL, and is reaped. A
+  second signal skips the grace period.
 
 The log servers bind 127.0.0.1 (`airflow_loopback`). The pids are recorded in
 `<CATSEARCH_HOME>/stack/airflow.json` for `./dev stack status` and
@@ -40,6 +41,7 @@ from catalogue_search_dev.stack import state_dir
 
 GRACE_SECONDS = 30.0
 TERM_SECONDS = 10.0
+STRAGGLER_SECONDS = 5.0  # after standalone has exited, before what it left behind gets SIGTERM
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -219,7 +221,8 @@ def stop(
     asked = len(received)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and len(received) <= asked:
-        proc.poll()
+        if proc.poll() is not None:  # standalone is done: what it left gets a few seconds, not the whole grace
+            deadline = min(deadline, time.monotonic() + STRAGGLER_SECONDS)
         _reap()
         if not left():
             return []
@@ -246,7 +249,3 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def status() -> str:
-    return ui_state.status()
