@@ -37,9 +37,13 @@ THIRD_PARTY_NAMES = {
     "POSTGRES_USER": "postgres image",
     "POSTGRES_PASSWORD": "postgres image",
     "POSTGRES_DB": "postgres image",
-    # The opensearch image: dotted names become node settings; DISABLE_* skip
-    # the security plugin and its demo certificates; JAVA_OPTS sets the heap.
-    "discovery.type": "opensearch image",
+    # The opensearch image: dotted names become node settings (three nodes of one
+    # cluster); DISABLE_* skip the security plugin and its demo certificates;
+    # JAVA_OPTS sets the heap.
+    "cluster.name": "opensearch image",
+    "node.name": "opensearch image",
+    "discovery.seed_hosts": "opensearch image",
+    "cluster.initial_cluster_manager_nodes": "opensearch image",
     "DISABLE_SECURITY_PLUGIN": "opensearch image",
     "DISABLE_INSTALL_DEMO_CONFIG": "opensearch image",
     "OPENSEARCH_JAVA_OPTS": "opensearch image",
@@ -49,6 +53,8 @@ THIRD_PARTY_NAMES = {
     "TOKENIZERS_PARALLELISM": "tokenizers",
     # The official Airflow image's entrypoint: 0 skips its wait for the Airflow DB (local SageMaker).
     "CONNECTION_CHECK_MAX_COUNT": "airflow image",
+    # The official Airflow image's entrypoint: the Celery worker gets a warm shutdown (Airflow's compose file).
+    "DUMB_INIT_SETSID": "airflow image",
     # The official Airflow image's convention for the admin user; airflow-init reads them.
     "_AIRFLOW_WWW_USER_USERNAME": "airflow-init",
     "_AIRFLOW_WWW_USER_PASSWORD": "airflow-init",
@@ -253,8 +259,8 @@ def dev_exports() -> set[str]:
 
 
 def catsearch_name_problems(compose: dict) -> list[str]:
-    """Each Airflow container gets exactly the CATSEARCH_* names the local stack sets."""
-    local = {k for k in localenv.local_environment({}) if k.startswith("CATSEARCH_")}
+    """Each Airflow container gets exactly the CATSEARCH_* names the local cluster stack sets."""
+    local = {k for k in localenv.local_environment({"CATSEARCH_STACK": "cluster"}) if k.startswith("CATSEARCH_")}
     problems = []
     for name, svc in airflow_services(compose).items():
         names = {k for k in environment(svc) if k.startswith("CATSEARCH_")}
@@ -334,11 +340,11 @@ def dependency_problems(compose: dict) -> list[str]:
         for var in address_vars:
             if var not in env:
                 continue
-            host = urlsplit(env[var]).hostname
-            if host not in all_services:
-                problems.append(f"{name}: {var} addresses {host!r}, which is no service here")
-            elif (deps.get(host) or {}).get("condition") != "service_healthy":
-                problems.append(f"{name}: does not wait for {host} ({var}) to be healthy")
+            for host in [urlsplit(url).hostname for url in env[var].split(",")]:  # a cluster: every node
+                if host not in all_services:
+                    problems.append(f"{name}: {var} addresses {host!r}, which is no service here")
+                elif (deps.get(host) or {}).get("condition") != "service_healthy":
+                    problems.append(f"{name}: does not wait for {host} ({var}) to be healthy")
     return problems
 
 
@@ -354,18 +360,25 @@ def test_compose_file_parses_and_shares_one_airflow_definition(compose):
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "airflow-worker",
     }
 
 
-def test_airflow_runs_the_official_3x_components_with_the_local_executor(compose):
+def test_airflow_runs_the_official_3x_components_with_the_celery_executor(compose):
+    """The cluster stack's shape (docs/cluster.md): Celery workers with Redis, late acks, a visibility
+    timeout above the longest task's time limit."""
     airflow = airflow_services(compose)
     commands = {str(svc.get("command")) for svc in airflow.values()}
-    assert {"api-server", "scheduler", "dag-processor", "triggerer"} <= commands
+    assert {"api-server", "scheduler", "dag-processor", "triggerer", "celery worker"} <= commands
     assert "airflow db migrate" in str(airflow["airflow-init"]["command"])
     assert "airflow users create" in str(airflow["airflow-init"]["command"])
     for name, svc in airflow.items():
         env = environment(svc)
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis", name
+        assert env["AIRFLOW__CELERY__TASK_ACKS_LATE"] == "true", name
+        longest = max(Settings().timeout(kind).total_seconds() for kind in ("copy", "load"))
+        assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > longest, name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql"), name
         api_host = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]).hostname
         assert services(compose)[api_host]["command"] == "api-server", name
