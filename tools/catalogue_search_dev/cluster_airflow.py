@@ -64,7 +64,8 @@ def environment(
     heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
     visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
 ) -> dict[str, str]:
-    """What the cluster changes in the local environment (`localenv` applies it in cluster mode)."""
+    """What the cluster changes in the local environment (`localenv` applies it in cluster mode); the
+    components' shared secrets are added when they start (`start`)."""
     from catalogue_search_dev.localenv import opensearch_connection
 
     api = f"http://127.0.0.1:{layout.api_port}"
@@ -86,7 +87,6 @@ def environment(
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(layout.api_port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-        **secrets_for(layout),
     }
 
 
@@ -132,6 +132,7 @@ def start(layout: Layout, env: dict[str, str], only: list[str] | None = None) ->
     from catalogue_search_dev.cluster import read_pid, spawn, wait_until
 
     out = {}
+    env = {**env, **secrets_for(layout)}
     for name in only or components():
         pid = read_pid(layout.pid_file(name))
         if pid:
