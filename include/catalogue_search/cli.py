@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(LISTABLE),
         help="list the values present in the index, with their counts (the valid filter values)",
     )
-    ranking = cmd.add_argument_group("ranking (see the README's 'Search modes')")
+    ranking = cmd.add_argument_group("ranking (see docs/search-modes.md)")
     ranking.add_argument(
         "--mode",
         choices=search.MODES,

@@ -217,7 +217,7 @@ class Settings:
                 problems.append(f"{_env_name(name)}={value!r} is not one of {', '.join(allowed)}")
         if problems:
             raise SettingsError(
-                "catalogue-search is not configured: " + "; ".join(problems) + " (see the README's settings table)"
+                "catalogue-search is not configured: " + "; ".join(problems) + " (see docs/settings.md)"
             )
         return self
 

@@ -169,7 +169,7 @@ def require_settings(settings: Settings, *names: str) -> None:
     missing = [f"CATSEARCH_{name.upper()}" for name in names if not str(getattr(settings, name)).strip()]
     if missing:
         raise NotConfiguredError(
-            "catalogue-search is not configured: " + ", ".join(missing) + " not set (see the README's settings table)"
+            "catalogue-search is not configured: " + ", ".join(missing) + " not set (see docs/settings.md)"
         )
 
 
