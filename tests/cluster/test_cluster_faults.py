@@ -45,6 +45,9 @@ def scheduled_run(cluster_world):
     while not w.query("select dag_id from dag where dag_id = ?", DAG):  # parsed by the DAG processor
         assert time.monotonic() < deadline, "the DAG processor did not parse catalogue_ingest"
         time.sleep(2)
+    # The smoke-test DAG follows every publication; its queries, encoded by the tiny model, do not fit the
+    # seeded 512-d vectors (OpenSearch answers 400): paused, it takes no worker slot from the runs here.
+    w.airflow("dags", "pause", "catalogue_smoke_test")
     unpaused = w.airflow("dags", "unpause", DAG)
     assert unpaused.returncode == 0, unpaused.stderr[-2000:]
     started = time.monotonic()
@@ -53,8 +56,6 @@ def scheduled_run(cluster_world):
         time.sleep(2)
     state = w.wait_run(runs[0][0], RUN_S)
     w.timings["scheduled_run_s"] = time.monotonic() - started
-    pause = w.airflow("dags", "pause", DAG)  # no second scheduled run while the other tests trigger theirs
-    assert pause.returncode == 0, pause.stderr[-2000:]
     return runs[0][0], state
 
 
@@ -62,8 +63,10 @@ def test_the_weekly_schedule_runs_once_through_the_scheduler(cluster_world, sche
     w = cluster_world
     run_id, state = scheduled_run
     assert state == "success", w.task_states(run_id)
-    runs = w.query("select run_id, run_type, logical_date from dag_run where dag_id = ?", DAG)
-    assert [r[1] for r in runs] == ["scheduled"]  # catchup off: one run, for the latest weekly slot
+    # Catchup off: one run, for the latest weekly slot; the next one is due next week. (The DAG stays
+    # unpaused: a paused DAG's triggered runs would wait in the queue.)
+    runs = w.query("select run_id from dag_run where dag_id = ? and run_type = 'scheduled'", DAG)
+    assert runs == [(run_id,)]
     # The work split across the workers: four copy parts and four load parts, each done once.
     states = w.task_states(run_id)
     for task in ("copy_images", "load_index"):
@@ -122,6 +125,21 @@ def test_queries_survive_a_node_killed_under_load(cluster_world, scheduled_run):
     health: list[tuple[float, str]] = []
     t0 = time.monotonic()
 
+    def ask(n: int) -> None:
+        began = time.monotonic()
+        request = urllib.request.Request(
+            f"{url}/api/products/{item_ids[n % 50]}/similar?k=10", headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15) as resp:
+                status = resp.status
+                assert json.load(resp)["hits"]
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except Exception:
+            status = 0
+        results.append((began - t0, time.monotonic() - began, status))
+
     def watch() -> None:
         while time.monotonic() - t0 < 25:
             health.append((time.monotonic() - t0, cluster.health(w.layout, timeout=1).get("status", "down")))
@@ -136,38 +154,30 @@ def test_queries_survive_a_node_killed_under_load(cluster_world, scheduled_run):
         t.start()
     try:
         for n in range(200):
-            start = t0 + n * 0.1
-            time.sleep(max(0.0, start - time.monotonic()))
-            began = time.monotonic()
-            request = urllib.request.Request(
-                f"{url}/api/products/{item_ids[n % 50]}/similar?k=10", headers={"Authorization": f"Bearer {token}"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=15) as resp:
-                    status = resp.status
-                    assert json.load(resp)["hits"]
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except Exception:
-                status = 0
-            results.append((began - t0, time.monotonic() - began, status))
+            time.sleep(max(0.0, t0 + n * 0.1 - time.monotonic()))
+            ask(n)
+        for t in threads:
+            t.join()
+        yellow_at = next((t for t, s in health if s == "yellow"), None)
+        assert yellow_at is not None, f"the cluster never reported yellow after the kill: {health[-5:]}"
+        restarted = time.monotonic()
+        cluster.start_node(w.layout, victim)
+        cluster.wait_for_nodes(w.layout, ("green",), timeout=240)
+        green_at = time.monotonic() - t0
+        w.timings["green_again_s"] = round(time.monotonic() - restarted, 1)
+        for n in range(50):  # and once green again
+            ask(n)
     finally:
         for t in threads:
             t.join()
         server.should_exit = True
-    yellow_at = next((t for t, s in health if s == "yellow"), None)
-    assert yellow_at is not None, f"the cluster never reported yellow after the kill: {health[-5:]}"
     after_yellow = [r for r in results if r[0] >= yellow_at]
-    assert after_yellow and all(r[2] == 200 for r in after_yellow), [r for r in after_yellow if r[2] != 200]
-    restarted = time.monotonic()
-    cluster.start_node(w.layout, victim)
-    cluster.wait_for_nodes(w.layout, ("green",), timeout=240)
-    w.timings["query_load"] = _latency_report(results, yellow_at, kill_at=5.0)
-    w.timings["green_again_s"] = time.monotonic() - restarted
-    print("query latencies:", json.dumps(w.timings["query_load"]))
+    assert len(after_yellow) >= 50 and all(r[2] == 200 for r in after_yellow), [r for r in after_yellow if r[2] != 200]
+    w.timings["query_load"] = _latency_report(results, yellow_at, kill_at=5.0, green_at=green_at)
+    print("query latencies:", json.dumps(w.timings["query_load"]), "green again after", w.timings["green_again_s"])
 
 
-def _latency_report(results, yellow_at: float, kill_at: float) -> dict:
+def _latency_report(results, yellow_at: float, kill_at: float, green_at: float) -> dict:
     def pct(rows) -> dict:
         ms = np.asarray([r[1] * 1000 for r in rows if r[2] == 200])
         return {
@@ -180,7 +190,8 @@ def _latency_report(results, yellow_at: float, kill_at: float) -> dict:
     return {
         "before": pct([r for r in results if r[0] < kill_at]),
         "kill_to_yellow": pct([r for r in results if kill_at <= r[0] < yellow_at]),
-        "yellow": pct([r for r in results if r[0] >= yellow_at]),
+        "yellow": pct([r for r in results if yellow_at <= r[0] < green_at]),
+        "green_again": pct([r for r in results if r[0] >= green_at]),
         "yellow_after_kill_s": round(yellow_at - kill_at, 1),
     }
 

@@ -23,24 +23,27 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from catalogue_search_dev import cluster_airflow
+from catalogue_search_dev.cluster_nodes import (  # noqa: F401  (the cluster's public names)
+    NODES,
+    health,
+    kill_node,
+    node_name,
+    node_up,
+    start_node,
+    wait_for_nodes,
+)
+from catalogue_search_dev.cluster_procs import read_pid, redis_ping, start_redis, stop_pid  # noqa: F401
 from catalogue_search_dev.localenv import cache_home
 
-NODES = 3
 WORKERS = 2
 REDIS_BASE_PORT = 6379
 OPENSEARCH_BASE_PORT = 9200
-REDIS = Path("/usr/bin/redis-server")
 
 
 @dataclass(frozen=True)
@@ -140,215 +143,6 @@ def enabled(env: dict[str, str] | None = None) -> bool:
     if env.get("CATSEARCH_STACK"):
         return env["CATSEARCH_STACK"] == "cluster"
     return mode_file().exists() and mode_file().read_text().strip() == "cluster"
-
-
-# --- processes ------------------------------------------------------------------------
-def read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().split()[0])
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
-        return None
-    except PermissionError:
-        pass
-    return pid
-
-
-def stop_pid(path: Path, *, group: bool, sig: int = signal.SIGTERM, wait: float = 30.0) -> str:
-    """Stop the process recorded in `path` (and its process group with `group`): `sig`, then SIGKILL."""
-    pid = read_pid(path)
-    if pid is None:
-        path.unlink(missing_ok=True)
-        return "not running"
-    for signum in (sig, signal.SIGKILL):
-        try:
-            os.killpg(pid, signum) if group else os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if not _alive(pid):
-            break
-    path.unlink(missing_ok=True)
-    return f"stopped pid {pid}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # our own child: reap it
-    except ChildProcessError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
-
-
-def spawn(layout: Layout, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
-    """Start `cmd` in its own session, output to the layout's `<name>.log`, pid recorded."""
-    layout.state.mkdir(parents=True, exist_ok=True)
-    with open(layout.log_file(name), "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=cwd,
-        )
-    layout.pid_file(name).write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def wait_until(check, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    tail = ""
-    if log and log.exists():
-        tail = "\nlast log lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-    raise RuntimeError(f"{what} not ready after {timeout:.0f} s{tail}")
-
-
-def http_json(url: str, timeout: float = 3.0):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.load(resp)
-
-
-# --- Redis ------------------------------------------------------------------------------
-def ensure_redis() -> Path:
-    """Debian's redis-server, installed once if missing (the package's service is not started here)."""
-    if REDIS.exists():
-        return REDIS
-    if not shutil.which("apt-get"):
-        raise RuntimeError(f"{REDIS} is missing and there is no apt-get: install Redis for the cluster stack")
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        [*sudo, "apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
-    return REDIS
-
-
-def redis_ping(layout: Layout) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", layout.redis_port), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def start_redis(layout: Layout) -> str:
-    if redis_ping(layout):
-        return f"reused at {layout.redis_url}"
-    exe = ensure_redis()
-    folder = layout.state / "redis"
-    folder.mkdir(parents=True, exist_ok=True)
-    cmd = [str(exe), "--bind", "127.0.0.1", "--port", str(layout.redis_port), "--dir", str(folder)]
-    cmd += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    spawn(layout, "redis", cmd, dict(os.environ))
-    wait_until(lambda: redis_ping(layout), 30, "Redis", layout.log_file("redis"))
-    return f"started at {layout.redis_url}"
-
-
-# --- OpenSearch nodes -----------------------------------------------------------------------
-def node_name(node: int) -> str:
-    return f"node-{node + 1}"
-
-
-def node_up(layout: Layout, node: int) -> bool:
-    """Whether this cluster's node `node` answers at its port (not some other node there)."""
-    try:
-        found = http_json(layout.urls[node])
-    except Exception:
-        return False
-    return found.get("name") == node_name(node) and found.get("cluster_name") == f"catsearch-{layout.name}"
-
-
-def health(layout: Layout, timeout: float = 3.0) -> dict:
-    """The cluster's health as any live node reports it ({"status": "down"} when none answers)."""
-    for url in layout.urls:
-        try:
-            return http_json(url + "/_cluster/health", timeout)
-        except Exception:
-            continue
-    return {"status": "down", "number_of_nodes": 0}
-
-
-def start_node(layout: Layout, node: int) -> str:
-    """Start node `node` (0-based) as a daemon; returns at once (see `wait_for_nodes`)."""
-    from catalogue_search_dev import stack
-
-    if node_up(layout, node):
-        return "reused"
-    home = stack.install_opensearch()
-    folder = layout.node_dir(node)
-    config = folder / "config"
-    if not config.exists():  # each node its own config: logs and GC files never shared
-        shutil.copytree(home / "config", config)
-    for path in (folder / "data", folder / "logs", layout.data / "run"):
-        path.mkdir(parents=True, exist_ok=True)
-    pid_file = layout.pid_file(node_name(node))
-    pid_file.unlink(missing_ok=True)
-    seeds = ",".join(f"127.0.0.1:{layout.transport_port(i)}" for i in range(NODES))
-    settings = {
-        "cluster.name": f"catsearch-{layout.name}",
-        "node.name": node_name(node),
-        "network.host": "127.0.0.1",
-        "http.port": layout.http_ports[node],
-        "transport.port": layout.transport_port(node),
-        "discovery.seed_hosts": seeds,
-        "cluster.initial_cluster_manager_nodes": ",".join(node_name(i) for i in range(NODES)),
-        "path.data": folder / "data",
-        "path.logs": folder / "logs",
-        "cluster.routing.allocation.disk.threshold_enabled": "false",
-    }
-    cmd = [str(home / "bin" / "opensearch"), "-d", "-p", str(pid_file)]
-    for key, value in settings.items():
-        cmd += ["-E", f"{key}={value}"]
-    env = dict(os.environ, OPENSEARCH_PATH_CONF=str(config), OPENSEARCH_JAVA_HOME=stack._java_home())
-    heap = os.environ.get("CATSEARCH_OPENSEARCH_HEAP", "-Xms512m -Xmx512m")
-    # Heap pages touched when used, not at start; GC logging to stderr (the node's log), not to a shared file.
-    env["OPENSEARCH_JAVA_OPTS"] = f"{heap} -XX:-AlwaysPreTouch -Xlog:disable -Xlog:all=warning:stderr"
-    layout.state.mkdir(parents=True, exist_ok=True)
-    if stack._run_as_service_user():  # OpenSearch refuses to run as root
-        stack._ensure_service_user()
-        subprocess.run(["chown", "-R", f"{stack.SERVICE_USER}:", str(layout.data)], check=True)
-        cmd = ["runuser", "-u", stack.SERVICE_USER, "--", *cmd]
-    with open(layout.log_file(node_name(node)), "ab") as out:
-        result = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise RuntimeError(f"OpenSearch {node_name(node)} did not start; see {layout.log_file(node_name(node))}")
-    return "started"
-
-
-def wait_for_nodes(layout: Layout, status: tuple[str, ...] = ("green",), timeout: float = 240) -> None:
-    def ready() -> bool:
-        h = health(layout)
-        return h.get("number_of_nodes") == NODES and h.get("status") in status
-
-    wait_until(
-        ready, timeout, f"the {NODES} OpenSearch nodes", layout.node_dir(0) / "logs" / f"catsearch-{layout.name}.log"
-    )
-
-
-def kill_node(layout: Layout, node: int) -> int:
-    """kill -9 one node (the fault tests); returns its pid."""
-    pid = read_pid(layout.pid_file(node_name(node)))
-    if pid is None:
-        raise RuntimeError(f"{node_name(node)} of {layout.name} is not running")
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not _alive(pid), 30, f"the end of {node_name(node)}")
-    return pid
 
 
 # --- the whole cluster ------------------------------------------------------------------------

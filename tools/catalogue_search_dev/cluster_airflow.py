@@ -23,6 +23,8 @@ import sys
 import urllib.request
 from typing import TYPE_CHECKING
 
+from catalogue_search_dev.cluster_procs import read_pid, spawn, stop_pid, wait_until
+
 if TYPE_CHECKING:
     from catalogue_search_dev.cluster import Layout
 
@@ -129,8 +131,6 @@ def worker_ready(layout: Layout, name: str) -> bool:
 
 def start(layout: Layout, env: dict[str, str], only: list[str] | None = None) -> dict[str, str]:
     """Start (or keep) each component with `env`; wait until the API server answers and the workers are ready."""
-    from catalogue_search_dev.cluster import read_pid, spawn, wait_until
-
     out = {}
     env = {**env, **secrets_for(layout)}
     for name in only or components():
@@ -150,14 +150,10 @@ def start(layout: Layout, env: dict[str, str], only: list[str] | None = None) ->
 
 
 def stop(layout: Layout, names: list[str] | None = None) -> dict[str, str]:
-    from catalogue_search_dev.cluster import stop_pid
-
     return {name: stop_pid(layout.pid_file(name), group=True) for name in reversed(names or components())}
 
 
 def status(layout: Layout) -> dict[str, str]:
-    from catalogue_search_dev.cluster import read_pid
-
     out = {}
     for name in components():
         pid = read_pid(layout.pid_file(name))
@@ -181,8 +177,6 @@ def _parents() -> dict[int, int]:
 
 def worker_of(layout: Layout, pid: int) -> str | None:
     """The worker a process (a task's) runs under, by its chain of parents; None when none."""
-    from catalogue_search_dev.cluster import read_pid
-
     mains = {read_pid(layout.pid_file(name)): name for name in workers()}
     parents = _parents()
     while pid and pid not in mains:
@@ -193,8 +187,6 @@ def worker_of(layout: Layout, pid: int) -> str | None:
 def kill_worker(layout: Layout, name: str) -> list[int]:
     """kill -9 a worker and every process below it, as a machine that dies would (the fault tests)."""
     import signal
-
-    from catalogue_search_dev.cluster import read_pid
 
     main = read_pid(layout.pid_file(name))
     if main is None:
