@@ -176,7 +176,8 @@ def test_an_unknown_conf_key_fails_the_first_task_on_its_first_try(world, misspe
     log = _log(misspelt)
     assert misspelt.returncode != 0
     assert "unknown conf key(s) 'shard'" in log
-    assert "valid Params are alias, allow_shrink, force_reencode, language_tag, max_products, shards" in log
+    valid = "alias, allow_quality_drop, allow_shrink, force_reencode, language_tag, max_products, shards"
+    assert f"valid Params are {valid}" in log
     assert "new_state=failed" in log and "up_for_retry" not in log.lower()  # AirflowFailException: no second try
     assert "listings, kept" not in log  # no shard was filtered: the run stopped at `plan`
     assert not world.indices()
