@@ -101,6 +101,9 @@ def test_a_trained_model_publishes_with_its_quality_in_meta_report_and_log(world
     log = _log(result)
     assert "text -> image" in log and f"{image:.4f}" in log
     assert "quality gate: no index is served yet" in log
+    # the title vectors the pipeline encoded (batch transform) are what a text query encodes to: 32 checked
+    assert "evaluated 200 titles in" in log and "32 encoded by the TEXT model" in log
+    assert "168 taken from the index's title vectors" in log
     assert quality.RANDOM_WEIGHTS_NOTE not in log
 
 
