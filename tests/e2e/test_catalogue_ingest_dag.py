@@ -83,7 +83,7 @@ def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
 def first_run(stack_env):
     env, settings, summary = stack_env
     result = _dags_test(env)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, testenv.run_failure(result)
     return result
 
 
@@ -146,7 +146,7 @@ def test_second_run_encodes_nothing_new_and_keeps_the_same_documents(stack_env, 
     client = index.client_from_settings(settings)
     before_index = list(client.indices.get_alias(name=settings.index_alias))
     result = _dags_test(env)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, testenv.run_failure(result)
     log = result.stdout + result.stderr
     assert "nothing new to encode" in log
     after_index = list(client.indices.get_alias(name=settings.index_alias))

@@ -45,7 +45,7 @@ def _log(result: subprocess.CompletedProcess) -> str:
 
 
 def _tail(result: subprocess.CompletedProcess) -> str:
-    return result.stdout[-6000:] + result.stderr[-3000:]
+    return testenv.run_failure(result)
 
 
 def _settings_of(client, name: str) -> dict:
