@@ -161,7 +161,7 @@ def query_endpoints_deploy():
                 endpoint_name=plan["endpoint_name"],
                 aws_conn_id=SETTINGS.aws_conn_id,
                 mode="reschedule",
-                poke_interval=30,
+                poke_interval=SETTINGS.endpoint_poll_seconds,
                 timeout=SETTINGS.timeout("endpoint").total_seconds(),
                 trigger_rule=TriggerRule.NONE_FAILED,
             )
@@ -181,7 +181,9 @@ def query_endpoints_teardown():
     def delete_endpoint(env: TaskEnv, encode_type: str) -> bool:
         from catalogue_search import endpoints
 
-        return endpoints.delete_endpoint(env.sagemaker, env.settings.endpoint_name(encode_type))
+        return endpoints.delete_endpoint(
+            env.sagemaker, env.settings.endpoint_name(encode_type), wait_delay=env.settings.endpoint_poll_seconds
+        )
 
     @catalogue_task(trigger_rule=TriggerRule.ALL_DONE)
     def delete_endpoint_configs(env: TaskEnv, encode_type: str) -> list[str]:

@@ -86,6 +86,8 @@ class Settings:
     endpoint_prefix: str = "catalogue-search"
     endpoint_memory_mb: int = 6144
     endpoint_max_concurrency: int = 5
+    # How often the deploy asks whether an endpoint is InService, and the tear-down whether it is gone.
+    endpoint_poll_seconds: int = 30
     # "local": encode queries in-process with the same handler; "endpoint": the SageMaker runtime.
     query_encoder: str = ""
     # The largest query image (the search page's upload), in bytes: at most 4,000,000, the most a

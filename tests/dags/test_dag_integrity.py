@@ -253,3 +253,15 @@ def test_the_index_asset_names_the_alias_and_no_host_and_something_consumes_it()
     consumers = [d for d in DAG_IDS if asset in getattr(dagbag().dags[d].timetable.asset_condition, "objects", [])]
     assert consumers == ["catalogue_smoke_test"]
     assert Asset(name=asset.name, uri=asset.uri) == asset  # what the consumer and the events name is one asset
+
+
+def test_the_endpoint_sensor_polls_at_the_settings_interval():
+    """Rescheduled between pokes (no worker held); every 2 s on the local stack, 30 s by default."""
+    from catalogue_search.settings import Settings
+
+    dag = dagbag().dags["query_endpoints_deploy"]
+    sensors = [t for t in dag.tasks if t.task_id.endswith("wait_in_service")]
+    assert sensors and {(s.mode, s.poke_interval) for s in sensors} == {
+        ("reschedule", Settings.from_env().endpoint_poll_seconds)
+    }
+    assert Settings().endpoint_poll_seconds == 30
