@@ -150,6 +150,7 @@ def test_ingest_dag_shape():
         "force_reencode",
         "allow_shrink",
         "allow_quality_drop",
+        "full_rebuild",
     }
     encode = dag.get_task("encode_images")
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
@@ -168,6 +169,7 @@ def test_ingest_dag_shape():
         "prepare_encoding",
         "encode_images",
         "record_embeddings",
+        "choose_build",
         "load_index",
         "finish_index",
         "validate_index",
@@ -182,6 +184,12 @@ def test_ingest_dag_shape():
     # record steps are single tasks.
     for mapped in ("copy_images", "load_index"):
         assert dag.get_task(mapped).is_mapped, mapped
+    # A run with nothing new stops at choose_build: no index, no publish (the clean-up still runs).
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    chooser = dag.get_task("choose_build")
+    assert isinstance(chooser, ShortCircuitOperator) and chooser.trigger_rule == "none_failed"
+    assert {"record_embeddings", "record_name_embeddings"} <= chooser.upstream_task_ids
     for single in ("record_copies", "finish_index", "validate_index", "swap_alias"):
         assert not dag.get_task(single).is_mapped, single
     # A start date in the past: once unpaused, a scheduler runs the latest weekly slot at once (tests/cluster).

@@ -3,11 +3,13 @@
 - `plan`: the Params checked once, and the `RunPlan` of what a run does.
 - `steps`: filter the listings, encode (one path for images and titles).
 - `copy`: copy the images, in parts that several workers share, then one record of them.
+- `delta`: what changed since the served index, and the build it needs (none, incremental, full).
 - `load`: load the index (in parts, then made servable once), validate it, report its near-duplicates.
 - `lifecycle`: publish (shrink guard, retention), clean up, roll back.
 """
 
 from catalogue_search.ingest.copy import copy_part, copy_run_images, part_range, record_copies
+from catalogue_search.ingest.delta import choose_build
 from catalogue_search.ingest.lifecycle import check_shrink, clean_up, publish, rollback, served_indices
 from catalogue_search.ingest.load import (
     finish_index,
@@ -32,6 +34,7 @@ __all__ = [
     "available_shards",
     "check_conf",
     "check_shrink",
+    "choose_build",
     "clean_up",
     "copy_part",
     "copy_run_images",

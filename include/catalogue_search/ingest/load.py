@@ -15,10 +15,11 @@ from typing import Any
 from catalogue_search import duplicates, encoding, index
 from catalogue_search.contract import JSON
 from catalogue_search.errors import PermanentError
+from catalogue_search.ingest import delta
 from catalogue_search.ingest.lifecycle import served_indices
 from catalogue_search.ingest.plan import RunPlan
 from catalogue_search.ingest.steps import products
-from catalogue_search.s3util import put_bytes
+from catalogue_search.s3util import get_or_none, put_bytes
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,13 @@ def load_part(settings: Settings, s3, client, plan: RunPlan, part: int, logger: 
     from catalogue_search.ingest.copy import part_range
 
     store, version, stored, by_path = _loadable(settings, s3, plan)
+    build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
+    if build["mode"] == delta.INCREMENTAL:  # the index is a clone of the served one: the changed products only
+        upsert = set(delta.read_delta(settings, s3, plan)["upsert"])
+        by_path = {path: kept for path, ps in by_path.items() if (kept := [p for p in ps if p["item_id"] in upsert])}
     chunks = sorted({stored.encoded[path][0] for path in by_path if path in stored.encoded})
+    if not chunks and build["mode"] == delta.INCREMENTAL:
+        return {"part": part, "index": plan.index, "indexed": 0, "title_vectors": 0, "chunks": 0}
     if not chunks:
         raise PermanentError(f"no product has an embedding for artifact {version}: nothing to index")
     mine = {chunks[i] for i in part_range(len(chunks), part, plan.parts)}
@@ -132,14 +139,17 @@ def finish_index(
             logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
     result = {"index": plan.index, "dropped_no_embedding": dropped, "artifact_version": version}
     result["dimension"] = next((p["dimension"] for p in parts if "dimension" in p), None)
+    build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
+    result["build"] = {k: build[k] for k in ("mode", "base_index") if k in build}
     if any(p.get("served") for p in parts):
         return {**result, "indexed": int(client.count(index=plan.index)["count"]), "served": True}
     index.finish_loading(client, plan.index, settings.index_replicas)
     indexed = sum(p["indexed"] for p in parts)
     logger.info(
-        "index %s: %d documents from %d load parts, %d replicas",
+        "index %s: %d documents %s from %d load parts, %d replicas",
         plan.index,
         indexed,
+        f"upserted into a clone of {build['base_index']}" if build["mode"] == delta.INCREMENTAL else "loaded",
         plan.parts,
         settings.index_replicas,
     )
@@ -182,22 +192,40 @@ def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[s
     )
 
 
+def _changed_since_served(settings: Settings, s3, plan: RunPlan, logger: logging.Logger):
+    """(item ids upserted, the served index's report) when only those need a duplicate check, else (None, None)."""
+    build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
+    if build["mode"] != delta.INCREMENTAL or not build.get("base_prefix"):
+        return None, None
+    raw = get_or_none(s3, settings.bucket, f"{build['base_prefix']}duplicates.json")
+    previous = None if raw is None else json.loads(raw)
+    if previous is None or "pairs" not in previous or previous["threshold"] != settings.duplicate_cosine_threshold:
+        logger.info("the served index %s has no reusable duplicate report: every image is checked", build["base_index"])
+        return None, None
+    return set(delta.read_delta(settings, s3, plan)["upsert"]), previous
+
+
 def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
     """The run's near-duplicate groups (same image id, or image vectors with cosine >= the
-    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log."""
+    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log.
+    After an incremental build only the added and updated products ask the index for their
+    neighbours; the pairs among the others come from the served index's report."""
     total = client.count(index=plan.index)["count"]
+    changed, previous = _changed_since_served(settings, s3, plan, logger)
     neighbours = None
-    if total > settings.duplicate_exact_max_products:
+    if changed is not None or total > settings.duplicate_exact_max_products:
         neighbours = duplicates.IndexNeighbours(
             client, plan.index, index.VECTOR_FIELD, k=settings.duplicate_neighbours, logger=logger
         )
     report = duplicates.find_duplicates(
-        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD),
+        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD, only=changed),
         total=total,
         threshold=settings.duplicate_cosine_threshold,
         block_rows=settings.duplicate_block_rows,
         logger=logger,
         neighbours=neighbours,
+        changed=changed,
+        previous=previous,
     )
     body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
     put_bytes(s3, settings.bucket, plan.duplicates_key, body, JSON)
