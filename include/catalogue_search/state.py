@@ -4,6 +4,7 @@
 state/<alias>/indices/<index>/listings_<shard>.jsonl  the products of each shard that <index> was built from
 state/<alias>/indices/<index>/state.json              language, shards, run and product count of <index>
 state/<alias>/indices/<index>/catalogue.json.gz       what <index> holds: artifact, mapping, digest per product
+state/<alias>/indices/<index>/duplicates.json.gz      its near-duplicate report (pairs reused by the next run)
 state/<alias>/served.json                             indices that served (were alias targets), oldest first
 ```
 
@@ -42,6 +43,10 @@ def manifest_key(settings: Settings, alias: str, index: str) -> str:
 
 def catalogue_key(settings: Settings, alias: str, index: str) -> str:
     return f"{index_prefix(settings, alias, index)}catalogue.json.gz"
+
+
+def duplicates_key(settings: Settings, alias: str, index: str) -> str:
+    return f"{index_prefix(settings, alias, index)}duplicates.json.gz"
 
 
 def write_catalogue(s3, settings: Settings, alias: str, index: str, record: dict[str, Any]) -> None:

@@ -35,7 +35,8 @@ class World:
 
     def run(self, conf: dict | None = None):
         result = _dags_test(self.env, json.dumps(conf or {}))
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        errors = [line for line in _log(result).splitlines() if "Error" in line or "error" in line][-20:]
+        assert result.returncode == 0, "\n".join(errors) + "\n" + result.stdout[-3000:]
         return result
 
     def target(self) -> str:

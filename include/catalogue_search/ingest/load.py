@@ -7,13 +7,14 @@ and its title vector.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import logging
 from typing import Any
 
-from catalogue_search import duplicates, encoding, index
-from catalogue_search.contract import JSON
+from catalogue_search import duplicates, encoding, index, state
+from catalogue_search.contract import GZIP, JSON
 from catalogue_search.errors import PermanentError
 from catalogue_search.ingest import delta
 from catalogue_search.ingest.lifecycle import served_indices
@@ -195,10 +196,10 @@ def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[s
 def _changed_since_served(settings: Settings, s3, plan: RunPlan, logger: logging.Logger):
     """(item ids upserted, the served index's report) when only those need a duplicate check, else (None, None)."""
     build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
-    if build["mode"] != delta.INCREMENTAL or not build.get("base_prefix"):
+    if build["mode"] != delta.INCREMENTAL:
         return None, None
-    raw = get_or_none(s3, settings.bucket, f"{build['base_prefix']}duplicates.json")
-    previous = None if raw is None else json.loads(raw)
+    raw = get_or_none(s3, settings.bucket, state.duplicates_key(settings, plan.alias, build["base_index"]))
+    previous = None if raw is None else json.loads(gzip.decompress(raw))
     if previous is None or "pairs" not in previous or previous["threshold"] != settings.duplicate_cosine_threshold:
         logger.info("the served index %s has no reusable duplicate report: every image is checked", build["base_index"])
         return None, None
@@ -229,6 +230,9 @@ def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: log
     )
     body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
     put_bytes(s3, settings.bucket, plan.duplicates_key, body, JSON)
+    # Beside the index's state (kept as long as the index, not the manifests): the next incremental run's pairs.
+    key = state.duplicates_key(settings, plan.alias, plan.index)
+    put_bytes(s3, settings.bucket, key, gzip.compress(body, mtime=0), GZIP)
     counts = report.counts
     logger.info(
         "near-duplicates: %d groups (%d same image id, %d near-identical vectors, cosine >= %.2f) holding %d of %d "
