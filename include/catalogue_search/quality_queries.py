@@ -39,8 +39,8 @@ CHECKED_TITLES = 32
 
 def title_encoder(settings: Settings, s3, version: str):
     """The TEXT handler of the artifact that encoded the index, and a batched encode of titles as queries."""
+    from catalogue_search.contract import parse_embeddings
     from catalogue_search.handler import load_handler_from_artifact
-    from catalogue_search.search import parse_embeddings
 
     handler = load_handler_from_artifact(settings.artifact_uri, TEXT, s3_client=s3, cache_dir=settings.model_cache)
     if handler.artifact_version != version:

@@ -95,8 +95,7 @@ def services() -> list[Service]:
         Service("moto", os.environ.get("CATSEARCH_AWS_ENDPOINT_URL", "http://127.0.0.1:5000"), "/moto-api/"),
         Service(
             "opensearch",
-            # The first node: the cluster stack (cluster.py) names all three, comma-separated.
-            os.environ.get("CATSEARCH_OPENSEARCH_URL", "http://127.0.0.1:9200").split(",")[0],
+            os.environ.get("CATSEARCH_OPENSEARCH_URL", "http://127.0.0.1:9200"),
             "/_cluster/health",
         ),
         Service("sagemaker", os.environ.get("CATSEARCH_SAGEMAKER_ENDPOINT_URL", "http://127.0.0.1:5100"), "/ping"),

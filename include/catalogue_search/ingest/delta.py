@@ -59,7 +59,7 @@ def fingerprint(settings: Settings, s3, plan: RunPlan) -> dict[str, Any]:
     for product in products(settings, s3, plan):
         encoded = images.encoded.get(product["path"])
         if encoded is None:
-            continue  # no image vector: not in the index (load_part drops it too)
+            continue  # no image vector: not in the index (load_index drops it too)
         fields = index.document(product, [], settings.model_name)
         fields.pop(index.VECTOR_FIELD)
         title = product.get("item_name")
