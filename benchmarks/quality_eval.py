@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", type=Path, default=None, help="model config JSON (non built-in models)")
     parser.add_argument("--reference", type=int, default=50, help="titles asked one by one through SearchClient")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("opensearch", "urllib3", "botocore", "root", "catalogue_search.handler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("catalogue_search").setLevel(logging.INFO)  # the step's own lines (timings, the table)
+    logging.getLogger("catalogue_search.handler").setLevel(logging.WARNING)
     import boto3
     import numpy as np
 

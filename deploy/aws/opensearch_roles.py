@@ -44,6 +44,10 @@ def roles(alias: str) -> dict[str, dict[str, Any]]:
                 "indices:data/write/bulk",  # the bulk load (a cluster action to the plugin)
                 "indices:data/read/scroll",  # the duplicate report scans the index ...
                 "indices:data/read/scroll/clear",  # ... and helpers.scan always clears its scroll
+                # The quality evaluation reads stored title vectors (_mget) and asks each product's
+                # queries in one _msearch, as do the duplicate report's index neighbours.
+                "indices:data/read/mget",
+                "indices:data/read/msearch",
             ],
             "index_permissions": [
                 {"index_patterns": [pattern], "allowed_actions": ["indices_all"]},

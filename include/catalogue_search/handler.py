@@ -74,6 +74,14 @@ def inference_code_path(model_dir: str | os.PathLike[str]) -> Path:
 
 
 @dataclass
+class Answer:
+    """One request's outcome in `invoke_many`: the body the container would send, or why it failed."""
+
+    body: bytes | None = None
+    error: Exception | None = None
+
+
+@dataclass
 class LoadedHandler:
     """An inference module plus the model its `load_model` returned."""
 
@@ -106,6 +114,57 @@ class LoadedHandler:
         """One request, exactly as the container would answer it."""
         body, _ = self.module.encode(self.model, payload, content_type, accept)
         return body
+
+    def invoke_many(
+        self, payloads: Sequence[bytes | str], content_type: str, accept: str = "application/json"
+    ) -> list[Answer]:
+        """Answer many small requests (queries, not chunks), sharing forward passes between them.
+
+        Each request is parsed and validated on its own, so a bad one gets its
+        own failed `Answer` while the others succeed; the good ones are stacked
+        into passes of at most `max_batch_size` rows. Each body equals what
+        `invoke` returns for that request (to float rounding).
+        """
+        import torch
+
+        mod = self.module
+        accept = mod.negotiate_accept(accept)
+        results = [Answer() for _ in payloads]
+        pending: list[tuple[int, Any, Any]] = []
+        rows = 0
+
+        def flush() -> None:
+            if not pending:
+                return
+            try:
+                vectors = mod.embed(torch.cat([inputs for _, _, inputs in pending]), self.model)
+            except Exception as exc:  # one broken pass fails only the requests in it
+                for index, _, _ in pending:
+                    results[index].error = exc
+            else:
+                offset = 0
+                for index, batch, inputs in pending:
+                    prediction = mod.Prediction(embeddings=vectors[offset : offset + len(inputs)], ids=batch.ids)
+                    results[index].body = mod.serialize(prediction, accept)
+                    offset += len(inputs)
+            pending.clear()
+
+        for index, payload in enumerate(payloads):
+            try:
+                batch = mod.parse_request(payload, content_type)
+                if batch.kind == "chunk":
+                    raise mod.InputError("invoke_many answers queries, not transform chunks")
+                inputs = mod.prepare(batch, self.model)
+            except Exception as exc:  # a malformed or refused request fails alone
+                results[index].error = exc
+                continue
+            if pending and rows + len(inputs) > self.max_batch_size:
+                flush()
+                rows = 0
+            pending.append((index, batch, inputs))
+            rows += len(inputs)
+        flush()
+        return results
 
     def _encode(self, items: Sequence[Any], kind: str) -> np.ndarray:
         chunks = []

@@ -36,7 +36,7 @@ VERSION_METADATA = "artifact-version"  # S3 user metadata key (x-amz-meta-artifa
 RANDOM_WEIGHTS_METADATA = "random-weights"  # "true" | "false" (x-amz-meta-random-weights)
 
 
-class ArtifactVersionError(PermanentError):
+class ArtifactVersionError(PermanentError, RuntimeError):
     """The model artifact's version cannot be read; the message says what to do."""
 
 

@@ -105,6 +105,14 @@ def measure(
     bucket, key = parse_s3_uri(settings.artifact_uri)
     head = s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}
     handler, encode = title_encoder(settings, s3, version)
+    mapping = client.indices.get_mapping(index=index_name)
+    properties = next(iter(mapping.values()))["mappings"].get("properties") or {}
+    dimension = (properties.get(index.VECTOR_FIELD) or {}).get("dimension")
+    if dimension is not None and dimension != handler.embed_dim:
+        raise PermanentError(
+            f"index {index_name} holds {dimension}-d vectors but the TEXT model of {settings.artifact_uri} encodes "
+            f"{handler.embed_dim}-d ones: its vectors did not come from this model, so its quality cannot be measured"
+        )
     clip_config = json.loads((handler.model_dir / "clip_config.json").read_text())
     weights = artifact_weights(head, clip_config)
     docs = [h["_source"] for h in helpers.scan(client, index=index_name, query={"_source": DOC_FIELDS}, size=1000)]

@@ -83,7 +83,7 @@ def stack_env(moto_url, sagemaker_url, opensearch_url, aws_env):
 def first_run(stack_env):
     env, settings, summary = stack_env
     result = _dags_test(env)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, testenv.run_failure(result)
     return result
 
 
@@ -147,7 +147,7 @@ def test_second_run_with_nothing_changed_publishes_nothing_and_leaves_the_alias(
     before_index = list(client.indices.get_alias(name=settings.index_alias))
     before_indices = {i["index"] for i in index.indices_for_alias(client, settings.index_alias)}
     result = _dags_test(env)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, testenv.run_failure(result)
     log = result.stdout + result.stderr
     assert "nothing new to encode" in log
     assert f"nothing changed since {before_index[0]}" in log and "nothing is published" in log

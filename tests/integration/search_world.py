@@ -203,6 +203,10 @@ def deployed(settings: Settings, encode_type: str, model_data_url: str | None = 
     sm.create_endpoint_config(**plan.endpoint_config)
     sm.create_endpoint(**plan.endpoint)
     try:
+        # Creating until its TorchServe container answers /ping, as on SageMaker.
+        sm.get_waiter("endpoint_in_service").wait(
+            EndpointName=plan.endpoint_name, WaiterConfig={"Delay": 1, "MaxAttempts": 300}
+        )
         yield plan.endpoint_name
     finally:
         sm.delete_endpoint(EndpointName=plan.endpoint_name)

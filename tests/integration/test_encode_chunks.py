@@ -43,15 +43,15 @@ def jpeg(seed: int) -> bytes:
     return out.getvalue()
 
 
-class FailOnce:
-    """The S3 client's next GetObject of `key` ends as it would once the client's own retries are spent:
-    S3 answers 503 SlowDown (`throttled`) or the read times out (`timed out`). Injected through botocore's
-    own `before-call` event, so the client raises its real exception; every other call goes to moto."""
+class FailTimes:
+    """The S3 client's next `times` GetObjects of `key` end as they would once the client's own retries are
+    spent: S3 answers 503 SlowDown (`throttled`) or the read times out (`timed out`). Injected through
+    botocore's own `before-call` event, so the client raises its real exception; every other call goes to moto."""
 
-    def __init__(self, client, key: str, fault: str) -> None:
-        self.client, self.key, self.fault, self.raised = client, key, fault, 0
+    def __init__(self, client, key: str, fault: str, times: int) -> None:
+        self.client, self.key, self.fault, self.times, self.raised = client, key, fault, times, 0
 
-    def __enter__(self) -> FailOnce:
+    def __enter__(self) -> FailTimes:
         self.client.meta.events.register("before-call.s3.GetObject", self._call)
         return self
 
@@ -62,7 +62,7 @@ class FailOnce:
         from botocore.awsrequest import AWSResponse
         from botocore.exceptions import ReadTimeoutError
 
-        if self.raised or not params["url"].endswith("/" + self.key):
+        if self.raised >= self.times or not params["url"].endswith("/" + self.key):
             return None
         self.raised += 1
         if self.fault == "timed out":
@@ -255,31 +255,33 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
 def test_a_read_that_fails_once_is_indexed_after_the_retry_and_never_recorded_as_a_bad_image(
     stack, s3, sagemaker_client, fault: str, recovery: str
 ):
-    """Issue 20: a passing S3 fault fails the chunk's request (SageMaker retries it, then the task's retries and
-    the next run); only the corrupt image is recorded as failed, and it stays so."""
+    """Issue 20: a passing S3 fault fails the chunk's request, never the image. SageMaker sends the request
+    again (InvocationsMaxRetries): a fault that passes by then costs nothing; one that outlasts the retries
+    fails the job, and the next run sends the image again. Only the corrupt image is recorded as failed."""
     settings, plan, images, client, cache = stack
     victim = "03/img3.jpg"
     request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
-    with FailOnce(s3, settings.images_prefix + victim, fault) as failing:
+    attempts = request["ModelClientConfig"]["InvocationsMaxRetries"] + 1
+    times = 1 if recovery == "retry" else attempts
+    with FailTimes(s3, settings.images_prefix + victim, fault, times) as failing:
         first = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
-    assert failing.raised == 1
-    # The victim's chunk failed as a request (SageMaker marks the job Failed too): no `.out`, no error record.
-    assert first.status == "Failed" and len(first.failed) == 1, first.as_dict()
-    assert "FetchError" in first.failed[0][1] and victim in first.failed[0][1]
-    assert victim not in dict(first.record_errors)
-    with pytest.raises(encoding.MissingOutputError):
-        ingest.record_embeddings(settings, s3, plan)
+    assert failing.raised == times
     version = encoding.read_plan(s3, encoding.Store(settings), plan.prefix).version
-    assert encoding.Catalogue.load(s3, encoding.Store(settings), version).errors == {}  # nothing recorded
-
-    if recovery == "next run":  # the DAG run failed; the next one sends the victim again
-        plan = copy_plan(settings, s3, plan, "run-2")
+    assert victim not in dict(first.record_errors)
+    if recovery == "next run":
+        # Every attempt at the victim's chunk failed as a request: the job is Failed, no `.out`, no error record.
+        assert first.status == "Failed" and len(first.failed) == 1, first.as_dict()
+        assert "HTTP 500" in first.failed[0][1] and f"{victim} could not be read" in first.failed[0][1]
+        with pytest.raises(encoding.MissingOutputError):
+            ingest.record_embeddings(settings, s3, plan)
+        assert encoding.Catalogue.load(s3, encoding.Store(settings), version).errors == {}  # nothing recorded
+        plan = copy_plan(settings, s3, plan, "run-2")  # the DAG run failed; the next one sends the victim again
         request = ingest.prepare_encoding(settings, s3, sagemaker_client, plan, IMAGE_URI)
         assert victim in {
             i for c in encoding.read_plan(s3, encoding.Store(settings), plan.prefix).chunks for i in c["ids"]
         }
-    again = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
-    assert again.status == "Completed", again.as_dict()
+        first = run_transform_job(request, s3_client=s3, sagemaker_client=sagemaker_client, cache_dir=cache)
+    assert first.status == "Completed", first.as_dict()
     summary = ingest.record_embeddings(settings, s3, plan)
     assert (summary["encoded"], summary["failed"]) == (N_GOOD, 2)  # the corrupt image and the missing one
     loaded = ingest.load_index(settings, s3, client, plan)

@@ -2,9 +2,9 @@
 
 What the deploy decides for an endpoint, what the tear-down deletes and what it
 reports as left over, with SageMaker's real requests, errors and name filters.
-moto creates every endpoint InService at once; where a test needs SageMaker to
-report an endpoint Failed or Updating, only that field of the real
-DescribeEndpoint answer is changed.
+The local server keeps an endpoint Creating until its container answers /ping,
+as SageMaker does; where a test needs SageMaker to report an endpoint Failed
+or Updating, only that field of the real DescribeEndpoint answer is changed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-
 
 
 class Reporting:
-    """The real client, except that DescribeEndpoint reports `status` (moto cannot fail or update an endpoint)."""
+    """The real client, except that DescribeEndpoint reports `status` (no failure or update is forced locally)."""
 
     def __init__(self, client, status: str) -> None:
         self._client, self._status = client, status
@@ -52,13 +52,15 @@ def test_the_deploy_creates_then_leaves_alone_then_updates(sagemaker, settings: 
     first = deploy(sagemaker, settings, TEXT, "v1")
     assert endpoints.endpoint_action(sagemaker, first.endpoint) == "create"
     sagemaker.create_endpoint(**first.endpoint)
-    assert endpoints.endpoint_action(sagemaker, first.endpoint) == "unchanged"
-    assert endpoints.endpoint_up_to_date(sagemaker, first.endpoint)
+    # No artifact is uploaded here, so the local container would end Failed: the status is set, the rest is real.
+    running = Reporting(sagemaker, "InService")
+    assert endpoints.endpoint_action(running, first.endpoint) == "unchanged"
+    assert endpoints.endpoint_up_to_date(running, first.endpoint)
 
     second = deploy(sagemaker, settings, TEXT, "v2")  # a rebuilt artifact: another config for the same endpoint
     assert second.endpoint["EndpointName"] == first.endpoint["EndpointName"]
-    assert endpoints.endpoint_action(sagemaker, second.endpoint) == "update"
-    assert not endpoints.endpoint_up_to_date(sagemaker, second.endpoint)
+    assert endpoints.endpoint_action(running, second.endpoint) == "update"
+    assert not endpoints.endpoint_up_to_date(running, second.endpoint)
 
 
 def test_a_failed_endpoint_is_deleted_so_that_it_can_be_created_again(sagemaker, settings: Settings):

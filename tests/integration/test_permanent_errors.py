@@ -43,4 +43,4 @@ def test_a_transform_output_that_is_not_the_pipeline_s_fails_at_once(settings, s
             encoding.parse_output(s3.get_object(Bucket=settings.bucket, Key="runs/r/out.npz")["Body"].read(), "x")
     with pytest.raises(AirflowFailException, match="prepare_encoding has not run"):
         with fail_fast():
-            encoding.read_plan(s3, settings, "manifests/never-run/")
+            encoding.read_plan(s3, encoding.Store(settings), "manifests/never-run/")

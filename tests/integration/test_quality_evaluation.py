@@ -178,3 +178,18 @@ def test_query_vectors_are_the_models_checked_against_the_index_title_vectors(in
     fallback = QueryVectors(client, name, other_text)
     assert vectors_close(fallback(docs), other_text([d["item_name"].strip() for d in docs]))
     assert fallback.encoded == 60 and fallback.stored == 0
+
+
+def test_an_index_of_vectors_of_another_dimension_is_a_clear_error(indexed):
+    """Vectors that did not come from the artifact's model (another width) cannot be measured: said, not crashed."""
+    settings, s3, client, name, products = indexed
+    meta = client.indices.get_mapping(index=name)[name]["mappings"]["_meta"]
+    other = f"{name}-wide"
+    body = index.index_body(settings, alias=settings.index_alias, dimension=64, run_key="r")
+    body["mappings"]["_meta"] = {**body["mappings"].get("_meta", {}), "artifact_version": meta["artifact_version"]}
+    client.indices.create(index=other, body=body)
+    try:
+        with pytest.raises(PermanentError, match="holds 64-d vectors but the TEXT model .* encodes 32-d ones"):
+            quality_gate.measure(settings, s3, client, other)
+    finally:
+        client.indices.delete(index=other, ignore_unavailable=True)

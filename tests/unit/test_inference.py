@@ -126,6 +126,28 @@ def test_a_batch_is_one_forward_pass(image_handler: LoadedHandler, text_handler:
     assert calls == ["image", "text"]
 
 
+def test_many_queries_share_passes_and_a_bad_one_fails_alone(text_handler: LoadedHandler):
+    """invoke_many (the quality evaluation's encoder) answers each query as invoke does, in fewer passes."""
+    from catalogue_search.contract import VECTOR_ATOL
+
+    titles = ["red shoe", "blue hat", "", "a lamp", "mug"] * 3
+    payloads = [json.dumps({"inputs": [t]}) for t in titles]
+    payloads[4] = "{not json"
+    calls = []
+    hook = text_handler.model.model.token_embedding.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        answers = text_handler.invoke_many(payloads, JSON)
+    finally:
+        hook.remove()
+    failed = {i for i, a in enumerate(answers) if a.error is not None}
+    assert failed == {i for i, t in enumerate(titles) if not t} | {4}
+    assert 0 < len(calls) < len(payloads) - len(failed)
+    for i in sorted(set(range(len(payloads))) - failed):
+        np.testing.assert_allclose(
+            vectors(answers[i].body), vectors(text_handler.invoke(payloads[i], JSON, JSON)), atol=VECTOR_ATOL
+        )
+
+
 def test_the_same_image_twice_gives_the_same_vector(image_handler: LoadedHandler):
     data = encoded(pattern(3), "JPEG")
     first = image_handler.invoke(data, X_IMAGE, JSON)

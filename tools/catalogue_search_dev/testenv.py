@@ -62,6 +62,13 @@ def unique_name_part() -> str:
 
 
 # --- Airflow home -----------------------------------------------------------------
+def run_failure(result: subprocess.CompletedProcess) -> str:
+    """Why an `airflow dags test` run failed: its error and traceback lines first (the log is long), then its end."""
+    log = (result.stdout or "") + (result.stderr or "")
+    why = [line for line in log.splitlines() if re.search(r"Error\b|Exception\b|exception|new_state=failed", line)]
+    return "\n".join(dict.fromkeys(why))[-6000:] + "\n--- the log's end ---\n" + log[-3000:]
+
+
 def _migrated_template() -> Path:
     """A metadata DB migrated once per Airflow version, under the cache (file-locked while built)."""
     from importlib.metadata import version
