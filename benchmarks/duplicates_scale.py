@@ -148,8 +148,73 @@ def measure(c, name: str, row: dict, args) -> dict:
     step = _timed("incremental", lambda: report(only=changed, neighbours=near, changed=changed, previous=previous), row)
     row.update(incremental_checked=step.checked, incremental_reused=step.reused_pairs)
     row["incremental_same_groups"] = _groups(step) == _groups(full)
+    builds(c, name, row, args)
     print("   " + json.dumps(row), flush=True)
     return row
+
+
+def builds(c, name: str, row: dict, args) -> None:
+    """The index side of the three builds: a no-op's fingerprint comparison, a 1% change applied to a
+    `_clone` (and, up to --reindex-max, to a `_reindex` with a query instead), beside the full load."""
+    import hashlib
+
+    import numpy as np
+
+    n = row["n"]
+    rng = np.random.default_rng(args.seed + 3)
+    changed = rng.choice(n, max(2, int(n * args.change)), replace=False)
+    removed, updated = changed[: len(changed) // 5], changed[len(changed) // 5 :]
+
+    def fingerprint() -> dict[str, str]:
+        out = {}
+        for i in range(n):
+            line = json.dumps([cm.product(i), f"etag-{i}", True], sort_keys=True)
+            out[cm.doc_id(i)] = hashlib.sha1(line.encode()).hexdigest()[:20]
+        return out
+
+    old = _timed("fingerprint", fingerprint, row)
+    new = dict(old)
+    _timed("compare", lambda: sum(1 for k in new if old.get(k) != new[k]) + len(set(old) - set(new)), row)
+    vectors = cm.unit_rows(cm.vectors("latent", len(updated), args.dim, seed=args.seed + 4))
+    docs = [index.document(cm.product(int(i)), v.tolist(), "bench") for i, v in zip(updated, vectors)]
+    ids = [cm.doc_id(int(i)) for i in removed]
+    target = f"{name}-clone"
+    try:
+
+        def apply_to_clone():
+            index.clone_index(c, name, target)
+            index.delete_documents(c, target, ids)
+            loaded = index.bulk_load(c, target, docs, total=len(docs), threads=2)
+            index.finish_loading(c, target, 0)
+            return loaded
+
+        _timed("clone_and_delta", apply_to_clone, row)
+        row["clone_count_ok"] = c.count(index=target)["count"] == n - len(removed)
+    finally:
+        c.indices.delete(index=target, ignore_unavailable=True)
+    if n <= args.reindex_max:
+        target = f"{name}-reindex"
+        try:
+
+            def reindex_with_query():
+                body = index.index_body(cm.settings(), alias="bench", dimension=args.dim, run_key=target)
+                c.indices.create(index=target, body=body)
+                skip = [cm.doc_id(int(i)) for i in changed]
+                query = {"bool": {"must_not": {"ids": {"values": skip}}}}
+                c.reindex(
+                    body={"source": {"index": name, "query": query}, "dest": {"index": target}},
+                    request_timeout=14400,
+                    refresh=False,
+                )
+                index.bulk_load(c, target, docs, total=len(docs), threads=2)
+                index.finish_loading(c, target, 0)
+
+            _timed("reindex_and_delta", reindex_with_query, row)
+        except Exception as exc:  # the integ-test node has no reindex module: POST /_reindex is refused
+            row["reindex_and_delta"] = f"unavailable: {exc}"
+            print(f"   reindex_and_delta: unavailable on this node: {exc}", flush=True)
+        finally:
+            c.indices.delete(index=target, ignore_unavailable=True)
 
 
 def interleaved(c, built: list, args) -> dict[int, float]:
@@ -180,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=float, default=0.05, help="share of products showing another's image")
     parser.add_argument("--near", type=float, default=0.01, help="share of products with a near-identical vector")
     parser.add_argument("--change", type=float, default=0.01, help="share of products changed (incremental)")
+    parser.add_argument("--reindex-max", type=int, default=150_000, help="largest size the _reindex is timed at")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)

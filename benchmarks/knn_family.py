@@ -29,6 +29,7 @@ from knn_recall import _parse_hnsw
 from catalogue_search import index
 from catalogue_search_dev.vector_sets import FAMILY, perturbed
 
+REFERENCE_SET = "latent32"
 REFERENCE_QUIET_P50_MS = 9.4  # latent32, m=16 / ef_construction=100, 75 candidates, quiet machine (BENCHMARKS.md)
 
 
@@ -88,7 +89,32 @@ def _rounds(c, name: str, queries, truth, candidates: list[int], reference, warm
     }
 
 
+def _measure(c, name: str, member, queries, truths, candidates, reference, row0: dict, payload: dict) -> None:
+    head = ("queries", "candidates", "recall@10", "p50 ms", "p95 ms", "took p50", "vs ref", "quiet est")
+    print("   " + " ".join(f"{h:>10}" for h in head) + "  load")
+    for kind, q in queries.items():
+        before = os.getloadavg()[0]
+        measured = _rounds(c, name, q, truths[kind], candidates, reference)
+        during = round((before + os.getloadavg()[0]) / 2, 1)
+        for cand, r in measured.items():
+            row = {"set": member.name, "latent": member.latent, "queries": kind, **row0}
+            row.update(candidates=cand, query_load_average=during, **r)
+            payload["results"].append(row)
+            cells = (r["recall"], r["p50_ms"], r["p95_ms"], r["took_p50_ms"], r["vs_reference"])
+            print(
+                f"   {kind:>10} {cand:>10} "
+                + " ".join(f"{v:>10.3f}" if i == 0 else f"{v:>10.1f}" for i, v in enumerate(cells))
+                + f" {r['quiet_estimate_ms']:>10.1f}  {during}",
+                flush=True,
+            )
+    payload["machine"] = cm.machine()
+
+
 def _member(c, s, member, args, candidates: list[int], reference, payload: dict) -> None:
+    """Build the member's index per HNSW setting (the reference's own when it is the reference set), measure
+    it as loaded and, for the --merge sets, again force-merged to one segment (one graph: the hardest case)."""
+    from contextlib import nullcontext
+
     data = member.vectors(args.n, args.dim, seed=args.seed)
     queries = {
         "fresh": member.vectors(args.queries, args.dim, seed=args.seed),  # same shape, other draws
@@ -97,28 +123,22 @@ def _member(c, s, member, args, candidates: list[int], reference, payload: dict)
     truths = {kind: cm.exact_top(data, q, 10) for kind, q in queries.items()}
     print(f"\n== {member.name}: {member.description}", flush=True)
     for m, efc in _parse_hnsw(args.hnsw):
-        with cm.bench_index(c, f"family-{member.name}-m{m}-ef{efc}") as name:
-            built = _build(c, s, name, data, m, efc, args.threads)
+        own = member.name == REFERENCE_SET and (m, efc) == (s.knn_m, s.knn_ef_construction)
+        own = own and member.name not in args.merge.split(",")
+        with nullcontext(reference[0]) if own else cm.bench_index(c, f"family-{member.name}-m{m}-ef{efc}") as name:
+            built = payload["reference"] if own else _build(c, s, name, data, m, efc, args.threads)
             print(f"-- m={m} ef_construction={efc}: {built}", flush=True)
-            head = ("queries", "candidates", "recall@10", "p50 ms", "p95 ms", "took p50", "vs ref", "quiet est")
-            print("   " + " ".join(f"{h:>10}" for h in head) + "  load")
-            for kind, q in queries.items():
-                before = os.getloadavg()[0]
-                measured = _rounds(c, name, q, truths[kind], candidates, reference)
-                during = round((before + os.getloadavg()[0]) / 2, 1)
-                for cand, r in measured.items():
-                    row = {"set": member.name, "latent": member.latent, "queries": kind, "n": args.n, "m": m}
-                    row.update(ef_construction=efc, candidates=cand, query_load_average=during, **built, **r)
-                    payload["results"].append(row)
-                    cells = (r["recall"], r["p50_ms"], r["p95_ms"], r["took_p50_ms"], r["vs_reference"])
-                    print(
-                        f"   {kind:>10} {cand:>10} "
-                        + " ".join(f"{v:>10.3f}" if i == 0 else f"{v:>10.1f}" for i, v in enumerate(cells))
-                        + f" {r['quiet_estimate_ms']:>10.1f}  {during}",
-                        flush=True,
-                    )
-            payload["machine"] = cm.machine()
+            row0 = {"n": args.n, "m": m, "ef_construction": efc, "merged": False, **built}
+            _measure(c, name, member, queries, truths, candidates, reference, row0, payload)
             cm.save_json(args.json, payload)
+            if member.name in args.merge.split(","):
+                started = time.perf_counter()
+                c.indices.forcemerge(index=name, max_num_segments=1, request_timeout=14400)
+                merge_s = round(time.perf_counter() - started)
+                print(f"-- force-merged to {cm.segments(c, name)} segment in {merge_s} s", flush=True)
+                row0 = {**row0, "merged": True, "segments": cm.segments(c, name), "merge_s": merge_s}
+                _measure(c, name, member, queries, truths, candidates, reference, row0, payload)
+                cm.save_json(args.json, payload)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw", default="16:100", help="m:ef_construction pairs")
     parser.add_argument("--candidates", default="75,150,300,600")
     parser.add_argument("--threads", type=int, default=2, help="parallel bulk requests while loading")
+    parser.add_argument("--merge", default="", help="sets also measured force-merged to one segment")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -140,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {cm.machine()}; OpenSearch {c.info()['version']['number']}, {cm.node_heap()}")
     payload: dict = {"benchmark": "knn-family", "args": vars(args), "results": []}
     with cm.bench_index(c, "family-reference") as ref_name:
-        ref_data = FAMILY["latent32"].vectors(args.n, args.dim, seed=args.seed)
+        ref_data = FAMILY[REFERENCE_SET].vectors(args.n, args.dim, seed=args.seed)
         ref_info = _build(c, s, ref_name, ref_data, s.knn_m, s.knn_ef_construction, args.threads)
-        reference = (ref_name, FAMILY["latent32"].vectors(args.queries, args.dim, seed=args.seed))
+        reference = (ref_name, FAMILY[REFERENCE_SET].vectors(args.queries, args.dim, seed=args.seed))
         del ref_data
         print(f"reference: latent32, m={s.knn_m} ef_construction={s.knn_ef_construction}, {ref_info}", flush=True)
         payload["reference"] = ref_info

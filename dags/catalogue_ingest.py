@@ -29,7 +29,15 @@ by text and by image, then points the read alias at it.
    FailureReason. **prepare_name_encoding** / **encode_names** /
    **record_name_embeddings** do the same for the product titles with the TEXT
    model.
-4. **load_index**: a new versioned index, bulk-loaded (documents keyed by `item_id`).
+4. **choose_build**: compares what the run's index would hold (artifact version,
+   mapping, a digest per product) with what the served index holds. Nothing changed:
+   the run stops here and says so (no index, no publish; the alias, the served index
+   and the retention stay as they are). Only products changed, by at most
+   `CATSEARCH_INCREMENTAL_MAX_CHANGE_PERCENT`: the run's index is a `_clone` of the
+   served one, the removed products are deleted from it, and **load_index** upserts
+   the added and updated ones only. Otherwise (a new artifact version or mapping, a
+   larger change, the `full_rebuild` Param) a full build (docs/across-weeks.md):
+   **load_index** bulk-loads a new versioned index (documents keyed by `item_id`).
 5. **validate_index**: the count, sampled products holding exactly their stored
    embedding, and ANN recall@10 against exact search; a failure leaves the alias alone.
    **evaluate_index**: search quality (recall@1/5/10 and MRR per mode and product
@@ -42,8 +50,9 @@ by text and by image, then points the read alias at it.
    index Asset (`catalogue-search-index/<alias>`, through the asset alias
    `catalogue-search-index`) naming the alias and the index it now serves.
 7. **report_duplicates** (beside the swap): groups of near-duplicate products (same
-   image id, or image vectors with cosine >= the threshold) as a JSON report in the
-   run's prefix of the project bucket, counts in the log.
+   image id, or image vectors with cosine >= the threshold, found through the k-NN
+   index) as a JSON report in the run's prefix of the project bucket, counts in the
+   log; after an incremental build only the changed products are checked.
 8. **clean_up** (teardown, runs whatever happened): removes the indices of the
    alias that never served, this run's included when it failed.
 
@@ -90,6 +99,11 @@ PARAMS = {
         False,
         type="boolean",
         description="Publish even when the catalogue shrinks by more than CATSEARCH_SHRINK_GUARD_PERCENT.",
+    ),
+    "full_rebuild": Param(
+        False,
+        type="boolean",
+        description="Build the index in full even when nothing or only a few products changed.",
     ),
     "allow_quality_drop": Param(
         False,
@@ -179,7 +193,15 @@ def catalogue_ingest():
 
         return ingest.record_name_embeddings(env.settings, env.s3, env.plan)
 
-    @catalogue_task("load", trigger_rule="none_failed")
+    @catalogue_task("load", short_circuit=True, ignore_downstream_trigger_rules=False, trigger_rule="none_failed")
+    def choose_build(env: TaskEnv, run_plan: dict) -> dict | None:
+        from catalogue_search import ingest
+
+        full = bool(env.params.get("full_rebuild", False))
+        build = ingest.choose_build(env.settings, env.s3, env.opensearch, env.plan, full_rebuild=full)
+        return None if build["mode"] == "noop" else build  # nothing changed: the rest of the run is skipped
+
+    @catalogue_task("load")
     def load_index(env: TaskEnv, run_plan: dict) -> dict:
         from catalogue_search import ingest
 
@@ -237,6 +259,7 @@ def catalogue_ingest():
     name_config = prepare_name_encoding(run_plan)
     encode_names = _transform("encode_names", name_config)
     names_recorded = record_name_embeddings(run_plan)
+    built = choose_build(run_plan)
     loaded = load_index(run_plan)
     validated = validate_index(run_plan, loaded)
     evaluated = evaluate_index(run_plan)
@@ -247,6 +270,7 @@ def catalogue_ingest():
         [config, name_config],
         [encode_images, encode_names],
         [recorded, names_recorded],
+        built,
         loaded,
         validated,
         evaluated,

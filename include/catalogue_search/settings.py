@@ -115,6 +115,10 @@ class Settings:
     # Refuse to move the alias when the new index holds more than this percentage
     # fewer documents than the live one (the `allow_shrink` Param overrides it for one run).
     shrink_guard_percent: int = 10
+    # A run whose products changed by at most this percentage of the served catalogue (added + updated
+    # + removed) builds its index from a clone of the served one and applies the delta; above, it
+    # rebuilds in full (docs/across-weeks.md).
+    incremental_max_change_percent: float = 20.0
     # Validation: products whose indexed vector must equal their stored embedding
     # (exact, filtered k-NN), and queries of the ANN recall@10 check against exact search.
     validation_sample: int = 20

@@ -3,6 +3,8 @@
 ```
 state/<alias>/indices/<index>/listings_<shard>.jsonl  the products of each shard that <index> was built from
 state/<alias>/indices/<index>/state.json              language, shards, run and product count of <index>
+state/<alias>/indices/<index>/catalogue.json.gz       what <index> holds: artifact, mapping, digest per product
+state/<alias>/indices/<index>/duplicates.json.gz      its near-duplicate report (pairs reused by the next run)
 state/<alias>/served.json                             indices that served (were alias targets), oldest first
 ```
 
@@ -18,7 +20,7 @@ import json
 from typing import Any
 
 from catalogue_search import catalogue
-from catalogue_search.contract import JSON, JSONLINES
+from catalogue_search.contract import GZIP, JSON, JSONLINES
 from catalogue_search.s3util import get_bytes, get_or_none, list_objects, put_bytes
 from catalogue_search.settings import Settings
 
@@ -37,6 +39,30 @@ def shard_key(settings: Settings, alias: str, index: str, shard: str) -> str:
 
 def manifest_key(settings: Settings, alias: str, index: str) -> str:
     return f"{index_prefix(settings, alias, index)}state.json"
+
+
+def catalogue_key(settings: Settings, alias: str, index: str) -> str:
+    return f"{index_prefix(settings, alias, index)}catalogue.json.gz"
+
+
+def duplicates_key(settings: Settings, alias: str, index: str) -> str:
+    return f"{index_prefix(settings, alias, index)}duplicates.json.gz"
+
+
+def write_catalogue(s3, settings: Settings, alias: str, index: str, record: dict[str, Any]) -> None:
+    """What `index` holds (`ingest.delta.fingerprint`): the next run compares its own with it."""
+    import gzip
+
+    body = gzip.compress(json.dumps(record, separators=(",", ":"), sort_keys=True).encode(), mtime=0)
+    put_bytes(s3, settings.bucket, catalogue_key(settings, alias, index), body, GZIP)
+
+
+def read_catalogue(s3, settings: Settings, alias: str, index: str) -> dict[str, Any] | None:
+    """The record `write_catalogue` wrote for `index`, or None (an index built before records were kept)."""
+    import gzip
+
+    raw = get_or_none(s3, settings.bucket, catalogue_key(settings, alias, index))
+    return None if raw is None else json.loads(gzip.decompress(raw))
 
 
 def served_key(settings: Settings, alias: str) -> str:

@@ -104,6 +104,7 @@ print(json.dumps({{d: [dags[d].dagrun_timeout.total_seconds(), {{t.task_id: t.ex
         "prepare_encoding": "task",
         "encode_images": "transform",
         "encode_names": "transform",
+        "choose_build": "load",
         "load_index": "load",
         "validate_index": "validate",
         "report_duplicates": "validate",
@@ -147,6 +148,7 @@ def test_ingest_dag_shape():
         "force_reencode",
         "allow_shrink",
         "allow_quality_drop",
+        "full_rebuild",
     }
     encode = dag.get_task("encode_images")
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
@@ -164,6 +166,7 @@ def test_ingest_dag_shape():
         "prepare_encoding",
         "encode_images",
         "record_embeddings",
+        "choose_build",
         "load_index",
         "validate_index",
         "evaluate_index",
@@ -175,6 +178,12 @@ def test_ingest_dag_shape():
     assert dag.get_task("swap_alias").outlets == [AssetAlias("catalogue-search-index")]
     # runs when the encode step was skipped (nothing new): it still writes the run report
     assert dag.get_task("record_embeddings").trigger_rule == "none_failed"
+    # A run with nothing new stops at choose_build: no index, no publish (the clean-up still runs).
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    chooser = dag.get_task("choose_build")
+    assert isinstance(chooser, ShortCircuitOperator) and chooser.trigger_rule == "none_failed"
+    assert {"record_embeddings", "record_name_embeddings"} <= chooser.upstream_task_ids
     # The clean-up runs whatever happened (a teardown: ALL_DONE semantics) and never decides the run's state.
     clean_up = dag.get_task("clean_up")
     assert clean_up.is_teardown and "clean_up" in dag.get_task("swap_alias").downstream_task_ids

@@ -3,8 +3,8 @@
 Real Airflow, real OpenSearch, moto for S3 and the SageMaker control plane, the
 local SageMaker server for the data plane: the provider's SageMakerTransformOperator
 creates the job, defers (Airflow runs its trigger inline in `dags test`), and the
-server's local runner writes the outputs. Two runs: the second must leave the
-same documents and encode nothing new. A job that fails fails the task. Airflow
+server's local runner writes the outputs. Two runs: the second, with nothing
+changed, encodes nothing, builds no index and leaves the alias where it was. A job that fails fails the task. Airflow
 runs in the test session's own AIRFLOW_HOME (tests/conftest.py): the user's DB
 gets no run, asset event or DAG version from here.
 """
@@ -141,19 +141,20 @@ def test_an_image_finds_its_own_product_first(stack_env, first_run):
         assert all("embedding" not in h.as_dict() for h in hits)
 
 
-def test_second_run_encodes_nothing_new_and_keeps_the_same_documents(stack_env, first_run):
+def test_second_run_with_nothing_changed_publishes_nothing_and_leaves_the_alias(stack_env, first_run):
     env, settings, summary = stack_env
     client = index.client_from_settings(settings)
     before_index = list(client.indices.get_alias(name=settings.index_alias))
+    before_indices = {i["index"] for i in index.indices_for_alias(client, settings.index_alias)}
     result = _dags_test(env)
     assert result.returncode == 0, testenv.run_failure(result)
     log = result.stdout + result.stderr
     assert "nothing new to encode" in log
-    after_index = list(client.indices.get_alias(name=settings.index_alias))
-    assert after_index != before_index  # a new versioned index behind the same alias
+    assert f"nothing changed since {before_index[0]}" in log and "nothing is published" in log
+    assert "documents loaded" not in log  # no index was built
+    assert list(client.indices.get_alias(name=settings.index_alias)) == before_index  # the alias did not move
+    assert {i["index"] for i in index.indices_for_alias(client, settings.index_alias)} == before_indices
     assert _all_ids(client, settings.index_alias) == set(summary.clean_item_ids)
-    # The previous index is kept for rollback (retention 1).
-    assert client.indices.exists(index=before_index[0])
 
 
 def test_every_title_is_encoded_and_finds_its_product(stack_env, first_run):

@@ -7,11 +7,11 @@ file order, each step a fixture that builds on the one before:
 1. a full run publishes index A (every clean product);
 2. shard 0's listing changes (a product added, one renamed, one removed), and a
    backfill of shard 0 on the default alias publishes B: the whole catalogue,
-   with shard 0's changes;
+   with shard 0's changes, built incrementally from a clone of A;
 3. re-running B's finished `load_index` leaves the served index as it was;
 4. a full run whose index would be half the size is refused by the shrink guard;
 5. a run that fails validation leaves no index behind;
-6. a full run publishes E; B, served before the two failed runs, is kept (retention 1);
+6. a full rebuild (`full_rebuild`) publishes E; B, served before the two failed runs, is kept (retention 1);
 7. the rollback DAG moves the alias back to B;
 8. the search smoke test (the index Asset's consumer) passes on the alias.
 
@@ -176,7 +176,7 @@ def test_an_unknown_conf_key_fails_the_first_task_on_its_first_try(world, misspe
     log = _log(misspelt)
     assert misspelt.returncode != 0
     assert "unknown conf key(s) 'shard'" in log
-    valid = "alias, allow_quality_drop, allow_shrink, force_reencode, language_tag, max_products, shards"
+    valid = "alias, allow_quality_drop, allow_shrink, force_reencode, full_rebuild, language_tag, max_products, shards"
     assert f"valid Params are {valid}" in log
     assert "new_state=failed" in log and "up_for_retry" not in log.lower()  # AirflowFailException: no second try
     assert "listings, kept" not in log  # no shard was filtered: the run stopped at `plan`
@@ -258,6 +258,7 @@ def test_a_backfill_of_one_shard_publishes_the_whole_catalogue_with_its_changes(
     assert names[backfill["added"]] == "A product added between runs"
     log = _log(backfill["result"])
     assert "keeps shards 1 as published" in log
+    assert "build: incremental (only products changed): 1 added, 1 updated, 1 removed" in log
     assert world.os.indices.exists(index=run_a)  # the previous served index, for rollback
 
 
@@ -331,8 +332,9 @@ def test_a_run_that_would_halve_the_catalogue_is_refused(world, backfill, shrink
 @pytest.fixture(scope="module")
 def invalid(world, shrink):
     before = world.indices()
-    # An impossible recall floor: validation fails like it would on a broken index.
-    return world.run(CATSEARCH_MIN_RECALL_PERCENT="101"), before
+    # An impossible recall floor: validation fails like it would on a broken index (a full build:
+    # the catalogue is B's, so without the Param the run would build and publish nothing).
+    return world.run({"full_rebuild": True}, CATSEARCH_MIN_RECALL_PERCENT="101"), before
 
 
 def test_a_run_that_fails_validation_leaves_no_index_behind(world, backfill, invalid):
@@ -349,7 +351,7 @@ def test_a_run_that_fails_validation_leaves_no_index_behind(world, backfill, inv
 
 @pytest.fixture(scope="module")
 def run_e(world, invalid):
-    result = world.run()
+    result = world.run({"full_rebuild": True})
     assert result.returncode == 0, _tail(result)
     return world.target()
 

@@ -8,6 +8,7 @@ the index passed validation.
 - `client`: the OpenSearch client.
 - `mapping`: the index's name, settings, mapping and documents.
 - `build`: create, bulk-load, make servable.
+- `clone`: a run's index cloned from the served one, its delta deleted.
 - `queries`: k-NN, BM25 and exact query bodies.
 - `validation`: count, self-match and ANN recall checks.
 - `aliases`: the read alias and index deletion.
@@ -16,6 +17,7 @@ the index passed validation.
 from catalogue_search.index.aliases import alias_targets, delete_index, indices_for_alias, live_count, swap_alias
 from catalogue_search.index.build import LoadReport, bulk_load, create_index, finish_loading
 from catalogue_search.index.client import RETRY_STATUSES, client_from_settings, make_client
+from catalogue_search.index.clone import clone_index, delete_documents, set_meta
 from catalogue_search.index.mapping import (
     LOWERCASE_NORMALIZER,
     MAX_INDEX_NAME_BYTES,
@@ -62,7 +64,9 @@ __all__ = [
     "ann_recall",
     "bulk_load",
     "client_from_settings",
+    "clone_index",
     "create_index",
+    "delete_documents",
     "delete_index",
     "document",
     "exact_query",
@@ -75,6 +79,7 @@ __all__ = [
     "make_client",
     "sample_ids",
     "self_match_query",
+    "set_meta",
     "swap_alias",
     "title_analysis",
     "title_query",

@@ -7,18 +7,20 @@ and its title vector.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import logging
 from typing import Any
 
-from catalogue_search import duplicates, encoding, index
-from catalogue_search.contract import JSON
+from catalogue_search import duplicates, encoding, index, state
+from catalogue_search.contract import GZIP, JSON
 from catalogue_search.errors import PermanentError
+from catalogue_search.ingest import delta
 from catalogue_search.ingest.lifecycle import served_indices
 from catalogue_search.ingest.plan import RunPlan
 from catalogue_search.ingest.steps import products
-from catalogue_search.s3util import put_bytes
+from catalogue_search.s3util import get_or_none, put_bytes
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,21 +64,37 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
             reason = stored.errors.get(path, ("", "no embedding in the store"))[1]
             logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
     loaded = [p for p in items if p["path"] in stored.encoded]
-    ready = len(loaded)
-    if not ready:
+    if not loaded:
         raise PermanentError(f"no product has an embedding for artifact {version}: nothing to index")
-    vectors = encoding.iter_vectors(s3, store, stored, by_path)
-    first_path, first_vector = next(vectors)
+    build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
+    if build["mode"] == delta.INCREMENTAL:  # the index is a clone of the served one: the changed products only
+        upsert = set(delta.read_delta(settings, s3, plan)["upsert"])
+        loaded = [p for p in loaded if p["item_id"] in upsert]
+    to_load: dict[str, list[dict[str, Any]]] = {}
+    for p in loaded:
+        to_load.setdefault(p["path"], []).append(p)
+    ready = len(loaded)
+    result = {"index": plan.index, "dropped_no_embedding": dropped, "artifact_version": version}
+    result["build"] = {k: build[k] for k in ("mode", "base_index") if k in build}
+    vectors = encoding.iter_vectors(s3, store, stored, to_load)
+    first_path, first_vector = next(vectors, (None, None))
+    if first_vector is None:  # an incremental run that only removed products: the clone is the index
+        index.finish_loading(client, plan.index, settings.index_replicas)
+        return {**result, "indexed": 0, "title_vectors": 0}
     dimension = int(first_vector.shape[0])
+    result["dimension"] = dimension
     body = index.index_body(settings, alias=plan.alias, dimension=dimension, run_key=plan.run_key)
     body["mappings"]["_meta"]["artifact_version"] = version
     created = index.create_index(client, plan.index, body, served=served_indices(settings, s3, client, plan.alias))
     logger.info("index %s: %s", plan.index, created)
-    result = {"index": plan.index, "dropped_no_embedding": dropped, "dimension": dimension, "artifact_version": version}
     if created == "served":
         # A rerun of a finished run: the index serves (or served) readers and is never modified.
         logger.info("index %s has served alias %s: left unchanged, nothing loaded", plan.index, plan.alias)
         return {**result, "indexed": int(client.count(index=plan.index)["count"]), "served": True}
+    if build["mode"] == delta.INCREMENTAL:
+        logger.info(
+            "%d added or updated products upserted into %s, cloned from %s", ready, plan.index, build["base_index"]
+        )
 
     titled = 0
 
@@ -84,7 +102,7 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
         nonlocal titled
         for path, vector in itertools.chain([(first_path, first_vector)], vectors):
             row = vector.tolist()
-            for product in by_path[path]:
+            for product in to_load[path]:
                 name_vector = titles.get(product.get("item_name"))
                 titled += name_vector is not None
                 yield index.document(product, row, settings.model_name, name_vector)
@@ -137,25 +155,46 @@ def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[s
     )
 
 
+def _changed_since_served(settings: Settings, s3, plan: RunPlan, logger: logging.Logger):
+    """(item ids upserted, the served index's report) when only those need a duplicate check, else (None, None)."""
+    build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
+    if build["mode"] != delta.INCREMENTAL:
+        return None, None
+    raw = get_or_none(s3, settings.bucket, state.duplicates_key(settings, plan.alias, build["base_index"]))
+    previous = None if raw is None else json.loads(gzip.decompress(raw))
+    if previous is None or "pairs" not in previous or previous["threshold"] != settings.duplicate_cosine_threshold:
+        logger.info("the served index %s has no reusable duplicate report: every image is checked", build["base_index"])
+        return None, None
+    return set(delta.read_delta(settings, s3, plan)["upsert"]), previous
+
+
 def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
     """The run's near-duplicate groups (same image id, or image vectors with cosine >= the
-    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log."""
+    threshold), read from the run's index: a JSON report in the run's prefix, counts in the log.
+    After an incremental build only the added and updated products ask the index for their
+    neighbours; the pairs among the others come from the served index's report."""
     total = client.count(index=plan.index)["count"]
+    changed, previous = _changed_since_served(settings, s3, plan, logger)
     neighbours = None
-    if total > settings.duplicate_exact_max_products:
+    if changed is not None or total > settings.duplicate_exact_max_products:
         neighbours = duplicates.IndexNeighbours(
             client, plan.index, index.VECTOR_FIELD, k=settings.duplicate_neighbours, logger=logger
         )
     report = duplicates.find_duplicates(
-        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD),
+        duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD, only=changed),
         total=total,
         threshold=settings.duplicate_cosine_threshold,
         block_rows=settings.duplicate_block_rows,
         logger=logger,
         neighbours=neighbours,
+        changed=changed,
+        previous=previous,
     )
     body = json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode()
     put_bytes(s3, settings.bucket, plan.duplicates_key, body, JSON)
+    # Beside the index's state (kept as long as the index, not the manifests): the next incremental run's pairs.
+    key = state.duplicates_key(settings, plan.alias, plan.index)
+    put_bytes(s3, settings.bucket, key, gzip.compress(body, mtime=0), GZIP)
     counts = report.counts
     logger.info(
         "near-duplicates: %d groups (%d same image id, %d near-identical vectors, cosine >= %.2f) holding %d of %d "
