@@ -1,8 +1,9 @@
 """The fine-tune's data: the published catalogue's (image, title) pairs, split by product.
 
-The published catalogue is the state of the index the alias serves
-(`state.py`): its per-shard product lists. Each product is one pair, its
-image in the project bucket (`images_prefix` + `path`). The split is by
+The published catalogue is what the alias serves: the documents of its index
+(the products whose image was copied and encoded; the per-shard state lists
+also hold those the run dropped). Each product is one pair, its image in the
+project bucket (`images_prefix` + `path`, the document's `image_path`). The split is by
 product, seeded and stratified by product type: within each type the
 products are ordered by a hash of (seed, item_id) and cut into test,
 validation and train, so a product is in exactly one part, a test product is
@@ -23,7 +24,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from catalogue_search import index, state
+from catalogue_search import index
 from catalogue_search.contract import JSON, JSONLINES
 from catalogue_search.errors import PermanentError
 from catalogue_search.s3util import put_bytes
@@ -40,17 +41,18 @@ def finetune_prefix(settings: Settings, run_key: str) -> str:
     return f"{settings.run_prefix(run_key)}finetune/"
 
 
-def published_products(settings: Settings, s3, client, alias: str) -> tuple[str, list[dict[str, Any]]]:
-    """(index, products) of the catalogue `alias` serves, from the index's per-shard state lists."""
+def published_products(client, alias: str) -> tuple[str, list[dict[str, Any]]]:
+    """(index, products) of the catalogue `alias` serves: its index's documents, in ABO's names."""
+    from opensearchpy import helpers
+
     targets = index.alias_targets(client, alias)
     if not targets:
         raise PermanentError(f"alias {alias} serves no index: publish the catalogue (catalogue_ingest) first")
     served = targets[0]
-    manifest = state.read_manifest(s3, settings, alias, served)
-    if manifest is None:
-        raise PermanentError(f"index {served} of alias {alias} has no state record: re-index with catalogue_ingest")
-    products = [p for shard in manifest["shards"] for p in state.read_shard(s3, settings, alias, served, shard)]
-    return served, products
+    fields = ["item_id", "item_name", "product_type", "image_id", "image_path"]
+    docs = [h["_source"] for h in helpers.scan(client, index=served, query={"_source": fields}, size=1000)]
+    products = [{**{k: v for k, v in d.items() if k != "image_path"}, "path": d.get("image_path")} for d in docs]
+    return served, sorted((p for p in products if p["path"]), key=lambda p: p["item_id"])
 
 
 def _order(seed: int, item_id: str) -> str:
@@ -119,7 +121,7 @@ def export_pairs(
     logger: logging.Logger = log,
 ) -> Snapshot:
     """Split the published catalogue of `alias` and write the parts as JSON Lines (see the module docstring)."""
-    served, products = published_products(settings, s3, client, alias)
+    served, products = published_products(client, alias)
     parts = split(products, seed=seed, test=test, validation=validation)
     if len(parts["train"]) < 2 or len(parts["test"]) < 2:
         raise PermanentError(f"{len(products)} products in {served}: too few to train on and test")
