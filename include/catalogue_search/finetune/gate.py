@@ -74,28 +74,26 @@ def measure_both(settings: Settings, s3, base_uri: str, tuned_uri: str, test_uri
     bucket, key = parse_s3_uri(test_uri)
     pairs = catalogue.from_jsonl(get_bytes(s3, bucket, key))
     images = [get_bytes(s3, *parse_s3_uri(p["image"])) for p in pairs]
+    models = {"base": base_uri, "tuned": tuned_uri}
+    return measure_pairs(settings, s3, models, pairs, images, logger)
+
+
+def measure_pairs(
+    settings: Settings, s3, models: dict[str, str], pairs: list[dict], images: list[bytes], logger=log
+) -> dict[str, Any]:
+    """Text -> image figures of each of `models` (name -> artifact) on the same `pairs` and image bytes."""
     titles = [p["item_name"].strip() for p in pairs]
-    figures: dict[str, Any] = {}
-    for _ in range(3):  # a product either model refuses leaves for both; at most twice more
+    for _ in range(3):  # a product any model refuses leaves for all; at most twice more
         try:
-            ranks = {
-                name: text_to_image(settings, s3, uri, images, titles)
-                for name, uri in (("base", base_uri), ("tuned", tuned_uri))
-            }
+            ranks = {name: text_to_image(settings, s3, uri, images, titles) for name, uri in models.items()}
             break
         except _Refused as refused:
-            logger.warning(
-                "left out of the test: %s (a model refused the image or title)",
-                [pairs[i]["item_id"] for i in refused.rows],
-            )
-            drop = set(refused.rows)
-            pairs = [p for i, p in enumerate(pairs) if i not in drop]
-            images = [b for i, b in enumerate(images) if i not in drop]
-            titles = [t for i, t in enumerate(titles) if i not in drop]
+            logger.warning("left out of the test (a model refused it): %s", [pairs[i]["item_id"] for i in refused.rows])
+            keep = [i for i in range(len(pairs)) if i not in set(refused.rows)]
+            pairs, images, titles = [pairs[i] for i in keep], [images[i] for i in keep], [titles[i] for i in keep]
     else:
         raise PermanentError("the models kept refusing test products: nothing comparable to measure")
-    for name, found in ranks.items():
-        figures[name] = quality.metrics(found)
+    figures = {name: quality.metrics(found) for name, found in ranks.items()}
     return {"test_products": len(pairs), "chance": quality.chance(len(pairs)), **figures}
 
 
