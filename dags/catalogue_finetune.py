@@ -78,7 +78,7 @@ def _training(config) -> SageMakerTrainingOperator:
 @dag(
     dag_id="catalogue_finetune",
     schedule=SETTINGS.finetune_schedule or None,
-    **dag_args(SETTINGS),
+    **dag_args(SETTINGS, "finetune_dagrun"),
     tags=["catalogue-search", "fine-tuning", "sagemaker"],
     doc_md=DOC,
     params=PARAMS,

@@ -173,6 +173,7 @@ class Settings:
     endpoint_timeout_s: int = 2700  # wait_in_service: an endpoint reaching InService
     # A run that has not finished by then fails (and stops holding its max_active_runs slot).
     ingest_dagrun_timeout_s: int = 24 * 3600
+    finetune_dagrun_timeout_s: int = 24 * 3600  # catalogue_finetune: export, training job, evaluation
     dagrun_timeout_s: int = 3 * 3600  # every other DAG
 
     # --- Ingestion -----------------------------------------------------------
