@@ -30,6 +30,7 @@ import numpy as np
 from catalogue_search import catalogue, quality
 from catalogue_search.contract import IMAGE, JSON, TEXT, X_IMAGE, parse_embeddings
 from catalogue_search.errors import PermanentError
+from catalogue_search.finetune.package import copy_artifact
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.model_artifact import read_artifact_metadata
 from catalogue_search.s3util import get_bytes, parse_s3_uri, put_bytes
@@ -137,20 +138,14 @@ def promote(settings: Settings, s3, *, tuned_uri: str, base_version: str, logger
             f"{settings.artifact_uri} is version {serving.version}, not the base {base_version} this run was "
             "measured against (another model was promoted meanwhile): fine-tune again from it"
         )
-    bucket, key = parse_s3_uri(settings.artifact_uri)
-    previous = f"{settings.models_prefix}{settings.model_slug}/previous/{serving.version}/model.tar.gz"
-    s3.copy_object(Bucket=bucket, Key=previous, CopySource={"Bucket": bucket, "Key": key})
-    tuned_bucket, tuned_key = parse_s3_uri(tuned_uri)
-    s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": tuned_bucket, "Key": tuned_key})
+    bucket, _ = parse_s3_uri(settings.artifact_uri)
+    previous = f"s3://{bucket}/{settings.models_prefix}{settings.model_slug}/previous/{serving.version}/model.tar.gz"
+    copy_artifact(s3, settings.artifact_uri, previous)
+    copy_artifact(s3, tuned_uri, settings.artifact_uri)
     logger.info(
-        "promoted %s (version %s) to %s; the previous artifact is at s3://%s/%s",
-        tuned_uri,
-        tuned.version,
-        settings.artifact_uri,
-        bucket,
-        previous,
+        "promoted %s (%s) to %s; the previous is at %s", tuned_uri, tuned.version, settings.artifact_uri, previous
     )
-    return {"artifact_uri": settings.artifact_uri, "version": tuned.version, "previous": f"s3://{bucket}/{previous}"}
+    return {"artifact_uri": settings.artifact_uri, "version": tuned.version, "previous": previous}
 
 
 def write_report(settings: Settings, s3, key: str, report: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from catalogue_search.contract import GZIP
 from catalogue_search.errors import PermanentError
+from catalogue_search.finetune.package import copy_artifact
 from catalogue_search.handler import fetch_model_dir
 from catalogue_search.model_artifact import read_artifact_metadata
 from catalogue_search.s3util import parse_s3_uri, put_bytes
@@ -105,10 +106,9 @@ def prepare_job(
 ) -> dict[str, Any]:
     """Copy the base artifact, upload the source directory; return the base's facts and the job request."""
     base = read_artifact_metadata(s3, settings.artifact_uri)
-    bucket, key = parse_s3_uri(settings.artifact_uri)
     _, run = parse_s3_uri(prefix)
     base_key = f"{run}base/model.tar.gz"
-    s3.copy_object(Bucket=settings.bucket, Key=base_key, CopySource={"Bucket": bucket, "Key": key})
+    copy_artifact(s3, settings.artifact_uri, f"s3://{settings.bucket}/{base_key}")
     copied = read_artifact_metadata(s3, f"s3://{settings.bucket}/{base_key}")
     if copied.version != base.version:
         raise RuntimeError(f"the artifact changed while it was copied ({base.version} -> {copied.version}): retry")

@@ -86,3 +86,16 @@ def package_model(
         json.dumps(epochs[-1]) if epochs else "-",
     )
     return {"uri": out_uri, "version": version, "lineage": config["lineage"]}
+
+
+def copy_artifact(s3, source: str, target: str) -> None:
+    """Copy a model.tar.gz with its metadata, through a local file: a fresh upload has checksums of its own
+    (a server-side copy of a multipart upload carries the source's, which some S3 implementations get wrong)."""
+    src_bucket, src_key = parse_s3_uri(source)
+    head = s3.head_object(Bucket=src_bucket, Key=src_key)
+    extra = {"Metadata": head.get("Metadata") or {}, "ContentType": head.get("ContentType") or GZIP}
+    with tempfile.TemporaryDirectory(prefix="artifact-copy-") as tmp:
+        local = f"{tmp}/model.tar.gz"
+        s3.download_file(src_bucket, src_key, local)
+        dst_bucket, dst_key = parse_s3_uri(target)
+        s3.upload_file(local, dst_bucket, dst_key, ExtraArgs=extra)
