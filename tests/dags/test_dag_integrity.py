@@ -267,6 +267,6 @@ def test_a_promoted_model_schedules_the_reindex():
     asset = model_asset(Settings.from_env())
     assert dagbag().dags["catalogue_finetune"].get_task("promote_model").outlets == [asset]
     ingest = dagbag().dags["catalogue_ingest"].timetable
-    assert asset in ingest.asset_condition.objects and ingest.summary  # and still the cron schedule
+    assert asset in ingest.asset_condition.objects and ingest.timetable.expression  # and still the cron schedule
     consumers = [d for d in DAG_IDS if asset in getattr(dagbag().dags[d].timetable.asset_condition, "objects", [])]
     assert consumers == ["catalogue_ingest"]
