@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 from airflow.sdk import Param, chain, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias, ingest_schedule
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -55,6 +55,10 @@ by text and by image, then points the read alias at it.
    log; after an incremental build only the changed products are checked.
 8. **clean_up** (teardown, runs whatever happened): removes the indices of the
    alias that never served, this run's included when it failed.
+
+Scheduled by `CATSEARCH_SCHEDULE` and by the model Asset
+(`catalogue-search-model/<model>`), whose event `catalogue_finetune` records when it
+promotes a fine-tuned model: the re-index that encodes the catalogue with it.
 
 A run publishes the whole catalogue: the shards it processes plus every other
 shard as last published under the alias. Trigger with Params to backfill chosen
@@ -136,7 +140,7 @@ def _transform(task_id: str, config) -> SageMakerTransformOperator:
 
 @dag(
     dag_id="catalogue_ingest",
-    schedule=SETTINGS.schedule or None,
+    schedule=ingest_schedule(SETTINGS),
     **dag_args(SETTINGS, "ingest_dagrun"),
     tags=["catalogue-search", "ingestion", "opensearch", "sagemaker"],
     doc_md=DOC,

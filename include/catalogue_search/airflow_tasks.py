@@ -55,6 +55,25 @@ def index_asset_alias():
     return AssetAlias(INDEX_ASSET_ALIAS)
 
 
+def model_asset(settings: Settings):
+    """The Asset of the artifact `catalogue_ingest` encodes with: an event means a new model was promoted."""
+    from airflow.sdk import Asset
+
+    return Asset(
+        name=f"catalogue-search-model/{settings.model_slug}", uri=f"x-catalogue-search://model/{settings.model_slug}"
+    )
+
+
+def ingest_schedule(settings: Settings):
+    """The re-index's schedule: the cron schedule, or a promoted model's Asset event, whichever comes first."""
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    if not settings.schedule:
+        return [model_asset(settings)]
+    cron = CronTriggerTimetable(settings.schedule, timezone="UTC")
+    return AssetOrTimeSchedule(timetable=cron, assets=[model_asset(settings)])
+
+
 def dag_args(settings: Settings, run_limit: str = "dagrun") -> dict[str, Any]:
     """What every DAG shares: no catch-up, one active run, the task defaults and the run's time limit."""
     return {

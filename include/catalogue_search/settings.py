@@ -68,6 +68,15 @@ class Settings:
     py_version: str = "py312"
     sagemaker_role_arn: str = ""
 
+    # --- Fine-tuning (catalogue_finetune, docs/finetune.md) -------------------
+    # The training image (default: SageMaker's PyTorch training image, looked up with the sagemaker SDK).
+    training_image_uri: str = ""
+    training_instance_type: str = "ml.g5.xlarge"
+    # Spot capacity for the training job (resumes from /opt/ml/checkpoints after an interruption).
+    training_use_spot: bool = False
+    # The fine-tune DAG's schedule ("" = triggered by hand only).
+    finetune_schedule: str = ""
+
     # --- Batch transform -----------------------------------------------------
     transform_instance_type: str = "ml.g4dn.xlarge"
     transform_instance_count: int = 1
@@ -166,9 +175,11 @@ class Settings:
     transform_timeout_s: int = 6 * 3600  # encode_images / encode_names: the job, polled while deferred
     load_timeout_s: int = 3 * 3600  # load_index: the bulk load and HNSW build (266 s quiet, ~45 min loaded)
     validate_timeout_s: int = 3600  # validate_index, report_duplicates (7 s, 213 s), the smoke test
+    training_timeout_s: int = 12 * 3600  # train_model: the fine-tune's training job, polled while deferred
     endpoint_timeout_s: int = 2700  # wait_in_service: an endpoint reaching InService
     # A run that has not finished by then fails (and stops holding its max_active_runs slot).
     ingest_dagrun_timeout_s: int = 24 * 3600
+    finetune_dagrun_timeout_s: int = 24 * 3600  # catalogue_finetune: export, training job, evaluation
     dagrun_timeout_s: int = 3 * 3600  # every other DAG
 
     # --- Ingestion -----------------------------------------------------------

@@ -44,6 +44,7 @@ def test_dag_file_imports_without_errors(dag_file):
 def test_the_dags_folder_holds_the_expected_dags():
     assert import_errors() == {}, import_errors()  # also files that are not in DAG_FILES
     assert {
+        "catalogue_finetune",
         "catalogue_ingest",
         "catalogue_rollback",
         "catalogue_smoke_test",
@@ -115,6 +116,9 @@ print(json.dumps({{d: [dags[d].dagrun_timeout.total_seconds(), {{t.task_id: t.ex
     for dag_id in ("catalogue_rollback", "catalogue_smoke_test", "query_endpoints_deploy", "query_endpoints_teardown"):
         assert found[dag_id][0] == seconds["dagrun"], dag_id
     assert found["catalogue_smoke_test"][1] == {"check_search": seconds["validate"]}
+    finetune_run, finetune = found["catalogue_finetune"]
+    assert finetune_run == seconds["finetune_dagrun"] and finetune["train_model"] == seconds["training"]
+    assert finetune["evaluate_models"] == seconds["validate"] and finetune["export_pairs"] == seconds["task"]
     assert set(found["query_endpoints_deploy"][1].values()) == {seconds["task"]}
 
 
@@ -257,7 +261,7 @@ def test_the_index_asset_names_the_alias_and_no_host_and_something_consumes_it()
     for dag_id, task_id in movers:
         assert dagbag().dags[dag_id].get_task(task_id).outlets == [AssetAlias("catalogue-search-index")]
     declared = {(d, t.task_id) for d in DAG_IDS for t in dagbag().dags[d].tasks if t.outlets}
-    assert declared == movers
+    assert declared == movers | {("catalogue_finetune", "promote_model")}
     # The smoke test is scheduled on the serving alias's asset (a trial alias's does not trigger it).
     consumers = [d for d in DAG_IDS if asset in getattr(dagbag().dags[d].timetable.asset_condition, "objects", [])]
     assert consumers == ["catalogue_smoke_test"]
@@ -274,3 +278,16 @@ def test_the_endpoint_sensor_polls_at_the_settings_interval():
         ("reschedule", Settings.from_env().endpoint_poll_seconds)
     }
     assert Settings().endpoint_poll_seconds == 30
+
+
+def test_a_promoted_model_schedules_the_reindex():
+    """`catalogue_finetune`'s promotion records the model Asset that `catalogue_ingest` is scheduled on."""
+    from catalogue_search.airflow_tasks import model_asset
+    from catalogue_search.settings import Settings
+
+    asset = model_asset(Settings.from_env())
+    assert dagbag().dags["catalogue_finetune"].get_task("promote_model").outlets == [asset]
+    ingest = dagbag().dags["catalogue_ingest"].timetable
+    assert asset in ingest.asset_condition.objects and ingest.timetable.expression  # and still the cron schedule
+    consumers = [d for d in DAG_IDS if asset in getattr(dagbag().dags[d].timetable.asset_condition, "objects", [])]
+    assert consumers == ["catalogue_ingest"]

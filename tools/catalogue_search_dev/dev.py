@@ -9,7 +9,7 @@
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
 ./dev eval [--compare INDEX] the served index's search quality (docs/quality.md)
-./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, eval, full-dag; BENCHMARKS.md)
+./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, eval, finetune, ...)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C, SIGTERM or SIGHUP stops all of it
@@ -263,6 +263,7 @@ BENCHMARKS = {
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "eval": "quality_eval.py",
+    "finetune": "finetune.py",
     "full-dag": "full_dag_run.py",
     "torchserve": "torchserve.py",
 }

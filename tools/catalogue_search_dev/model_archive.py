@@ -7,7 +7,6 @@ one HEAD (`catalogue_search.model_artifact.read_artifact_metadata`).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import tarfile
@@ -24,36 +23,13 @@ from catalogue_search.model_artifact import (
     VERSION_METADATA,
     ArtifactVersionError,
 )
+from catalogue_search.model_package import write_deterministic_tar  # noqa: F401 (re-exported)
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "clip_config.json"
-
-
-def write_deterministic_tar(out_path: Path, root: Path) -> None:
-    """Tar + gzip `root` with fixed metadata and member order, so equal inputs give equal bytes."""
-    paths = sorted(p for p in root.rglob("*"))
-    partial = out_path.with_name(out_path.name + ".partial")
-    with partial.open("wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for path in paths:
-                    info = tarfile.TarInfo(path.relative_to(root).as_posix())
-                    info.mtime = 0
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    if path.is_dir():
-                        info.type = tarfile.DIRTYPE
-                        info.mode = 0o755
-                        tar.addfile(info)
-                    else:
-                        info.mode = 0o644
-                        info.size = path.stat().st_size
-                        with path.open("rb") as handle:
-                            tar.addfile(info, handle)
-    partial.replace(out_path)
 
 
 @dataclass(frozen=True)

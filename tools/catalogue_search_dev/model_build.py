@@ -39,6 +39,7 @@ from typing import Any
 
 from catalogue_search.handler import INFERENCE_CODE_DIR, load_inference_module, sha256_file
 from catalogue_search.model_artifact import VERSION_FILE
+from catalogue_search.model_package import CODE_FILES, artifact_version
 from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import vendor_wheels
 from catalogue_search_dev.model_archive import upload_model_artifact, write_deterministic_tar
@@ -53,7 +54,6 @@ from catalogue_search_dev.model_weights import (
 
 logger = logging.getLogger(__name__)
 
-CODE_FILES = ("inference.py", "requirements.txt")
 FORMAT_VERSION = 2  # 2: random_weights, pretrained=null, vendored wheels
 RANDOM_SEED = 0
 
@@ -156,24 +156,6 @@ def write_model_dir(
         vendor_wheels.vendor(model_dir / "code", vendor_for)
     (model_dir / VERSION_FILE).write_text(artifact_version(model_dir) + "\n")
     return clip_config
-
-
-def artifact_version(model_dir: str | Path) -> str:
-    """The version of what a model directory computes: weights + model config + handler code.
-
-    The handler code (`code/inference.py`) holds the image decoding and
-    preprocessing and `code/requirements.txt` pins open_clip (the tokenizer), so
-    a change there gives new vectors as surely as new weights. 16 hex digits of
-    a sha256 (64 bits: no collisions among the artifacts one project will ever build).
-    """
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256(b"catalogue-search artifact version 2\n")
-    digest.update(sha256_file(model_dir / "model.pt").encode())
-    config = json.loads((model_dir / "clip_config.json").read_text())
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for name in CODE_FILES:
-        digest.update((model_dir / "code" / name).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _info_path(out_path: Path) -> Path:
