@@ -84,18 +84,19 @@ def _trial(alias: str) -> str:
     return f"{alias}-trial"
 
 
-def _ingest(env: dict[str, str]) -> subprocess.CompletedProcess:
-    conf = json.dumps({"max_products": PRODUCTS, "alias": _trial(env["CATSEARCH_INDEX_ALIAS"])})
+def _ingest(env: dict[str, str], **params) -> subprocess.CompletedProcess:
+    conf = json.dumps({"max_products": PRODUCTS, "alias": _trial(env["CATSEARCH_INDEX_ALIAS"]), **params})
     return _python(["-m", "airflow", "dags", "test", "catalogue_ingest", "--conf", conf], env, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def runs(world, tmp_path_factory):
-    """Two catalogue_ingest runs as the writer (the session form of the Airflow role's ARN)."""
+    """Two catalogue_ingest runs as the writer (the session form of the Airflow role's ARN); the second
+    rebuilds in full (`full_rebuild`: nothing changed, so it would otherwise publish nothing)."""
     env, _ = world
     out = []
     for n in range(2):
-        result = _ingest(env["airflow"])
+        result = _ingest(env["airflow"], **({"full_rebuild": True} if n else {}))
         log = result.stdout + result.stderr
         path = tmp_path_factory.getbasetemp() / f"secured-ingest-{n}.log"
         path.write_text(log)
