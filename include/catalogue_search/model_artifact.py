@@ -93,6 +93,11 @@ def inference_image_uri(settings: Settings, instance_type: str | None = None) ->
     """
     if settings.inference_image_uri:
         return settings.inference_image_uri
+    return pytorch_image_uri(settings, "inference", instance_type or settings.transform_instance_type)
+
+
+def pytorch_image_uri(settings: Settings, scope: str, instance_type: str) -> str:
+    """SageMaker's PyTorch image for `scope` ("inference" or "training") at the settings' versions."""
     from sagemaker.core import image_uris  # slow import: only when needed
 
     return image_uris.retrieve(
@@ -100,8 +105,8 @@ def inference_image_uri(settings: Settings, instance_type: str | None = None) ->
         region=settings.region,
         version=settings.framework_version,
         py_version=settings.py_version,
-        image_scope="inference",
-        instance_type=instance_type or settings.transform_instance_type,
+        image_scope=scope,
+        instance_type=instance_type,
     )
 
 

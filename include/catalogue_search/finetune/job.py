@@ -25,7 +25,7 @@ from catalogue_search.contract import GZIP
 from catalogue_search.errors import PermanentError
 from catalogue_search.finetune.package import copy_artifact
 from catalogue_search.handler import fetch_model_dir
-from catalogue_search.model_artifact import read_artifact_metadata
+from catalogue_search.model_artifact import pytorch_image_uri, read_artifact_metadata
 from catalogue_search.s3util import parse_s3_uri, put_bytes
 from catalogue_search.settings import Settings
 
@@ -83,16 +83,7 @@ def training_image_uri(settings: Settings) -> str:
     """The training image: the configured one, else SageMaker's PyTorch training image."""
     if settings.training_image_uri:
         return settings.training_image_uri
-    from sagemaker.core import image_uris  # slow import: only when needed
-
-    return image_uris.retrieve(
-        framework="pytorch",
-        region=settings.region,
-        version=settings.framework_version,
-        py_version=settings.py_version,
-        image_scope="training",
-        instance_type=settings.training_instance_type,
-    )
+    return pytorch_image_uri(settings, "training", settings.training_instance_type)
 
 
 def job_name(settings: Settings, run_key: str) -> str:
