@@ -100,15 +100,9 @@ def runs(world, tmp_path_factory):
         log = result.stdout + result.stderr
         path = tmp_path_factory.getbasetemp() / f"secured-ingest-{n}.log"
         path.write_text(log)
-        assert result.returncode == 0, f"{_why(log)}\n(the whole log: {path})"
+        assert result.returncode == 0, f"{testenv.run_failure(result)}\n(the whole log: {path})"
         out.append(log)
     return out
-
-
-def _why(log: str) -> str:
-    """A failed run's refusals and errors first (the log is long), then its end."""
-    reasons = [line for line in log.splitlines() if "security_exception" in line or "Error" in line]
-    return "\n".join(dict.fromkeys(reasons))[-6000:]
 
 
 def _served(settings: Settings) -> list[str]:
