@@ -262,6 +262,7 @@ BENCHMARKS = {
     "knn-family": "knn_family.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
+    "page-warmup": "page_warmup.py",
     "eval": "quality_eval.py",
     "finetune": "finetune.py",
     "full-dag": "full_dag_run.py",
