@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
 from airflow.sdk import Param, chain, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, model_asset
+from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, model_asset, sagemaker_job_args
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -57,21 +57,8 @@ PARAMS = {
 
 def _training(config) -> SageMakerTrainingOperator:
     """The training job: the provider's operator, deferred while the job runs (no worker slot held)."""
-    limit = int(SETTINGS.timeout("training").total_seconds())
     return SageMakerTrainingOperator(
-        task_id="train_model",
-        config=config,
-        aws_conn_id=SETTINGS.aws_conn_id,
-        wait_for_completion=True,
-        print_log=False,
-        deferrable=True,
-        check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=limit,
-        max_attempts=limit // SETTINGS.transform_poll_seconds,
-        execution_timeout=SETTINGS.timeout("training"),
-        # One job per run; a retry after a half-done job starts a new, timestamped one.
-        check_if_job_exists=True,
-        action_if_job_exists="timestamp",
+        task_id="train_model", config=config, print_log=False, **sagemaker_job_args(SETTINGS, "training")
     )
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
 from airflow.sdk import Param, chain, dag
 
-from catalogue_search.airflow_tasks import TaskEnv, catalogue_task, dag_args, index_asset_alias, ingest_schedule
+from catalogue_search.airflow_tasks import (
+    TaskEnv,
+    catalogue_task,
+    dag_args,
+    index_asset_alias,
+    ingest_schedule,
+    sagemaker_job_args,
+)
 from catalogue_search.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -120,22 +127,7 @@ PARAMS = {
 
 def _transform(task_id: str, config) -> SageMakerTransformOperator:
     """A batch transform task (images or titles): the same deferral, polling and rerun policy for both."""
-    limit = int(SETTINGS.timeout("transform").total_seconds())
-    return SageMakerTransformOperator(
-        task_id=task_id,
-        config=config,
-        aws_conn_id=SETTINGS.aws_conn_id,
-        wait_for_completion=True,
-        # The triggerer polls the job; no worker is held for the hours it may run.
-        deferrable=True,
-        check_interval=SETTINGS.transform_poll_seconds,
-        max_ingestion_time=limit,
-        max_attempts=limit // SETTINGS.transform_poll_seconds,
-        execution_timeout=SETTINGS.timeout("transform"),
-        # One job per run; a retry after a half-done job starts a new, timestamped one.
-        check_if_job_exists=True,
-        action_if_job_exists="timestamp",
-    )
+    return SageMakerTransformOperator(task_id=task_id, config=config, **sagemaker_job_args(SETTINGS, "transform"))
 
 
 @dag(

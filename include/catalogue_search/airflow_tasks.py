@@ -84,6 +84,25 @@ def dag_args(settings: Settings, run_limit: str = "dagrun") -> dict[str, Any]:
     }
 
 
+def sagemaker_job_args(settings: Settings, kind: str) -> dict[str, Any]:
+    """What every task that runs a SageMaker job shares (the provider's transform and training
+    operators): deferred polling, the time limit of its `kind` of work, and the rerun policy."""
+    limit = int(settings.timeout(kind).total_seconds())
+    return {
+        "aws_conn_id": settings.aws_conn_id,
+        "wait_for_completion": True,
+        # The triggerer polls the job; no worker is held for the hours it may run.
+        "deferrable": True,
+        "check_interval": settings.transform_poll_seconds,
+        "max_ingestion_time": limit,
+        "max_attempts": limit // settings.transform_poll_seconds,
+        "execution_timeout": settings.timeout(kind),
+        # One job per run; a retry after a half-done job starts a new, timestamped one.
+        "check_if_job_exists": True,
+        "action_if_job_exists": "timestamp",
+    }
+
+
 @dataclass
 class TaskEnv:
     """What a task body needs: the settings, the Airflow context, clients and the run plan."""
