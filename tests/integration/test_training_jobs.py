@@ -127,3 +127,55 @@ def test_a_failing_entry_point_reports_failed_with_the_toolkits_reason(settings:
     assert "no pairs to learn from" in done["FailureReason"] and len(done["FailureReason"]) <= 1024
     listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=f"{name}/output/").get("KeyCount", 0)
     assert listed == 0  # no model from a failed job
+
+
+CHECKPOINTED = """
+import argparse, json, os, signal
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int)
+parser.add_argument("--lost-after", type=int, default=0)
+args, _ = parser.parse_known_args()
+# /opt/ml/checkpoints (SAGEMAKER_BASE_DIR stands for /opt/ml in the local containers)
+state_file = os.path.join(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "checkpoints", "state.json")
+done = json.load(open(state_file))["epochs_done"] if os.path.exists(state_file) else []
+resumed_after = len(done)
+for epoch in range(len(done) + 1, args.epochs + 1):
+    done.append(epoch)
+    os.makedirs(os.path.dirname(state_file), exist_ok=True)
+    json.dump({"epochs_done": done}, open(state_file, "w"))
+    if epoch == args.lost_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # the instance is gone: no clean-up, no exit code of its own
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w") as f:
+    json.dump({"epochs_done": done, "resumed_after": resumed_after}, f)
+"""
+
+
+def test_a_job_lost_mid_training_leaves_its_checkpoints_and_the_next_job_resumes_from_them(
+    settings: Settings, s3, sagemaker, unique
+):
+    """SageMaker's checkpoint sync (CheckpointConfig): what a job left in /opt/ml/checkpoints is in S3 when it
+    ends, however it ends, and a job with the same S3Uri starts with it: a spot interruption resumes."""
+    checkpoints = f"s3://{settings.bucket}/ckpt-{unique}/checkpoints/"
+
+    def job(name: str, **hyper: str) -> dict:
+        s3.put_object(Bucket=settings.bucket, Key=f"{name}/source/sourcedir.tar.gz", Body=source_tarball(CHECKPOINTED))
+        s3.put_object(Bucket=settings.bucket, Key=f"{name}/train/pairs.jsonl", Body=b"{}\n")
+        request = training_request(settings, name)
+        request["HyperParameters"].update(hyper)
+        request["CheckpointConfig"] = {"S3Uri": checkpoints, "LocalPath": "/opt/ml/checkpoints"}
+        sagemaker.create_training_job(**request)
+        return wait_for(sagemaker, name)
+
+    lost = job(f"lost-{unique}", epochs="3", **{"lost-after": "1"})
+    assert lost["TrainingJobStatus"] == "Failed"  # killed after epoch 1's checkpoint
+    key = f"ckpt-{unique}/checkpoints/state.json"
+    assert json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()) == {"epochs_done": [1]}
+
+    resumed = job(f"resumed-{unique}", epochs="3")
+    assert resumed["TrainingJobStatus"] == "Completed", resumed.get("FailureReason")
+    artifact = resumed["ModelArtifacts"]["S3ModelArtifacts"].split("/", 3)[3]
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=artifact)["Body"].read())) as tar:
+        model = json.loads(tar.extractfile("model.json").read())
+    assert model == {"epochs_done": [1, 2, 3], "resumed_after": 1}  # epochs 2 and 3 trained here
+    assert json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()) == {"epochs_done": [1, 2, 3]}

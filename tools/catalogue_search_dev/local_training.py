@@ -17,6 +17,13 @@ s3:// URI of the source tarball) `TrainingSteps`:
    (and /opt/ml/output/data as `output.tar.gz`, when not empty) to
    `<S3OutputPath>/<job name>/output/`; when it failed, the job's
    FailureReason is the failure file's text.
+
+With a `CheckpointConfig`, the job starts with the objects under its `S3Uri`
+in its `LocalPath` (default /opt/ml/checkpoints), and whatever the job left
+there goes back to the `S3Uri` when it ends, however it ended (completed,
+failed, stopped or killed): what SageMaker's checkpoint sync gives a job
+restarted after a spot interruption. SageMaker also uploads during the job;
+here the upload happens once, at the end.
 """
 
 from __future__ import annotations
@@ -88,6 +95,39 @@ def stage(request: Mapping[str, Any], root: Path, s3_client: Any) -> None:
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             s3_client.download_file(bucket, key, str(target / relative))
     (config / "inputdataconfig.json").write_text(json.dumps(channels))
+    checkpoints = checkpoint_place(request, root)
+    if checkpoints is not None:
+        folder, bucket, prefix = checkpoints
+        folder.mkdir(parents=True, exist_ok=True)
+        for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for found in page.get("Contents", []):
+                target = folder / found["Key"][len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3_client.download_file(bucket, found["Key"], str(target))
+
+
+def checkpoint_place(request: Mapping[str, Any], root: Path) -> tuple[Path, str, str] | None:
+    """(local folder, bucket, key prefix) of the job's CheckpointConfig, or None without one."""
+    config = request.get("CheckpointConfig")
+    if not config:
+        return None
+    local = config.get("LocalPath") or "/opt/ml/checkpoints"
+    if not local.startswith("/opt/ml/"):
+        raise ValueError(f"CheckpointConfig.LocalPath {local!r}: the local runner maps only paths under /opt/ml/")
+    bucket, prefix = parse_s3_uri(config["S3Uri"])
+    return root / local.removeprefix("/opt/ml/"), bucket, prefix if prefix.endswith("/") or not prefix else prefix + "/"
+
+
+def save_checkpoints(request: Mapping[str, Any], root: Path, s3_client: Any) -> int:
+    """Upload the job's checkpoint folder to its CheckpointConfig.S3Uri; returns the files uploaded."""
+    checkpoints = checkpoint_place(request, root)
+    if checkpoints is None or not checkpoints[0].is_dir():
+        return 0
+    folder, bucket, prefix = checkpoints
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
+    for path in files:
+        s3_client.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+    return len(files)
 
 
 @dataclass
@@ -131,4 +171,13 @@ class TrainingSteps:
         return {"status": "Completed", "model_artifacts": out + "model.tar.gz"}
 
     def cleanup(self, job: LocalJob) -> None:
-        pass  # the job's directory stays for inspection, as its log does
+        """However the job ended, its checkpoints go back to S3; its directory stays for inspection, as its log."""
+        try:
+            saved = save_checkpoints(self.request, self.root, self.s3_client)
+        except Exception as exc:  # noqa: BLE001 (reported in the job's log; the job's outcome stands)
+            note = f"checkpoints: not uploaded: {type(exc).__name__}: {exc}\n"
+        else:
+            note = f"checkpoints: {saved} file(s) to {self.request['CheckpointConfig']['S3Uri']}\n" if saved else ""
+        if note:
+            with open(job.log_path, "a") as out:
+                out.write(note)
