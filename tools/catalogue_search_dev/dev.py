@@ -263,6 +263,7 @@ BENCHMARKS = {
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
     "page-warmup": "page_warmup.py",
+    "hybrid": "hybrid_lists.py",
     "eval": "quality_eval.py",
     "finetune": "finetune.py",
     "full-dag": "full_dag_run.py",

@@ -34,7 +34,7 @@ from catalogue_search.index.mapping import (
     index_name,
     title_analysis,
 )
-from catalogue_search.index.queries import exact_query, knn_query, self_match_query, title_query
+from catalogue_search.index.queries import ONLY_IDS, exact_query, hit_id, knn_query, self_match_query, title_query
 from catalogue_search.index.validation import (
     RECALL_K,
     SELF_MATCH_SCORE,
@@ -45,6 +45,8 @@ from catalogue_search.index.validation import (
 )
 
 __all__ = [
+    "ONLY_IDS",
+    "hit_id",
     "LOWERCASE_NORMALIZER",
     "MAX_INDEX_NAME_BYTES",
     "NAME_VECTOR_FIELD",

@@ -142,15 +142,33 @@ class Alias:
         ranked: dict[str, list[str]] = {}
         nearest: dict[str, float] = {}  # item -> its best k-NN score (for Hit.similarity)
         for name, body in bodies.items():
+            if fold is None:  # the lists' ids only; the page's documents are read once they are fused
+                body.update(index.ONLY_IDS)
             hits = self._search(body, fold)
-            ranked[name] = [h["_source"]["item_id"] for h in hits]
+            ranked[name] = [index.hit_id(h) for h in hits]
             for h in hits:
-                item_id = h["_source"]["item_id"]
-                sources.setdefault(item_id, h["_source"])
+                item_id = index.hit_id(h)
+                if fold is not None:
+                    sources.setdefault(item_id, h["_source"])
                 if name != "lexical":
                     nearest[item_id] = max(nearest.get(item_id, 0.0), float(h["_score"]))
         fused = reciprocal_rank_fusion(ranked, fusion.weights, fusion.rank_constant)
-        return self._page([Candidate(s, sources[i], knn_score=nearest.get(i, 0.0)) for i, s in fused], page, fold)
+        if fold is None:  # the page's documents; one deleted since the lists were asked is left out
+            before, window = fused[: page.offset], fused[page.offset : page.end]
+            sources = self._documents([item_id for item_id, _ in window])
+            fused = before + [(item_id, score) for item_id, score in window if item_id in sources]
+        return self._page(
+            [Candidate(s, sources.get(i, {}), knn_score=nearest.get(i, 0.0)) for i, s in fused], page, fold
+        )
+
+    def _documents(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The documents of `ids` (vectors left out), by item id; one that has gone since is missing."""
+        if not ids:
+            return {}
+        body = {"size": len(ids), "query": {"ids": {"values": ids}}, "_source": {"excludes": list(index.VECTOR_FIELDS)}}
+        with self.opensearch():
+            hits = self.client.search(index=self.name, body=body)["hits"]["hits"]
+        return {h["_source"]["item_id"]: h["_source"] for h in hits}
 
     @property
     def _k(self) -> int:
