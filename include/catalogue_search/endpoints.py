@@ -232,38 +232,51 @@ def delete_endpoint(
     return deleted
 
 
+# What the tear-down lists and deletes by name prefix: (list operation, page key, name field, delete, kind).
+_BY_PREFIX = {
+    "configs": (
+        "list_endpoint_configs",
+        "EndpointConfigs",
+        "EndpointConfigName",
+        "delete_endpoint_config",
+        "endpoint config",
+    ),
+    "models": ("list_models", "Models", "ModelName", "delete_model", "model"),
+}
+
+
+def _list(sagemaker, what: str, prefix: str) -> list[str]:
+    operation, key, field, _, _ = _BY_PREFIX[what]
+    names: list[str] = []
+    for page in sagemaker.get_paginator(operation).paginate(NameContains=prefix):
+        names += [item[field] for item in page.get(key, [])]
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def _delete_all(sagemaker, what: str, prefix: str, logger: logging.Logger) -> list[str]:
+    _, _, field, operation, kind = _BY_PREFIX[what]
+    delete = getattr(sagemaker, operation)
+    return [name for name in _list(sagemaker, what, prefix) if _delete(kind, name, delete, logger, **{field: name})]
+
+
 def list_endpoint_configs(sagemaker, prefix: str) -> list[str]:
     """Names of the endpoint configs starting with `prefix`."""
-    names: list[str] = []
-    for page in sagemaker.get_paginator("list_endpoint_configs").paginate(NameContains=prefix):
-        names += [c["EndpointConfigName"] for c in page.get("EndpointConfigs", [])]
-    return sorted(n for n in names if n.startswith(prefix))
+    return _list(sagemaker, "configs", prefix)
 
 
 def delete_endpoint_configs(sagemaker, prefix: str, logger: logging.Logger = log) -> list[str]:
     """Delete every endpoint config starting with `prefix`; returns those deleted now."""
-    return [
-        name
-        for name in list_endpoint_configs(sagemaker, prefix)
-        if _delete("endpoint config", name, sagemaker.delete_endpoint_config, logger, EndpointConfigName=name)
-    ]
+    return _delete_all(sagemaker, "configs", prefix, logger)
 
 
 def list_models(sagemaker, prefix: str) -> list[str]:
     """Names of the models starting with `prefix`."""
-    names: list[str] = []
-    for page in sagemaker.get_paginator("list_models").paginate(NameContains=prefix):
-        names += [m["ModelName"] for m in page.get("Models", [])]
-    return sorted(n for n in names if n.startswith(prefix))
+    return _list(sagemaker, "models", prefix)
 
 
 def delete_models(sagemaker, prefix: str, logger: logging.Logger = log) -> list[str]:
     """Delete every model starting with `prefix`; returns those deleted now."""
-    return [
-        name
-        for name in list_models(sagemaker, prefix)
-        if _delete("model", name, sagemaker.delete_model, logger, ModelName=name)
-    ]
+    return _delete_all(sagemaker, "models", prefix, logger)
 
 
 def leftovers(sagemaker, settings: Settings) -> list[str]:
