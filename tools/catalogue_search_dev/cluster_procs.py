@@ -21,15 +21,32 @@ if TYPE_CHECKING:
 REDIS = Path("/usr/bin/redis-server")
 
 
-def read_pid(path: Path) -> int | None:
+def start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot): with the pid, names one process for good."""
     try:
-        pid = int(path.read_text().split()[0])
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         return None
-    except PermissionError:
-        pass
-    return pid
+
+
+def read_pid(path: Path) -> int | None:
+    """The live process recorded in `path`, or None. A pid the system has since given to another
+    process is not ours: the file holds the start time too (or, written by OpenSearch, the pid of a
+    process whose command line is OpenSearch's)."""
+    try:
+        recorded = path.read_text().split()
+        pid = int(recorded[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    if not _alive(pid):
+        return None
+    if len(recorded) > 1:
+        return pid if start_time(pid) == recorded[1] else None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"org.opensearch.bootstrap.OpenSearch" in cmdline else None
 
 
 def stop_pid(path: Path, *, group: bool, sig: int = signal.SIGTERM, wait: float = 30.0) -> str:
@@ -77,7 +94,7 @@ def spawn(layout: Layout, name: str, cmd: list[str], env: dict[str, str], cwd: P
             start_new_session=True,
             cwd=cwd,
         )
-    layout.pid_file(name).write_text(f"{proc.pid}\n")
+    layout.pid_file(name).write_text(f"{proc.pid} {start_time(proc.pid)}\n")
     return proc.pid
 
 
