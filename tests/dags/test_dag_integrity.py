@@ -191,8 +191,21 @@ def test_ingest_dag_shape():
         assert dag.get_task(mapped).is_mapped, mapped
     for single in ("record_copies", "finish_index", "validate_index", "swap_alias"):
         assert not dag.get_task(single).is_mapped, single
-    # A start date in the past: once unpaused, a scheduler runs the latest weekly slot at once (tests/cluster).
-    assert dag.start_date is not None and dag.start_date.year < 2026 and dag.schedule == "@weekly"
+    # A start date in the past: once unpaused, a scheduler runs the latest weekly slot at once (tests/cluster),
+    # and only that one (no catch-up). The schedule is the weekly cron beside the model Asset.
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    assert dag.start_date is not None and dag.start_date < datetime.now(timezone.utc) - timedelta(days=7)
+    timetable = decode_timetable(encode_timetable(dag.timetable))  # as the scheduler reads it
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(dag.start_date, None, catchup=dag.catchup)
+    )
+    assert not dag.catchup and first is not None
+    assert timedelta(0) <= datetime.now(timezone.utc) - first.run_after <= timedelta(days=7), first
     # runs when the encode step was skipped (nothing new): it still writes the run report
     assert dag.get_task("record_embeddings").trigger_rule == "none_failed"
     # A run with nothing new stops at choose_build: no index, no publish (the clean-up still runs).
