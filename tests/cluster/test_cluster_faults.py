@@ -204,7 +204,10 @@ def test_a_worker_killed_mid_load_is_retried_and_the_count_is_exact(cluster_worl
     w = cluster_world
     run_id = "kill-worker-" + datetime.now(timezone.utc).strftime("%H%M%S")
     # Four shards reprocessed, the other twelve taken as published: the whole catalogue is indexed again.
-    trig = w.airflow("dags", "trigger", DAG, "--run-id", run_id, "--conf", json.dumps({"shards": list("0123")}))
+    # Nothing changed since the scheduled run, so without full_rebuild choose_build would publish nothing
+    # (issue 24) and no load part would run to kill.
+    conf = {"shards": list("0123"), "full_rebuild": True}
+    trig = w.airflow("dags", "trigger", DAG, "--run-id", run_id, "--conf", json.dumps(conf))
     assert trig.returncode == 0, trig.stderr[-2000:]
     deadline = time.monotonic() + RUN_S
     victim = None
