@@ -33,8 +33,7 @@ THIRD_PARTY_NAMES = {
     "POSTGRES_USER": "postgres image",
     "POSTGRES_PASSWORD": "postgres image",
     "POSTGRES_DB": "postgres image",
-    "discovery.type": "opensearch image (dotted names are node settings)",
-    "cluster.name": "opensearch image (three nodes of one cluster)",
+    "cluster.name": "opensearch image (three nodes of one cluster; dotted names are node settings)",
     "node.name": "opensearch image",
     "discovery.seed_hosts": "opensearch image",
     "cluster.initial_cluster_manager_nodes": "opensearch image",
@@ -192,8 +191,9 @@ def test_published_ports_are_loopback_only(compose):
 
 
 def test_airflow_gets_the_local_stacks_names_and_connections(compose):
-    """The same CATSEARCH_* names as localenv.py (plus what ./dev exports), and the connections it builds."""
-    local = {k for k in localenv.local_environment({}) if k.startswith("CATSEARCH_")}
+    """The same CATSEARCH_* names as localenv.py's cluster stack (the file's shape: replicas, shards, the
+    work in parts) plus what ./dev exports, and the connections it builds."""
+    local = {k for k in localenv.local_environment({"CATSEARCH_STACK": "cluster"}) if k.startswith("CATSEARCH_")}
     dev_exports = set(re.findall(r"^export (CATSEARCH_\w+)=", (REPO / "dev").read_text(), re.M))
     for name, svc in airflow_services(compose).items():
         env = environment(svc)
