@@ -67,13 +67,9 @@ def prepare(listings: int, base: Settings) -> tuple[Settings, int]:
     s3 = boto3.client("s3", **base.boto3_kwargs())
     gen = abo_generator.generate(listings, seed=11)
     out = cm.Path(os.environ.get("TMPDIR", "/tmp")) / f"{base.bucket}-abo"
-    abo_generator.write_layout(gen, out)
-    abo_generator.upload(gen, out, s3, base.source_bucket, log=lambda _: None)
     ensure_bucket(s3, base.bucket)
     demo.prepare_model(base, s3, cm.REPO / "tests" / "fixtures" / "tiny_clip.json")
-    paths, vecs = abo_generator.precomputed_vectors(gen, seed=11)
-    np.savez(out / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
-    abo_generator.seed_embedding_store(gen, out, s3, base, chunk=128, log=lambda _: None)
+    abo_generator.stage_seeded(gen, out, s3, base, seed=11, chunk=128)
     shutil.rmtree(out, ignore_errors=True)
     return base, gen.summary.expected_products
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
 
 from catalogue_search import index
@@ -127,13 +126,9 @@ def cluster_world(moto_url, sagemaker_url, aws_env, tmp_path_factory):
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     out_dir = tmp_path_factory.mktemp("abo")
     gen = abo_generator.generate(LISTINGS, seed=5)
-    abo_generator.write_layout(gen, out_dir)
-    abo_generator.upload(gen, out_dir, s3, settings.source_bucket, log=lambda _: None)
     ensure_bucket(s3, settings.bucket)
     demo.prepare_model(settings, s3, TINY)
-    paths, vecs = abo_generator.precomputed_vectors(gen, seed=5)
-    np.savez(out_dir / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
-    abo_generator.seed_embedding_store(gen, out_dir, s3, settings, chunk=64, log=lambda _: None)
+    abo_generator.stage_seeded(gen, out_dir, s3, settings, seed=5, chunk=64)
     full_env = {**os.environ, **env}
     db = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
     world = ClusterWorld(layout, full_env, settings, gen.summary.expected_products, db)

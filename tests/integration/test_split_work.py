@@ -13,7 +13,6 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from catalogue_search import catalogue, index, ingest
@@ -37,12 +36,8 @@ def generated(settings, s3, opensearch_url, unique, tmp_path):
         bulk_chunk_size=20,
     )
     gen = abo_generator.generate(300, seed=2)
-    abo_generator.write_layout(gen, tmp_path)
-    abo_generator.upload(gen, tmp_path, s3, settings.source_bucket, log=lambda _: None)
     demo.prepare_model(settings, s3, TINY)
-    paths, vecs = abo_generator.precomputed_vectors(gen, seed=2)
-    np.savez(tmp_path / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
-    abo_generator.seed_embedding_store(gen, tmp_path, s3, settings, chunk=16, log=lambda _: None)
+    abo_generator.stage_seeded(gen, tmp_path, s3, settings, seed=2, chunk=16)
     client = index.client_from_settings(settings)
     yield settings, gen.summary.expected_products, client
     for name in client.indices.get(index=f"{settings.index_alias}-*"):
