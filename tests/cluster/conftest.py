@@ -5,9 +5,10 @@ session's AIRFLOW_HOME, with buckets and an alias named with the session's
 token, and is stopped (its data removed) when the module ends: the user's
 stack, light or cluster, is left as it was.
 
-These tests need about 4 GiB of memory and several cores. They run in
-`./dev test` on a machine with at least 4 cores and 12 GiB available, and
-otherwise only when asked for: `./dev test -m cluster` (docs/cluster.md).
+These tests need about 4 GiB of memory and several cores. They are their own
+command, `./dev test -m cluster` (a plain `./dev test` deselects them); pytest
+run on them without that marker runs them only on a machine with at least 4
+cores and 12 GiB available, and skips them elsewhere (docs/cluster.md).
 """
 
 from __future__ import annotations
