@@ -13,6 +13,7 @@ cores and 12 GiB available, and skips them elsewhere (docs/cluster.md).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -103,6 +104,10 @@ class ClusterWorld:
             time.sleep(2)
         raise AssertionError(f"run {run_id} did not finish within {timeout:.0f} s: {self.task_states(run_id)}")
 
+    def unfinished(self, run_id: str) -> list[tuple]:
+        """The run's tasks that did not succeed (what a failed run's assertion shows first)."""
+        return [s for s in self.task_states(run_id) if s[2] not in ("success", "skipped")]
+
     def task_states(self, run_id: str) -> list[tuple]:
         return self.query(
             "select task_id, map_index, state, try_number, pid from task_instance where run_id = ? order by task_id",
@@ -129,7 +134,10 @@ def cluster_world(moto_url, sagemaker_url, aws_env, tmp_path_factory):
     gen = abo_generator.generate(LISTINGS, seed=5)
     ensure_bucket(s3, settings.bucket)
     demo.prepare_model(settings, s3, TINY)
-    abo_generator.stage_seeded(gen, out_dir, s3, settings, seed=5, chunk=64)
+    # Vectors of the tiny model's width: evaluate_index encodes the titles with it and refuses an index
+    # of another width.
+    width = json.loads(Path(TINY).read_text())["embed_dim"]
+    abo_generator.stage_seeded(gen, out_dir, s3, settings, seed=5, chunk=64, dim=width)
     full_env = {**os.environ, **env}
     db = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
     world = ClusterWorld(layout, full_env, settings, gen.summary.expected_products, db)

@@ -45,8 +45,7 @@ def scheduled_run(cluster_world):
     while not w.query("select dag_id from dag where dag_id = ?", DAG):  # parsed by the DAG processor
         assert time.monotonic() < deadline, "the DAG processor did not parse catalogue_ingest"
         time.sleep(2)
-    # The smoke-test DAG follows every publication; its queries, encoded by the tiny model, do not fit the
-    # seeded 512-d vectors (OpenSearch answers 400): paused, it takes no worker slot from the runs here.
+    # The smoke-test DAG follows every publication: paused, it takes no worker slot from the runs here.
     w.airflow("dags", "pause", "catalogue_smoke_test")
     unpaused = w.airflow("dags", "unpause", DAG)
     assert unpaused.returncode == 0, unpaused.stderr[-2000:]
@@ -62,7 +61,7 @@ def scheduled_run(cluster_world):
 def test_the_weekly_schedule_runs_once_through_the_scheduler(cluster_world, scheduled_run):
     w = cluster_world
     run_id, state = scheduled_run
-    assert state == "success", w.task_states(run_id)
+    assert state == "success", w.unfinished(run_id)
     # Catchup off: one run, for the latest weekly slot; the next one is due next week. (The DAG stays
     # unpaused: a paused DAG's triggered runs would wait in the queue.)
     runs = w.query("select run_id from dag_run where dag_id = ? and run_type = 'scheduled'", DAG)
@@ -229,7 +228,7 @@ def test_a_worker_killed_mid_load_is_retried_and_the_count_is_exact(cluster_worl
         state = w.wait_run(run_id, RUN_S)
     finally:
         cluster_airflow.start(w.layout, w.env, only=[name])  # the cluster as it was
-    assert state == "success", w.task_states(run_id)
+    assert state == "success", w.unfinished(run_id)
     retried = w.query(
         "select try_number, state from task_instance where run_id = ? and task_id = 'load_index' and map_index = ?",
         run_id,
