@@ -25,8 +25,9 @@ by text and by image, then points the read alias at it.
 
 1. **filter_shard** (one per listings shard): products with a title in the
    chosen language and a known main image; drops are counted by reason.
-2. **copy_images**: server-side copy into the project bucket, skipping what is
-   already there; products whose image is missing are dropped.
+2. **copy_images** (one per part, `CATSEARCH_SPLIT_PARTS`): server-side copy into
+   the project bucket of a range of the images, skipping what is already there;
+   products whose image is missing are dropped. **record_copies** joins the parts.
 3. **prepare_encoding** / **encode_images** / **record_embeddings**: JSON Lines
    chunks of the images with no embedding yet for this artifact version, one
    SageMaker batch transform over them (one chunk per request, batched forward
@@ -41,10 +42,12 @@ by text and by image, then points the read alias at it.
    the run stops here and says so (no index, no publish; the alias, the served index
    and the retention stay as they are). Only products changed, by at most
    `CATSEARCH_INCREMENTAL_MAX_CHANGE_PERCENT`: the run's index is a `_clone` of the
-   served one, the removed products are deleted from it, and **load_index** upserts
+   served one, the removed products are deleted from it, and the load parts upsert
    the added and updated ones only. Otherwise (a new artifact version or mapping, a
-   larger change, the `full_rebuild` Param) a full build (docs/across-weeks.md):
-   **load_index** bulk-loads a new versioned index (documents keyed by `item_id`).
+   larger change, the `full_rebuild` Param) a full build (docs/across-weeks.md).
+   **load_index** (one per part): the new versioned index, bulk-loaded from a range of
+   the embedding chunks (documents keyed by `item_id`, so parts and retries never
+   duplicate); **finish_index** gives it its serving settings.
 5. **validate_index**: the count, sampled products holding exactly their stored
    embedding, and ANN recall@10 against exact search; a failure leaves the alias alone.
    **evaluate_index**: search quality (recall@1/5/10 and MRR per mode and product
@@ -156,11 +159,21 @@ def catalogue_ingest():
 
         return ingest.filter_shard(env.settings, env.s3, env.plan, shard)
 
-    @catalogue_task("copy")
-    def copy_images(env: TaskEnv, run_plan: dict) -> dict:
+    @catalogue_task()
+    def parts_of(env: TaskEnv, run_plan: dict) -> list[int]:
+        return list(range(run_plan["parts"]))
+
+    @catalogue_task("copy", map_index_template="{{ task.op_kwargs['part'] }}")
+    def copy_images(env: TaskEnv, run_plan: dict, part: int) -> dict:
         from catalogue_search import ingest
 
-        return ingest.copy_run_images(env.settings, env.s3, env.plan)
+        return ingest.copy_part(env.settings, env.s3, env.plan, part)
+
+    @catalogue_task()
+    def record_copies(env: TaskEnv, run_plan: dict, parts: list[dict]) -> dict:
+        from catalogue_search import ingest
+
+        return ingest.record_copies(env.settings, env.s3, env.plan, list(parts))
 
     @catalogue_task(short_circuit=True, ignore_downstream_trigger_rules=False)
     def prepare_encoding(env: TaskEnv, run_plan: dict) -> dict | None:
@@ -197,11 +210,17 @@ def catalogue_ingest():
         build = ingest.choose_build(env.settings, env.s3, env.opensearch, env.plan, full_rebuild=full)
         return None if build["mode"] == "noop" else build  # nothing changed: the rest of the run is skipped
 
-    @catalogue_task("load")
-    def load_index(env: TaskEnv, run_plan: dict) -> dict:
+    @catalogue_task("load", map_index_template="{{ task.op_kwargs['part'] }}")
+    def load_index(env: TaskEnv, run_plan: dict, part: int) -> dict:
         from catalogue_search import ingest
 
-        return ingest.load_index(env.settings, env.s3, env.opensearch, env.plan)
+        return ingest.load_part(env.settings, env.s3, env.opensearch, env.plan, part)
+
+    @catalogue_task("load")
+    def finish_index(env: TaskEnv, run_plan: dict, parts: list[dict]) -> dict:
+        from catalogue_search import ingest
+
+        return ingest.finish_index(env.settings, env.s3, env.opensearch, env.plan, list(parts))
 
     @catalogue_task("validate")
     def validate_index(env: TaskEnv, run_plan: dict, loaded: dict) -> dict:
@@ -248,7 +267,9 @@ def catalogue_ingest():
 
     run_plan = plan()
     filtered = filter_shard.partial(run_plan=run_plan).expand(shard=shards_of(run_plan))
-    copied = copy_images(run_plan)
+    parts = parts_of(run_plan)
+    copy_parts = copy_images.partial(run_plan=run_plan).expand(part=parts)
+    copied = record_copies(run_plan, copy_parts)
     config = prepare_encoding(run_plan)
     encode_images = _transform("encode_images", config)
     recorded = record_embeddings(run_plan)
@@ -256,17 +277,20 @@ def catalogue_ingest():
     encode_names = _transform("encode_names", name_config)
     names_recorded = record_name_embeddings(run_plan)
     built = choose_build(run_plan)
-    loaded = load_index(run_plan)
+    load_parts = load_index.partial(run_plan=run_plan).expand(part=parts)
+    loaded = finish_index(run_plan, load_parts)
     validated = validate_index(run_plan, loaded)
     evaluated = evaluate_index(run_plan)
     published = swap_alias(run_plan)
     chain(
         filtered,
+        copy_parts,
         copied,
         [config, name_config],
         [encode_images, encode_names],
         [recorded, names_recorded],
         built,
+        load_parts,
         loaded,
         validated,
         evaluated,

@@ -4,7 +4,8 @@ AWS clients come from the Amazon provider's hooks, so `aws_default` decides
 credentials, region and (locally) the moto endpoint. OpenSearch comes from the
 `opensearch_default` connection: host, port, schema http/https, login and
 password for basic auth, or `{"auth": "sigv4", "region": "..."}` in its extra
-for Amazon OpenSearch Service. Without that connection the settings' URL is used.
+for Amazon OpenSearch Service; `{"urls": "http://a:9200,http://b:9201"}` in the
+extra names every node of a cluster without a load balancer. Without that connection the settings' URL is used.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def opensearch(settings: Settings):
     extra = conn.extra_dejson or {}
     scheme = conn.schema or ("https" if conn.port == 443 else "http")
     url = f"{scheme}://{conn.host}:{conn.port or (443 if scheme == 'https' else 9200)}"
+    # A cluster reached node by node (the local cluster stack) names every node in the extra's "urls".
+    url = extra.get("urls") or url
     auth = extra.get("auth") or ("basic" if conn.login else "none")
     return index.make_client(
         url,

@@ -75,8 +75,10 @@ def ingest_schedule(settings: Settings):
 
 
 def dag_args(settings: Settings, run_limit: str = "dagrun") -> dict[str, Any]:
-    """What every DAG shares: no catch-up, one active run, the task defaults and the run's time limit."""
+    """What every DAG shares: a start date in the past (an unpaused scheduled DAG runs its latest slot at
+    once), no catch-up, one active run, the task defaults and the run's time limit."""
     return {
+        "start_date": settings.start_datetime,
         "catchup": False,
         "max_active_runs": 1,
         "default_args": settings.dag_default_args(),

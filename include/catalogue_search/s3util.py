@@ -128,6 +128,17 @@ def _write_ledger(s3, bucket: str, key: str, entries: dict[str, list[str]], pres
     put_bytes(s3, bucket, key, body, GZIP)
 
 
+def merge_ledgers(s3, bucket: str, dest_prefix: str, part_ledgers: Iterable[str]) -> int:
+    """Merge the ledgers of a split copy's parts into the shared one (one writer); returns the entries merged."""
+    entries: dict[str, list[str]] = {}
+    for key in part_ledgers:
+        entries.update(read_ledger(s3, bucket, key))
+    if entries:
+        present = set(read_ledger(s3, bucket, ledger_key(dest_prefix))) | set(entries)
+        _write_ledger(s3, bucket, ledger_key(dest_prefix), entries, present)
+    return len(entries)
+
+
 def _source_listing(s3, bucket: str, prefix: str, paths: list[str], workers: int) -> dict[str, dict[str, Any]] | None:
     """The source objects of the folders `paths` live in (ABO: `images/small/<2 hex>/`), or None
     where a HEAD per image is cheaper: fewer than 2 images per folder, or images at the top level."""
@@ -151,6 +162,7 @@ def copy_images(
     dest_prefix: str,
     workers: int = S3_WORKERS,
     logger: logging.Logger = log,
+    part_ledger: str | None = None,
 ) -> tuple[list[dict[str, Any]], CopyReport]:
     """Server-side copy of each product's image; skip what is already there.
 
@@ -167,13 +179,19 @@ def copy_images(
     to equal ETags, and enter the ledger.
     A product whose source image is missing is dropped (and named in the
     report), not an error: the run goes on without it.
+
+    One part of a copy split across workers (`part_ledger`: a key of its own)
+    writes what it learnt there instead of into the shared ledger, which one
+    writer then merges (`merge_ledgers`): parts never overwrite each other's entries.
     """
     products = list(products)
     source_base = f"{source_prefix}images/small/"
     existing = list_objects(s3, dest_bucket, dest_prefix)
     sources = _source_listing(s3, source_bucket, source_base, [p["path"] for p in products], workers)
-    ledger_at = ledger_key(dest_prefix)
-    ledger = read_ledger(s3, dest_bucket, ledger_at)
+    ledger_at = part_ledger or ledger_key(dest_prefix)
+    ledger = read_ledger(s3, dest_bucket, ledger_key(dest_prefix))
+    if part_ledger:  # a retry of this part: what its first try copied
+        ledger.update(read_ledger(s3, dest_bucket, part_ledger))
     entries: dict[str, list[str]] = {}
     report = CopyReport()
     lock = threading.Lock()

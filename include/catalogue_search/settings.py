@@ -184,8 +184,14 @@ class Settings:
 
     # --- Ingestion -----------------------------------------------------------
     schedule: str = "@weekly"
+    # The first day the schedule counts from (ISO date, UTC). In the past, an unpaused DAG runs its
+    # latest weekly slot at once; with catchup off, only that one (docs/cluster.md).
+    start_date: str = "2025-01-01"
     language_tag: str = "en_US"
     copy_workers: int = 16
+    # copy_images and load_index run as this many mapped tasks (parts of the images, ranges of the
+    # embedding chunks), so several workers share them (docs/cluster.md); the cluster stack sets 4.
+    split_parts: int = 1
 
     # --- Local caches ----------------------------------------------------------
     # Where extracted model artifacts are cached ("" = ~/.cache/catalogue-search/models).
@@ -250,6 +256,17 @@ class Settings:
         if self.model_artifact_uri:
             return self.model_artifact_uri
         return f"s3://{self.bucket}/{self.models_prefix}{self.model_slug}/model.tar.gz"
+
+    @property
+    def start_datetime(self):
+        """`start_date` as an aware UTC datetime (the DAGs' `start_date`)."""
+        from datetime import date, datetime, timezone
+
+        try:
+            day = date.fromisoformat(self.start_date)
+        except ValueError as exc:
+            raise SettingsError(f"{_env_name('start_date')}={self.start_date!r} is not an ISO date") from exc
+        return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
     def run_prefix(self, run_key: str) -> str:
         return f"{self.manifests_prefix}{_slug(run_key)}/"

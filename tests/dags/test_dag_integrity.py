@@ -101,12 +101,15 @@ print(json.dumps({{d: [dags[d].dagrun_timeout.total_seconds(), {{t.task_id: t.ex
         "plan": "task",
         "shards_of": "task",
         "filter_shard": "filter",
+        "parts_of": "task",
         "copy_images": "copy",
+        "record_copies": "task",
         "prepare_encoding": "task",
         "encode_images": "transform",
         "encode_names": "transform",
         "choose_build": "load",
         "load_index": "load",
+        "finish_index": "load",
         "validate_index": "validate",
         "report_duplicates": "validate",
         "swap_alias": "task",
@@ -167,11 +170,13 @@ def test_ingest_dag_shape():
     order = [
         "filter_shard",
         "copy_images",
+        "record_copies",
         "prepare_encoding",
         "encode_images",
         "record_embeddings",
         "choose_build",
         "load_index",
+        "finish_index",
         "validate_index",
         "evaluate_index",
         "swap_alias",
@@ -180,6 +185,27 @@ def test_ingest_dag_shape():
         assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
     # The asset alias: each event names the concrete asset of the alias the run moved.
     assert dag.get_task("swap_alias").outlets == [AssetAlias("catalogue-search-index")]
+    # The copy and the load are mapped over the plan's parts (several workers share them); their
+    # record steps are single tasks.
+    for mapped in ("copy_images", "load_index"):
+        assert dag.get_task(mapped).is_mapped, mapped
+    for single in ("record_copies", "finish_index", "validate_index", "swap_alias"):
+        assert not dag.get_task(single).is_mapped, single
+    # A start date in the past: once unpaused, a scheduler runs the latest weekly slot at once (tests/cluster),
+    # and only that one (no catch-up). The schedule is the weekly cron beside the model Asset.
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    assert dag.start_date is not None and dag.start_date < datetime.now(timezone.utc) - timedelta(days=7)
+    timetable = decode_timetable(encode_timetable(dag.timetable))  # as the scheduler reads it
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(dag.start_date, None, catchup=dag.catchup)
+    )
+    assert not dag.catchup and first is not None
+    assert timedelta(0) <= datetime.now(timezone.utc) - first.run_after <= timedelta(days=7), first
     # runs when the encode step was skipped (nothing new): it still writes the run report
     assert dag.get_task("record_embeddings").trigger_rule == "none_failed"
     # A run with nothing new stops at choose_build: no index, no publish (the clean-up still runs).

@@ -282,7 +282,18 @@ def rerun_load(world, backfill):
     before = (world.os.count(index=served)["count"], _settings_of(world.os, served))
     run_id = world.os.indices.get_mapping(index=served)[served]["mappings"]["_meta"]["run"].split("/", 1)[1]
     result = subprocess.run(
-        [sys.executable, "-m", "airflow", "tasks", "test", "catalogue_ingest", "load_index", run_id],
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "tasks",
+            "test",
+            "catalogue_ingest",
+            "load_index",
+            run_id,
+            "--map-index",
+            "0",
+        ],
         env={**os.environ, **world.env},
         capture_output=True,
         text=True,

@@ -210,8 +210,9 @@ def test_the_dags_request_encodes_many_images_per_request_in_batched_passes(
     assert prepare_calls["HeadObject"] == 1 and prepare_calls["ListObjectsV2"] == 1
     assert sum(record_calls.values()) <= 2, record_calls
     # each chunk once + plan, catalogue, products, the alias's served list (the rerun rule),
-    # the title store's catalogue (no titles encoded here) and the run's build choice (full or incremental)
-    assert load_calls["GetObject"] == n_chunks + 6, load_calls
+    # the title store's catalogue (no titles encoded here) and the run's build choice (full or incremental);
+    # one load part here (CATSEARCH_SPLIT_PARTS=1): each part reads those six itself, finish_index none
+    assert plan2.parts == 1 and load_calls["GetObject"] == n_chunks + 6, load_calls
     assert sum(load_calls.values()) < len(images)
 
     # a replaced image, re-encoded by a rerun of the same run: a new chunk name, the old outputs untouched

@@ -33,13 +33,17 @@ THIRD_PARTY_NAMES = {
     "POSTGRES_USER": "postgres image",
     "POSTGRES_PASSWORD": "postgres image",
     "POSTGRES_DB": "postgres image",
-    "discovery.type": "opensearch image (dotted names are node settings)",
+    "cluster.name": "opensearch image (three nodes of one cluster; dotted names are node settings)",
+    "node.name": "opensearch image",
+    "discovery.seed_hosts": "opensearch image",
+    "cluster.initial_cluster_manager_nodes": "opensearch image",
     "DISABLE_SECURITY_PLUGIN": "opensearch image",
     "DISABLE_INSTALL_DEMO_CONFIG": "opensearch image",
     "OPENSEARCH_JAVA_OPTS": "opensearch image",
     "PYTHONPATH": "python",
     "TOKENIZERS_PARALLELISM": "tokenizers (open_clip)",
     "CONNECTION_CHECK_MAX_COUNT": "airflow image entrypoint: 0 skips its wait for the Airflow DB",
+    "DUMB_INIT_SETSID": "airflow image entrypoint: a warm shutdown for the Celery worker",
     "_AIRFLOW_WWW_USER_USERNAME": "airflow-init",
     "_AIRFLOW_WWW_USER_PASSWORD": "airflow-init",
 }
@@ -130,18 +134,24 @@ def test_the_file_has_no_duplicate_key_and_one_airflow_definition(compose):
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "airflow-worker",
     }
 
 
-def test_airflow_runs_the_official_3x_components_with_the_local_executor(compose):
+def test_airflow_runs_the_official_3x_components_with_the_celery_executor(compose):
+    """The cluster stack's shape (docs/cluster.md): Celery workers with Redis, late acks, a visibility
+    timeout above the longest task's time limit."""
     airflow = airflow_services(compose)
-    assert {"api-server", "scheduler", "dag-processor", "triggerer"} <= {
-        str(s.get("command")) for s in airflow.values()
-    }
+    commands = {str(svc.get("command")) for svc in airflow.values()}
+    assert {"api-server", "scheduler", "dag-processor", "triggerer", "celery worker"} <= commands
     assert "airflow db migrate" in str(airflow["airflow-init"]["command"])
     for name, svc in airflow.items():
         env = environment(svc)
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis", name
+        assert env["AIRFLOW__CELERY__TASK_ACKS_LATE"] == "true", name
+        longest = max(Settings().timeout(kind).total_seconds() for kind in ("copy", "load"))
+        assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > longest, name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql"), name
         api_host = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]).hostname
         assert compose["services"][api_host]["command"] == "api-server", name
@@ -181,8 +191,9 @@ def test_published_ports_are_loopback_only(compose):
 
 
 def test_airflow_gets_the_local_stacks_names_and_connections(compose):
-    """The same CATSEARCH_* names as localenv.py (plus what ./dev exports), and the connections it builds."""
-    local = {k for k in localenv.local_environment({}) if k.startswith("CATSEARCH_")}
+    """The same CATSEARCH_* names as localenv.py's cluster stack (the file's shape: replicas, shards, the
+    work in parts) plus what ./dev exports, and the connections it builds."""
+    local = {k for k in localenv.local_environment({"CATSEARCH_STACK": "cluster"}) if k.startswith("CATSEARCH_")}
     dev_exports = set(re.findall(r"^export (CATSEARCH_\w+)=", (REPO / "dev").read_text(), re.M))
     for name, svc in airflow_services(compose).items():
         env = environment(svc)

@@ -396,6 +396,17 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     return len(paths)
 
 
+def stage_seeded(gen: Generated, out_dir: Path, s3, settings, *, seed: int, chunk: int, dim: int = 512) -> int:
+    """The generated catalogue ready for a run without encoding (tests, benchmarks): its ABO layout
+    written to `out_dir` and uploaded to the source bucket, its precomputed vectors (`seed`) written
+    into the embedding stores. The model artifact must be in the bucket already (`demo.prepare_model`)."""
+    write_layout(gen, out_dir)
+    upload(gen, out_dir, s3, settings.source_bucket, log=lambda _: None)
+    paths, vecs = precomputed_vectors(gen, dim=dim, seed=seed)
+    np.savez(out_dir / VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
+    return seed_embedding_store(gen, out_dir, s3, settings, chunk=chunk, log=lambda _: None)
+
+
 def _title(line: str) -> str | None:
     """The title the filter keeps for one listing line (`catalogue.first_value`), dirt included."""
     from catalogue_search.catalogue import first_value

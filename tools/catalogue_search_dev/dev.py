@@ -1,15 +1,17 @@
 """`./dev` subcommands: the main job, the tests, the local stack, search.
 
 ./dev demo                 index the sample catalogue and answer sample queries
-./dev test [pytest args]   ruff, then the test suite, then a check that it left no trace
+./dev test [pytest args]   ruff, then the test suite (all but the cluster faults), then a check that it left no trace
+./dev test -m cluster      the cluster fault tests: 3 OpenSearch nodes, Celery workers, kills (docs/cluster.md)
 ./dev test --quick [args]  ruff, then the unit tests and DAG integrity checks (marker `unit`): no stack, < 1 min
 ./dev test --update-docs   also write the browser test's screenshot over docs/search-page.png
 ./dev stack up|down|status the local OpenSearch node, moto server and SageMaker server
                            (up --secure: also a node with the security plugin, TLS and the AWS roles; docs/aws.md)
+./dev stack up --cluster   3 OpenSearch nodes, Redis, Airflow with 2 Celery workers (docs/cluster.md)
 ./dev search "a red flower" [-k 5] | --image PATH
 ./dev rollback [--alias A] move the alias back to the previous served index
 ./dev eval [--compare INDEX] the served index's search quality (docs/quality.md)
-./dev bench [NAME [args]]  benchmarks (filter, copy, encode, bulk, knn, e2e, search-api, eval, finetune, ...)
+./dev bench [NAME [args]]  benchmarks (BENCHMARKS.md; `./dev bench list` names them)
 ./dev generate-abo [args]  the full-size synthetic ABO catalogue (147,702 listings) in moto
 ./dev airflow ...          the Airflow CLI with the local configuration
 ./dev ui                   `airflow standalone` (UI on http://127.0.0.1:8080); Ctrl-C, SIGTERM or SIGHUP stops all of it
@@ -37,6 +39,27 @@ def _say(msg: str) -> None:
 
 
 def stack_up() -> None:
+    from catalogue_search_dev import cluster
+
+    if cluster.enabled():
+        return cluster_up()
+    for name, what in stack.up().items():
+        _say(f"{name}: {what}")
+
+
+def cluster_up() -> None:
+    """The cluster stack (docs/cluster.md): its nodes first (the first takes the light node's port), then
+    Redis and Airflow's processes, then moto and the SageMaker server of the light stack."""
+    from catalogue_search_dev import cluster, localenv
+
+    os.environ.update(localenv.cluster_environment(dict(os.environ)))
+    single = stack.services()[1]
+    if stack._read_pid(single) is not None and not cluster.node_up(cluster.Layout.for_user(), 0):
+        _say(f"opensearch (one node): {stack.stop(single)}, its port goes to the cluster's first node")
+    ensure_airflow_db()
+    _say("starting the cluster stack: 3 OpenSearch nodes, Redis, Airflow with 2 Celery workers (a few minutes)")
+    for name, what in cluster.up(cluster.Layout.for_user(), dict(os.environ)).items():
+        _say(f"{name}: {what}")
     for name, what in stack.up().items():
         _say(f"{name}: {what}")
 
@@ -130,13 +153,19 @@ def cmd_test(args: list[str]) -> int:
     session's token (tests/conftest.py), so the user's DB is never opened here.
     `--quick`: see `cmd_test_quick`.
     """
-    from catalogue_search_dev import testenv, testkinds
+    from catalogue_search_dev import cluster, testenv, testkinds
 
     if "--update-docs" in args:  # the browser test writes docs/search-page.png instead of build/screenshots/
         os.environ[testkinds.UPDATE_DOCS_ENV] = "1"
         args = [a for a in args if a != "--update-docs"]
     if "--quick" in args:
         return cmd_test_quick([a for a in args if a != "--quick"])
+    if cluster.enabled():
+        _say(
+            "the test suite runs on the light stack: `./dev stack down` first (the cluster tests, "
+            "`./dev test -m cluster`, start a cluster of their own)"
+        )
+        return 2
     if lint() != 0:
         return 1
     stack_up()
@@ -144,6 +173,9 @@ def cmd_test(args: list[str]) -> int:
     os.chdir(repo_root())
     token = testenv.session_token()
     before = testenv.snapshot()
+    if not any(a == "-m" or a.startswith("-m") for a in args):
+        # The cluster fault tests (3 nodes, Celery, kills) are their own command: `./dev test -m cluster`.
+        args = ["-m", "not cluster", *args]
     code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
     if notes:
@@ -167,20 +199,31 @@ def cmd_demo(args: list[str]) -> int:
 
 
 def cmd_stack(args: list[str]) -> int:
-    from catalogue_search_dev import secure_stack
+    from catalogue_search_dev import cluster, secure_stack
 
     action = args[0] if args else "status"
     if action == "up":
+        if "--cluster" in args[1:]:
+            cluster.mode_file().parent.mkdir(parents=True, exist_ok=True)
+            cluster.mode_file().write_text("cluster\n")
         stack_up()
         if "--secure" in args[1:]:
             _say(f"opensearch-secure: {secure_stack.up()}")
     elif action == "down":
+        layout = cluster.Layout.for_user()
+        if cluster.enabled() or any(layout.pid_file(n).exists() for n in ("redis", "node-1", "scheduler")):
+            for name, what in cluster.down(layout).items():
+                _say(f"{name}: {what}")
+        cluster.mode_file().unlink(missing_ok=True)
         for name, what in {**stack.down(), "opensearch-secure": secure_stack.down()}.items():
             _say(f"{name}: {what}")
     elif action == "status":
         for name, what in stack.status().items():
             print(f"{name}: {what}")
         print(f"opensearch-secure: {secure_stack.status()}")
+        if cluster.enabled():
+            for name, what in cluster.status(cluster.Layout.for_user()).items():
+                print(f"{name}: {what}")
     else:
         _say(f"unknown stack action {action!r}: use up, down or status")
         return 2
@@ -236,9 +279,12 @@ def cmd_airflow(args: list[str]) -> int:
 
 
 def cmd_ui(args: list[str]) -> int:
-    from catalogue_search_dev import ui, ui_state
+    from catalogue_search_dev import cluster, ui, ui_state
 
     stack_up()
+    if cluster.enabled():  # the cluster's own API server, scheduler and workers: no `airflow standalone`
+        _say(f"the cluster stack serves the Airflow UI on http://127.0.0.1:{cluster.Layout.for_user().api_port}")
+        return 0
     ensure_airflow_db()
     home = Path(os.environ["AIRFLOW_HOME"])
     port = os.environ.get("AIRFLOW__API__PORT", "8080")
@@ -268,6 +314,7 @@ BENCHMARKS = {
     "finetune": "finetune.py",
     "full-dag": "full_dag_run.py",
     "torchserve": "torchserve.py",
+    "cluster": "cluster_split.py",
 }
 
 

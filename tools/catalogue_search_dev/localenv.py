@@ -82,9 +82,23 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     )
     merged["AIRFLOW_CONN_OPENSEARCH_DEFAULT"] = env.get(
         "AIRFLOW_CONN_OPENSEARCH_DEFAULT",
-        _opensearch_connection(merged["CATSEARCH_OPENSEARCH_URL"]),
+        opensearch_connection(merged["CATSEARCH_OPENSEARCH_URL"]),
     )
+    merged.update(cluster_environment({**env, **merged}))
     return merged
+
+
+def cluster_environment(env: dict[str, str]) -> dict[str, str]:
+    """The cluster stack's variables when it is on (`./dev stack up --cluster`, CATSEARCH_STACK=cluster):
+    every OpenSearch node in CATSEARCH_OPENSEARCH_URL (derived from its first port), the CeleryExecutor
+    and Redis; a caller's own value of any other variable wins. Empty on the light stack."""
+    from catalogue_search_dev import cluster, cluster_airflow
+
+    if not cluster.enabled(env):
+        return {}
+    wanted = cluster_airflow.environment(cluster.Layout.for_user(env))
+    derived = {"CATSEARCH_OPENSEARCH_URL", "AIRFLOW_CONN_OPENSEARCH_DEFAULT", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"}
+    return {k: v if k in derived else env.get(k, v) for k, v in wanted.items()}
 
 
 def airflow_sizing(cpus: int) -> dict[str, str]:
@@ -118,18 +132,20 @@ def aws_connection(endpoint_url: str, sagemaker_url: str, *, region: str, login:
     return json.dumps({"conn_type": "aws", "login": login, "password": password, "extra": extra})
 
 
-def _opensearch_connection(url: str) -> str:
-    parsed = urlsplit(url)
-    return json.dumps(
-        {
-            "conn_type": "opensearch",
-            "host": parsed.hostname,
-            "port": parsed.port or (443 if parsed.scheme == "https" else 9200),
-            "schema": parsed.scheme or "http",
-            # No login: no auth. (An extra {"auth": "none"} would be a 4-character "secret" that
-            # Airflow's masker warns it is too short to mask, in every task.)
-        }
-    )
+def opensearch_connection(url: str) -> str:
+    nodes = [u.strip() for u in url.split(",") if u.strip()]
+    parsed = urlsplit(nodes[0])
+    conn = {
+        "conn_type": "opensearch",
+        "host": parsed.hostname,
+        "port": parsed.port or (443 if parsed.scheme == "https" else 9200),
+        "schema": parsed.scheme or "http",
+        # No login: no auth. (An extra {"auth": "none"} would be a 4-character "secret" that
+        # Airflow's masker warns it is too short to mask, in every task.)
+    }
+    if len(nodes) > 1:  # the cluster stack: every node, so a task survives one node's death
+        conn["extra"] = {"urls": ",".join(nodes)}
+    return json.dumps(conn)
 
 
 def main() -> None:

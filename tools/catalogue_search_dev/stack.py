@@ -95,7 +95,8 @@ def services() -> list[Service]:
         Service("moto", os.environ.get("CATSEARCH_AWS_ENDPOINT_URL", "http://127.0.0.1:5000"), "/moto-api/"),
         Service(
             "opensearch",
-            os.environ.get("CATSEARCH_OPENSEARCH_URL", "http://127.0.0.1:9200"),
+            # The first node: the cluster stack (cluster.py) names all three, comma-separated.
+            os.environ.get("CATSEARCH_OPENSEARCH_URL", "http://127.0.0.1:9200").split(",")[0],
             "/_cluster/health",
         ),
         Service("sagemaker", os.environ.get("CATSEARCH_SAGEMAKER_ENDPOINT_URL", "http://127.0.0.1:5100"), "/ping"),

@@ -16,7 +16,7 @@ the index passed validation.
 
 from catalogue_search.index.aliases import alias_targets, delete_index, indices_for_alias, live_count, swap_alias
 from catalogue_search.index.build import LoadReport, bulk_load, create_index, finish_loading
-from catalogue_search.index.client import RETRY_STATUSES, client_from_settings, make_client
+from catalogue_search.index.client import RETRY_STATUSES, client_from_settings, make_client, node_urls, parse_hosts
 from catalogue_search.index.clone import clone_index, delete_documents, set_meta
 from catalogue_search.index.mapping import (
     LOWERCASE_NORMALIZER,
@@ -79,6 +79,8 @@ __all__ = [
     "knn_query",
     "live_count",
     "make_client",
+    "node_urls",
+    "parse_hosts",
     "sample_ids",
     "self_match_query",
     "set_meta",

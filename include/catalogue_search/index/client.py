@@ -1,9 +1,16 @@
-"""The OpenSearch client: one place that builds it, from a URL and an auth mode or from the settings."""
+"""The OpenSearch client: one place that builds it, from a URL and an auth mode or from the settings.
+
+A URL may name several nodes of one cluster, comma-separated
+(`http://127.0.0.1:9200,http://127.0.0.1:9201`): requests go round-robin, and
+a node that stops answering is marked dead and the request retried on another
+(docs/cluster.md). A managed domain has one URL, its load balancer.
+"""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
+from urllib.parse import urlsplit
 
 from catalogue_search.errors import InvalidValueError
 from catalogue_search.settings import Settings
@@ -28,14 +35,12 @@ def make_client(
     Airflow AWS connection); without them, with the process's default chain.
     `ca_certs` names the CA bundle an https node's certificate is checked against.
     """
-    from urllib.parse import urlsplit
-
     from opensearchpy import OpenSearch, RequestsHttpConnection
 
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    use_ssl = parts.scheme == "https"
+    hosts = parse_hosts(url)
+    use_ssl = urlsplit(node_urls(url)[0]).scheme == "https"
     kwargs: dict[str, Any] = {
-        "hosts": [{"host": parts.hostname, "port": parts.port or (443 if use_ssl else 9200)}],
+        "hosts": hosts,
         "use_ssl": use_ssl,
         "verify_certs": use_ssl,
         "timeout": timeout,
@@ -79,6 +84,26 @@ def _own_ca_connection():
             self.session.trust_env = False
 
     return OwnCaConnection
+
+
+def node_urls(url: str) -> list[str]:
+    """The node URLs of a (possibly comma-separated) OpenSearch URL, each with a scheme."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise InvalidValueError("no OpenSearch URL given")
+    urls = [u if "://" in u else f"http://{u}" for u in urls]
+    if len({urlsplit(u).scheme for u in urls}) > 1:
+        raise InvalidValueError(f"the nodes of {url!r} mix http and https")
+    return urls
+
+
+def parse_hosts(url: str) -> list[dict[str, Any]]:
+    """opensearch-py's `hosts`: one {"host", "port"} per node of `url`."""
+    hosts = []
+    for node in node_urls(url):
+        parts = urlsplit(node)
+        hosts.append({"host": parts.hostname, "port": parts.port or (443 if parts.scheme == "https" else 9200)})
+    return hosts
 
 
 def client_from_settings(settings: Settings):

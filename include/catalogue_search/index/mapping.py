@@ -98,7 +98,11 @@ def _knn_field(settings: Settings, dimension: int) -> dict[str, Any]:
 
 
 def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) -> dict[str, Any]:
-    """Settings and mapping of a new index, in its loading state (no refresh, no replicas).
+    """Settings and mapping of a new index, in its loading state (no refresh).
+
+    It is loaded with the replicas it serves with: on a cluster, a node lost
+    mid-load then loses no acknowledged document (its replica is promoted).
+    One node has none to add (`index_replicas` = 0).
 
     Two vector fields of the same dimension (CLIP's image and text towers share
     the embedding space): `embedding` (the image) and `name_vector` (the title).
@@ -108,7 +112,7 @@ def index_body(settings: Settings, *, alias: str, dimension: int, run_key: str) 
             "index": {
                 "knn": True,
                 "number_of_shards": settings.index_shards,
-                "number_of_replicas": 0,
+                "number_of_replicas": settings.index_replicas,
                 "refresh_interval": "-1",
                 "analysis": {
                     **title_analysis(),

@@ -44,45 +44,64 @@ def title_vectors(
     return encoding.TitleVectors(encoding.iter_vectors(s3, store, stored, wanted))
 
 
-def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
-    """Step 4: create the run's index and bulk-load every product that has an image embedding.
-
-    Each document carries its title vector too, looked up in a local spool of
-    the title store (`encoding.TitleVectors`): one indexing per document.
-    """
+def _loadable(settings: Settings, s3, plan: RunPlan):
+    """(artifact version, the store's catalogue, the run's products by image path)."""
     store = encoding.Store(settings, encoding.IMAGE)
     version = encoding.read_plan(s3, store, plan.prefix).version
     stored = encoding.Catalogue.load(s3, store, version)
-    items = products(settings, s3, plan)
     by_path: dict[str, list[dict[str, Any]]] = {}
-    for p in items:
+    for p in products(settings, s3, plan):
         by_path.setdefault(p["path"], []).append(p)
-    dropped: list[str] = []
-    for path in sorted(by_path):
-        if path not in stored.encoded:
-            dropped.append(path)
+    return store, version, stored, by_path
+
+
+def load_part(settings: Settings, s3, client, plan: RunPlan, part: int, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 4, part `part` of `plan.parts`: the products whose image vectors lie in one range of the
+    store's chunks (each chunk read by one part only), bulk-loaded into the run's index.
+
+    A full build: the first part to run creates the index; the others reuse it.
+    An incremental build (`choose_build` cloned the served index): the parts
+    share the added and updated products only, by the chunks that hold them.
+    Documents are keyed by `item_id`, so a retried part overwrites what its
+    first try loaded. Each document carries its title vector too, looked up in
+    a local spool of the title store (`encoding.TitleVectors`): one indexing per document.
+    """
+    from catalogue_search.ingest.copy import part_range
+
+    store, version, stored, by_path = _loadable(settings, s3, plan)
+    if not any(path in stored.encoded for path in by_path):
+        raise PermanentError(f"no product has an embedding for artifact {version}: nothing to index")
+    # What no part loads, named by every part alike (the first names why in its log): `finish_index`
+    # then reads nothing from S3.
+    dropped = sorted(path for path in by_path if path not in stored.encoded)
+    if part == 0:
+        for path in dropped:
             reason = stored.errors.get(path, ("", "no embedding in the store"))[1]
             logger.warning("image %s could not be encoded, its product is dropped: %s", path, reason)
-    loaded = [p for p in items if p["path"] in stored.encoded]
-    if not loaded:
-        raise PermanentError(f"no product has an embedding for artifact {version}: nothing to index")
     build = delta.read_build(settings, s3, plan) or {"mode": delta.FULL}
     if build["mode"] == delta.INCREMENTAL:  # the index is a clone of the served one: the changed products only
         upsert = set(delta.read_delta(settings, s3, plan)["upsert"])
-        loaded = [p for p in loaded if p["item_id"] in upsert]
-    to_load: dict[str, list[dict[str, Any]]] = {}
-    for p in loaded:
-        to_load.setdefault(p["path"], []).append(p)
-    ready = len(loaded)
-    result = {"index": plan.index, "dropped_no_embedding": dropped, "artifact_version": version}
+        by_path = {path: kept for path, ps in by_path.items() if (kept := [p for p in ps if p["item_id"] in upsert])}
+    chunks = sorted({stored.encoded[path][0] for path in by_path if path in stored.encoded})
+    mine = {chunks[i] for i in part_range(len(chunks), part, plan.parts)}
+    paths = {path: by_path[path] for path in by_path if path in stored.encoded and stored.encoded[path][0] in mine}
+    loaded = [p for path in sorted(paths) for p in paths[path]]
+    result = {"part": part, "index": plan.index, "indexed": 0, "title_vectors": 0, "chunks": len(mine)}
+    result.update(dropped_no_embedding=dropped, artifact_version=version)
     result["build"] = {k: build[k] for k in ("mode", "base_index") if k in build}
-    vectors = encoding.iter_vectors(s3, store, stored, to_load)
-    first_path, first_vector = next(vectors, (None, None))
-    if first_vector is None:  # an incremental run that only removed products: the clone is the index
-        index.finish_loading(client, plan.index, settings.index_replicas)
-        return {**result, "indexed": 0, "title_vectors": 0}
+    logger.info(
+        "load part %d of %d: %d chunks, %d products%s",
+        part + 1,
+        plan.parts,
+        len(mine),
+        len(loaded),
+        f" (added or updated since {build['base_index']})" if build["mode"] == delta.INCREMENTAL else "",
+    )
+    if not loaded:
+        return result
+    vectors = encoding.iter_vectors(s3, store, stored, paths)
+    first_path, first_vector = next(vectors)
     dimension = int(first_vector.shape[0])
-    result["dimension"] = dimension
     body = index.index_body(settings, alias=plan.alias, dimension=dimension, run_key=plan.run_key)
     body["mappings"]["_meta"]["artifact_version"] = version
     created = index.create_index(client, plan.index, body, served=served_indices(settings, s3, client, plan.alias))
@@ -90,11 +109,7 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
     if created == "served":
         # A rerun of a finished run: the index serves (or served) readers and is never modified.
         logger.info("index %s has served alias %s: left unchanged, nothing loaded", plan.index, plan.alias)
-        return {**result, "indexed": int(client.count(index=plan.index)["count"]), "served": True}
-    if build["mode"] == delta.INCREMENTAL:
-        logger.info(
-            "%d added or updated products upserted into %s, cloned from %s", ready, plan.index, build["base_index"]
-        )
+        return {**result, "served": True}
 
     titled = 0
 
@@ -102,27 +117,61 @@ def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Lo
         nonlocal titled
         for path, vector in itertools.chain([(first_path, first_vector)], vectors):
             row = vector.tolist()
-            for product in to_load[path]:
+            for product in paths[path]:
                 name_vector = titles.get(product.get("item_name"))
                 titled += name_vector is not None
                 yield index.document(product, row, settings.model_name, name_vector)
 
     with title_vectors(settings, s3, loaded, version, logger) as titles:
-        logger.info("title vectors: %d read for %d documents", len(titles.rows), ready)
+        logger.info("title vectors: %d read for %d documents", len(titles.rows), len(loaded))
         report = index.bulk_load(
             client,
             plan.index,
             docs(titles),
-            total=ready,
+            total=len(loaded),
             chunk_size=settings.bulk_chunk_size,
             threads=settings.bulk_threads,
             logger=logger,
         )
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} documents were rejected, first: {report.failed[0]}")
-    logger.info("title vectors added to %d of %d documents", titled, ready)
+    logger.info("title vectors added to %d of %d documents", titled, len(loaded))
+    return {**result, "indexed": report.indexed, "title_vectors": titled, "dimension": dimension}
+
+
+def finish_index(
+    settings: Settings, s3, client, plan: RunPlan, parts: list[dict[str, Any]], logger: logging.Logger = log
+) -> dict[str, Any]:
+    """Step 4, once every part has loaded: the index gets its serving settings (refresh, replicas) and
+    its documents become visible. It reads nothing from S3: the parts' reports say what was dropped
+    and which build this is (an incremental run that only removed products loads nothing: the clone
+    is the index)."""
+    missing = sorted(set(range(plan.parts)) - {p["part"] for p in parts})
+    if missing:
+        raise PermanentError(f"load parts {missing} of {plan.parts} reported nothing")
+    first = min(parts, key=lambda p: p["part"])
+    result = {k: first[k] for k in ("index", "dropped_no_embedding", "artifact_version", "build")}
+    result["dimension"] = next((p["dimension"] for p in parts if "dimension" in p), None)
+    if any(p.get("served") for p in parts):
+        return {**result, "indexed": int(client.count(index=plan.index)["count"]), "served": True}
     index.finish_loading(client, plan.index, settings.index_replicas)
-    return {**result, "indexed": report.indexed, "title_vectors": titled}
+    indexed = sum(p["indexed"] for p in parts)
+    incremental = result["build"]["mode"] == delta.INCREMENTAL
+    logger.info(
+        "index %s: %d documents %s from %d load parts, %d replicas",
+        plan.index,
+        indexed,
+        f"upserted into a clone of {result['build']['base_index']}" if incremental else "loaded",
+        plan.parts,
+        settings.index_replicas,
+    )
+    return {**result, "indexed": indexed, "title_vectors": sum(p["title_vectors"] for p in parts)}
+
+
+def load_index(settings: Settings, s3, client, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
+    """Step 4 in one process: every part in turn, then `finish_index` (notebooks, benchmarks, tests)."""
+    parts = [load_part(settings, s3, client, plan, part, logger) for part in range(plan.parts)]
+    return finish_index(settings, s3, client, plan, parts, logger)
 
 
 def validate_index(settings: Settings, s3, client, plan: RunPlan, loaded: dict[str, Any], logger: logging.Logger = log):

@@ -36,6 +36,8 @@ class RunPlan:
     base_index: str | None = None
     base_shards: list[str] = field(default_factory=list)
     allow_shrink: bool = False
+    # copy_images and load_index run in this many mapped parts (`Settings.split_parts`).
+    parts: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,7 @@ class RunPlan:
             force_reencode=False,
             index=index.index_name(settings.index_alias, settings.model_slug, run_key),
             prefix=settings.run_prefix(run_id),
+            parts=max(1, settings.split_parts),
         )
 
     @classmethod
@@ -66,6 +69,10 @@ class RunPlan:
 
     def shard_key(self, shard: str) -> str:
         return f"{self.prefix}shards/listings_{shard}.jsonl"
+
+    def copy_part_key(self, part: int, suffix: str) -> str:
+        """Where part `part` of the split copy keeps its products (".jsonl") or its ledger (".ledger.json.gz")."""
+        return f"{self.prefix}copy/part-{part:03d}-of-{self.parts:03d}{suffix}"
 
     @property
     def duplicates_key(self) -> str:
@@ -153,6 +160,7 @@ def plan_run(
         base_index=base_index,
         base_shards=base_shards,
         allow_shrink=bool(params.get("allow_shrink", False)),
+        parts=max(1, settings.split_parts),
     )
 
 

@@ -1,4 +1,4 @@
-"""The run's steps up to the vectors: filter the listings, copy the images, encode (images and titles).
+"""The run's steps up to the vectors: filter the listings, encode (images and titles); the copy is in `copy`.
 
 Each step reads its inputs from S3 paths keyed by the run and writes its
 outputs there too, so any step can be retried or rerun and leaves the same
@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from catalogue_search import catalogue, encoding, state, transform
+from catalogue_search import catalogue, encoding, transform
 from catalogue_search.contract import JSONLINES
 from catalogue_search.encoding import Target
-from catalogue_search.errors import PermanentError
-from catalogue_search.ingest.lifecycle import served_indices
 from catalogue_search.ingest.plan import RunPlan
-from catalogue_search.s3util import copy_images, get_bytes, put_bytes
+from catalogue_search.s3util import get_bytes, put_bytes
 from catalogue_search.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,55 +38,6 @@ def filter_shard(settings: Settings, s3, plan: RunPlan, shard: str, logger: logg
         "shard %s: %d listings, kept %d, dropped %s", shard, report.listings, report.kept, report.dropped or "none"
     )
     return report.as_dict()
-
-
-def copy_run_images(settings: Settings, s3, plan: RunPlan, logger: logging.Logger = log) -> dict[str, Any]:
-    """Step 2: this run's shards + the other shards as published, copy their images, write the run's products.
-
-    The per-shard lists are also written as the state of this run's index; they
-    become the published state when the alias moves to it.
-    """
-    lists = {s: catalogue.from_jsonl(get_bytes(s3, settings.bucket, plan.shard_key(s))) for s in plan.shards}
-    for shard in plan.base_shards:
-        assert plan.base_index is not None
-        lists[shard] = state.read_shard(s3, settings, plan.alias, plan.base_index, shard)
-        logger.info("shard %s: %d products as published in %s", shard, len(lists[shard]), plan.base_index)
-    tagged = [[{**p, "shard": shard} for p in lists[shard]] for shard in sorted(lists)]
-    merged, cross_shard = catalogue.merge_products(tagged, plan.max_products)
-    if cross_shard:
-        logger.info("dropped %d products listed in more than one shard (%s)", cross_shard, catalogue.DROP_DUPLICATE)
-    if not merged:
-        raise PermanentError(f"no products left after filtering shards {', '.join(sorted(lists))}: nothing to index")
-    kept, report = copy_images(
-        s3,
-        merged,
-        source_bucket=settings.source_bucket,
-        source_prefix=settings.source_prefix,
-        dest_bucket=settings.bucket,
-        dest_prefix=settings.images_prefix,
-        workers=settings.copy_workers,
-        logger=logger,
-    )
-    if not kept:
-        raise PermanentError("no products left: the source images of every product are missing")
-    put_bytes(s3, settings.bucket, plan.products_key, catalogue.to_jsonl(kept), JSONLINES)
-    logger.info(
-        "images: %d copied, %d already present, %d missing at the source (products dropped: %s)",
-        report.copied,
-        report.skipped,
-        len(report.missing),
-        ", ".join(report.missing) or "none",
-    )
-    if plan.index in served_indices(settings, s3, None, plan.alias):
-        logger.info("index %s has served: its recorded state is left as it is", plan.index)
-    else:
-        by_shard: dict[str, list[dict[str, Any]]] = {shard: [] for shard in lists}
-        for product in merged:
-            by_shard[product["shard"]].append({k: v for k, v in product.items() if k != "shard"})
-        state.write_state(
-            s3, settings, plan.alias, plan.index, by_shard, language_tag=plan.language_tag, run_key=plan.run_key
-        )
-    return {"products": len(kept), "cross_shard_duplicates": cross_shard, **report.as_dict()}
 
 
 def products(settings: Settings, s3, plan: RunPlan) -> list[dict[str, Any]]:
