@@ -1,6 +1,6 @@
 """The main job at ABO's size: `catalogue_ingest` on the synthetic 147,702-listing catalogue.
 
-    ./dev bench full-dag [--listings 147702] [--runs 2] [--keep] [--json FILE]
+    ./dev bench full-dag [--listings 147702] [--runs 2] [--change 0.01] [--keep] [--json FILE]
 
 1. The generated catalogue (`./dev generate-abo`, seed 0): its 16 listing shards,
    images.csv.gz and every main image in a moto source bucket of its own
@@ -14,7 +14,12 @@
    titles the seed did not cover) to encode; everything else is the real path.
 4. `airflow dags test catalogue_ingest` in a private AIRFLOW_HOME, under the alias
    `bench-abo-full`, `--runs` times: the first run copies every image and builds
-   the index; a second run is next week's re-index of an unchanged catalogue.
+   the index; a second run is next week's re-index of an unchanged catalogue
+   (it finds nothing changed and publishes nothing).
+5. With `--change 0.01`, one more run after that share of the listings got another
+   product type (a change that needs no new vector, so the figure is the
+   pipeline's, not the encoder's): an incremental build from the served index.
+   The listing shards are put back as they were at the end.
 
 Printed per run: wall time, wall time per task (from the run's task instances;
 `dags test` runs the tasks one after another in one process, so the 16 mapped
@@ -177,6 +182,53 @@ def _run_dag(env: dict[str, str], home: Path, log_path: Path) -> dict:
     }
 
 
+def _listings_key(settings, shard: str) -> str:
+    return f"{settings.source_prefix}listings/metadata/listings_{shard}.json.gz"
+
+
+def _change_listings(settings, share: float) -> tuple[dict[str, bytes], int]:
+    """Give every 1/share-th listing with a product type another one, in every shard of the source bucket;
+    the shards' bytes as they were (to put back) and how many listings changed."""
+    import boto3
+
+    from catalogue_search_dev.sample_catalogue import put_source_listings, source_listings
+
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    step = max(1, round(1 / share))
+    originals, changed = {}, 0
+    for n in range(16):
+        shard = f"{n:x}"
+        key = _listings_key(settings, shard)
+        originals[shard] = s3.get_object(Bucket=settings.source_bucket, Key=key)["Body"].read()
+        rows = source_listings(s3, settings, shard)
+        edited = []
+        for i, r in enumerate(rows):
+            if i % step == 0 and r.get("product_type"):
+                r, changed = {**r, "product_type": [{"value": "BENCH_CHANGED_TYPE"}]}, changed + 1
+            edited.append(r)
+        put_source_listings(s3, settings, shard, edited)
+    return originals, changed
+
+
+def _restore_listings(settings, originals: dict[str, bytes]) -> None:
+    if not originals:
+        return
+    import boto3
+
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    for shard, raw in originals.items():
+        s3.put_object(Bucket=settings.source_bucket, Key=_listings_key(settings, shard), Body=raw)
+
+
+def _build_line(log: str) -> str:
+    """The run's build choice as its log says it (`build: incremental (...)`, or the no-op's sentence)."""
+    for line in log.splitlines():
+        for marker in ("build: ", "nothing changed since"):
+            if marker in line:
+                return line[line.index(marker) :].strip()[:400]
+    return ""
+
+
 def drop_alias(client) -> None:
     """Remove the benchmark's alias and delete every `bench-abo-full-*` index."""
     targets = index.alias_targets(client, ALIAS)
@@ -191,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listings", type=int, default=abo_generator.ABO_LISTINGS)
     parser.add_argument("--runs", type=int, default=2, help="DAG runs one after the other (2: a re-index)")
     parser.add_argument("--keep", action="store_true", help="keep the alias and its indices afterwards")
+    parser.add_argument("--change", type=float, default=0.0, help="then one run after this share of listings changed")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -216,10 +269,18 @@ def main(argv: list[str] | None = None) -> int:
         "CATSEARCH_OPENSEARCH_URL": settings.opensearch_url,
     }
     runs = []
+    originals: dict[str, bytes] = {}
     try:
-        for n in range(1, args.runs + 1):
-            print(f"\n== run {n}: airflow dags test catalogue_ingest ({args.listings:,} listings)", flush=True)
+        for n in range(1, args.runs + 1 + (args.change > 0)):
+            what = f"{args.listings:,} listings"
+            if n > args.runs:
+                originals, changed = _change_listings(settings, args.change)
+                what += f", {changed:,} of them retyped"
+            print(f"\n== run {n}: airflow dags test catalogue_ingest ({what})", flush=True)
             run = _run_dag(env, home, home / f"run-{n}.log")
+            run["build"] = _build_line(Path(run["log"]).read_text(errors="replace"))
+            if run["build"]:
+                print(f"   {run['build']}", flush=True)
             count = int(client.count(index=ALIAS)["count"])
             run["indexed"] = count
             runs.append(run)
@@ -234,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.json, {"benchmark": "full-dag", "machine": cm.machine(), "prepare_s": timings, "runs": runs}
             )
     finally:
+        _restore_listings(settings, originals)
         if not args.keep:
             drop_alias(client)
     cm.save_json(args.json, {"benchmark": "full-dag", "machine": cm.machine(), "prepare_s": timings, "runs": runs})

@@ -8,6 +8,8 @@ search runs as the search role (the reader):
 
 - a whole `catalogue_ingest` run (filter, copy, encode, load, validate, swap,
   report_duplicates, clean-up) as the writer, then a second run and a rollback;
+- an incremental run as the writer after one title changed: the served index
+  write-blocked, `_clone`d, the clone waited for, its `_meta` replaced, the delta upserted;
 - CLI and API search as the reader, and a write as the reader, refused.
 
 The node is started if it is not running (and stopped again at the end); the
@@ -28,7 +30,7 @@ import pytest
 
 from catalogue_search import index
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo, secure_stack, testenv
+from catalogue_search_dev import demo, sample_catalogue, secure_stack, testenv
 
 pytestmark = pytest.mark.secure
 
@@ -210,3 +212,45 @@ def test_a_write_as_the_reader_is_refused(world, runs):
             write()
     assert admin.count(index=alias)["count"] == before
     assert admin.get(index=alias, id=kept)["_source"]["item_name"] != "changed"
+
+
+def _rename(settings: Settings, item_id: str, title: str) -> None:
+    """Give one product of the source catalogue another en_US title (in whichever shard lists it)."""
+    s3 = boto3.client("s3", **settings.boto3_kwargs())
+    for n in range(16):
+        rows = sample_catalogue.source_listings(s3, settings, f"{n:x}")
+        if any(r["item_id"] == item_id for r in rows):
+            title_field = [{"language_tag": "en_US", "value": title}]
+            rows = [{**r, "item_name": title_field} if r["item_id"] == item_id else r for r in rows]
+            sample_catalogue.put_source_listings(s3, settings, f"{n:x}", rows)
+            return
+    raise AssertionError(f"{item_id} is in no listing shard")
+
+
+@pytest.fixture(scope="module")
+def incremental(world, runs):
+    """One indexed product renamed, then a run as the writer: it builds from a clone of the served index."""
+    env, settings = world
+    admin = index.client_from_settings(settings["admin"])
+    (base,) = _served(settings["admin"])
+    item_id = admin.search(index=base, body={"size": 1, "sort": [{"item_id": "asc"}]})["hits"]["hits"][0]["_id"]
+    _rename(settings["admin"], item_id, "A title changed between runs")
+    result = _ingest(env["airflow"])
+    assert result.returncode == 0, testenv.run_failure(result)
+    return {"log": result.stdout + result.stderr, "base": base, "item_id": item_id}
+
+
+def test_an_incremental_run_as_the_writer_builds_from_a_clone_of_the_served_index(world, incremental):
+    """The incremental path's requests (write block, `_clone`, waiting for the clone, `_meta`, the upsert)
+    are all allowed to the writer role: none of them is a cluster action outside its grants."""
+    _, settings = world
+    assert "build: incremental (only products changed): 0 added, 1 updated, 0 removed" in incremental["log"]
+    admin = index.client_from_settings(settings["admin"])
+    (served,) = _served(settings["admin"])
+    assert served != incremental["base"]
+    resize = admin.indices.get_settings(index=served, name="index.resize.source.name", flat_settings=True)
+    assert resize[served]["settings"]["index.resize.source.name"] == incremental["base"]
+    assert admin.get(index=served, id=incremental["item_id"])["_source"]["item_name"] == "A title changed between runs"
+    # The served index got its write block back as it was (none), so a rollback to it can write again.
+    block = admin.indices.get_settings(index=incremental["base"], name="index.blocks.write", flat_settings=True)
+    assert block.get(incremental["base"], {}).get("settings", {}).get("index.blocks.write") in (None, "false")

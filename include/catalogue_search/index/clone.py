@@ -29,12 +29,18 @@ def clone_index(client, source: str, target: str, *, timeout_s: int = 300, logge
     client.indices.put_settings(index=source, body={BLOCK: True})
     try:
         # The clone takes the source's settings, its write block too: the target is created writable.
-        client.indices.clone(index=source, target=target, body={"settings": {BLOCK: False}})
-        health = client.cluster.health(
-            index=target, wait_for_status="yellow", params={"timeout": f"{timeout_s}s"}, request_timeout=timeout_s + 30
+        # The request itself waits until every primary of the clone is started (what cluster health's
+        # "yellow" would say): `_cluster/health` is a cluster action the writer role is not granted.
+        done = client.indices.clone(
+            index=source,
+            target=target,
+            body={"settings": {BLOCK: False}},
+            wait_for_active_shards="1",
+            timeout=f"{timeout_s}s",
+            request_timeout=timeout_s + 30,
         )
-        if health.get("timed_out"):
-            raise RuntimeError(f"clone {target} of {source} was not ready within {timeout_s} s: {health['status']}")
+        if not done.get("shards_acknowledged"):
+            raise RuntimeError(f"clone {target} of {source}: its primaries had not started within {timeout_s} s")
     finally:
         client.indices.put_settings(index=source, body={BLOCK: before})
     elapsed = time.perf_counter() - started
