@@ -71,6 +71,9 @@ def test_an_interrupted_job_resumes_after_its_last_epoch_and_ends_as_an_uninterr
     first = run(train_module, channels, interrupted, epochs=1)  # the instance is lost after epoch 1's checkpoint
     assert (interrupted / "checkpoints" / "checkpoint.pt").is_file()
     after_one = torch.load(interrupted / "model" / "model.pt")
+    # Only the resumed run's records: where an earlier test left the logger at INFO, the two runs above
+    # were captured too (the full suite's order).
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="finetune"):
         resumed = run(train_module, channels, interrupted, epochs=3)
 
