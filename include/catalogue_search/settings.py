@@ -155,8 +155,8 @@ class Settings:
     # Rows per block of the duplicate report's blocked matmul (memory ~ 4 * block^2 bytes).
     duplicate_block_rows: int = 4096
     # Above this many products the report asks the run's k-NN index for each image's neighbours
-    # (cost ~ images x log(images)) instead of comparing every pair (images^2); BENCHMARKS.md
-    # "Near-duplicates". k: the neighbours each image asks for first (4x more while all k are near).
+    # (cost ~ images x log(images)) instead of comparing every pair (images^2); `./dev bench duplicates`
+    # compares the two. k: the neighbours each image asks for first (4x more while all k are near).
     duplicate_exact_max_products: int = 20000
     duplicate_neighbours: int = 8
 
