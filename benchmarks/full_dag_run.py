@@ -182,23 +182,19 @@ def _run_dag(env: dict[str, str], home: Path, log_path: Path) -> dict:
     }
 
 
-def _listings_key(settings, shard: str) -> str:
-    return f"{settings.source_prefix}listings/metadata/listings_{shard}.json.gz"
-
-
 def _change_listings(settings, share: float) -> tuple[dict[str, bytes], int]:
     """Give every 1/share-th listing with a product type another one, in every shard of the source bucket;
     the shards' bytes as they were (to put back) and how many listings changed."""
     import boto3
 
-    from catalogue_search_dev.sample_catalogue import put_source_listings, source_listings
+    from catalogue_search_dev.sample_catalogue import put_source_listings, source_listings, source_listings_key
 
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     step = max(1, round(1 / share))
     originals, changed = {}, 0
     for n in range(16):
         shard = f"{n:x}"
-        key = _listings_key(settings, shard)
+        key = source_listings_key(settings, shard)
         originals[shard] = s3.get_object(Bucket=settings.source_bucket, Key=key)["Body"].read()
         rows = source_listings(s3, settings, shard)
         edited = []
@@ -215,9 +211,11 @@ def _restore_listings(settings, originals: dict[str, bytes]) -> None:
         return
     import boto3
 
+    from catalogue_search_dev.sample_catalogue import source_listings_key
+
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     for shard, raw in originals.items():
-        s3.put_object(Bucket=settings.source_bucket, Key=_listings_key(settings, shard), Body=raw)
+        s3.put_object(Bucket=settings.source_bucket, Key=source_listings_key(settings, shard), Body=raw)
 
 
 def _build_line(log: str) -> str:

@@ -567,18 +567,21 @@ def upload_catalogue(out_dir: Path, bucket: str, s3_client: Any, prefix: str = "
     return report
 
 
+def source_listings_key(settings: Any, shard: str) -> str:
+    """The key of one listing shard (`shard`: "0" to "f") in the source bucket."""
+    return settings.source_prefix + str(LISTINGS_DIR / f"listings_{shard}.json.gz")
+
+
 def source_listings(s3_client: Any, settings: Any, shard: str) -> list[dict[str, Any]]:
-    """The rows of one listing shard (`shard`: "0" to "f") as the source bucket holds them."""
-    key = settings.source_prefix + str(LISTINGS_DIR / f"listings_{shard}.json.gz")
-    raw = s3_client.get_object(Bucket=settings.source_bucket, Key=key)["Body"].read()
+    """The rows of one listing shard as the source bucket holds them."""
+    raw = s3_client.get_object(Bucket=settings.source_bucket, Key=source_listings_key(settings, shard))["Body"].read()
     return [json.loads(line) for line in gzip.decompress(raw).decode("utf-8").splitlines() if line.strip()]
 
 
 def put_source_listings(s3_client: Any, settings: Any, shard: str, rows: Sequence[dict[str, Any]]) -> None:
     """Replace one listing shard in the source bucket (a catalogue change between two runs, in tests)."""
-    key = settings.source_prefix + str(LISTINGS_DIR / f"listings_{shard}.json.gz")
     body = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
-    s3_client.put_object(Bucket=settings.source_bucket, Key=key, Body=body)
+    s3_client.put_object(Bucket=settings.source_bucket, Key=source_listings_key(settings, shard), Body=body)
 
 
 def ensure_bucket(s3_client: Any, bucket: str) -> None:
