@@ -23,7 +23,6 @@ and AIRFLOW_HOME; everything is removed at the end.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sqlite3
@@ -35,9 +34,7 @@ from test_catalogue_ingest_dag import TINY, _all_ids, _dags_test
 
 from catalogue_search import index, state
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo, testenv
-
-LISTINGS = "listings/metadata/listings_{shard}.json.gz"
+from catalogue_search_dev import demo, sample_catalogue, testenv
 
 
 def _log(result: subprocess.CompletedProcess) -> str:
@@ -111,14 +108,10 @@ class World:
         return {row[0] for row in rows}
 
     def listings(self, shard: str) -> list[dict]:
-        key = self.settings.source_prefix + LISTINGS.format(shard=shard)
-        raw = self.s3.get_object(Bucket=self.settings.source_bucket, Key=key)["Body"].read()
-        return [json.loads(line) for line in gzip.decompress(raw).decode().splitlines() if line.strip()]
+        return sample_catalogue.source_listings(self.s3, self.settings, shard)
 
     def put_listings(self, shard: str, rows: list[dict]) -> None:
-        body = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
-        key = self.settings.source_prefix + LISTINGS.format(shard=shard)
-        self.s3.put_object(Bucket=self.settings.source_bucket, Key=key, Body=body)
+        sample_catalogue.put_source_listings(self.s3, self.settings, shard, rows)
 
 
 def _empty_bucket(s3, bucket: str) -> None:

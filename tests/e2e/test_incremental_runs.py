@@ -17,9 +17,7 @@ from test_catalogue_ingest_dag import TINY, _all_ids, _dags_test, tiny_stack_env
 
 from catalogue_search import index
 from catalogue_search.contract import vectors_close
-from catalogue_search_dev import demo
-
-LISTINGS = "listings/metadata/listings_{shard}.json.gz"
+from catalogue_search_dev import demo, sample_catalogue
 
 
 def _log(result) -> str:
@@ -49,13 +47,8 @@ class World:
         return self.os.get(index=name, id=item_id)["_source"]
 
     def edit_listings(self, shard: str, edit) -> None:
-        import gzip
-
-        key = self.settings.source_prefix + LISTINGS.format(shard=shard)
-        raw = self.s3.get_object(Bucket=self.settings.source_bucket, Key=key)["Body"].read()
-        rows = [json.loads(line) for line in gzip.decompress(raw).decode().splitlines() if line.strip()]
-        body = "".join(json.dumps(r) + "\n" for r in edit(rows) if r is not None)
-        self.s3.put_object(Bucket=self.settings.source_bucket, Key=key, Body=gzip.compress(body.encode()))
+        rows = [r for r in edit(sample_catalogue.source_listings(self.s3, self.settings, shard)) if r is not None]
+        sample_catalogue.put_source_listings(self.s3, self.settings, shard, rows)
 
 
 @pytest.fixture(scope="module")
