@@ -30,6 +30,7 @@ import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 
+from catalogue_search_dev import bytecode
 from catalogue_search_dev.localenv import cache_home, repo_root
 
 ENTRY = Path(__file__).with_name("container_entry.py")
@@ -44,7 +45,7 @@ def environment() -> Path:
     """The shared env with the toolkits (created once per lock file, with uv from its cache)."""
     lock = lock_file()
     env = cache_home() / f"sagemaker-containers-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
-    if (env / ".installed").exists():
+    if (env / ".installed").exists() and (env / bytecode.MARKER).exists():
         return env
     env.parent.mkdir(parents=True, exist_ok=True)
     with open(env.parent / f".{env.name}.lock", "w") as guard:
@@ -58,6 +59,7 @@ def environment() -> Path:
                 [uv, "pip", "install", "--quiet", "--python", str(env / "bin" / "python"), "-r", str(lock)], check=True
             )
             (env / ".installed").write_text(str(lock) + "\n")
+        bytecode.compile_once(env)
     return env
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from catalogue_search_dev import bytecode
 from catalogue_search_dev.localenv import cache_home, repo_root
 
 LOCK = "requirements-checkov.lock"
@@ -25,7 +26,7 @@ def checkov() -> Path:
     venv = cache_home() / f"checkov-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
     exe = venv / "bin" / "checkov"
     done = venv / ".installed"
-    if done.exists():
+    if done.exists() and (venv / bytecode.MARKER).exists():
         return exe
     cache_home().mkdir(parents=True, exist_ok=True)
     with open(cache_home() / ".checkov-install.lock", "w") as guard:
@@ -37,4 +38,5 @@ def checkov() -> Path:
             installer = [str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
             subprocess.run([*installer, "-r", str(lock)], check=True)
             done.touch()
+    bytecode.compile_once(venv)
     return exe

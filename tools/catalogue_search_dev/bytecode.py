@@ -1,0 +1,30 @@
+"""Bytecode for a Python env's installed modules, written once.
+
+Where PYTHONDONTWRITEBYTECODE is set (many CI images set it, this project's
+containers do), Python never writes `.pyc` files and uv does not compile at
+install time: every process would compile its imports from source again. For
+Airflow, torch and open_clip that is half of a process's start-up CPU. `./dev`
+does the same for the project's venv.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+MARKER = ".bytecode"
+
+
+def compile_once(prefix: Path) -> None:
+    """Compile every module under `prefix`/lib once (a marker file records it; files that do not compile,
+    such as packages' own syntax-error fixtures, are skipped)."""
+    marker = prefix / MARKER
+    if marker.exists():
+        return
+    python = prefix / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "compileall", "-q", "-j0", str(prefix / "lib")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker.touch()
