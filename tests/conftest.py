@@ -66,10 +66,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(name)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def sweep_what_the_session_created():
-    """At the end, delete from moto and OpenSearch what still holds this session's token."""
-    yield
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """At the end, delete from moto and OpenSearch what still holds this session's token.
+
+    In one process only: the run's only one, or pytest-xdist's controller once every worker has ended (the
+    workers share the token, so a worker that swept would delete what the others still use)."""
+    if hasattr(session.config, "workerinput"):
+        return
     if os.environ.get("CATSEARCH_AWS_ENDPOINT_URL") or os.environ.get("CATSEARCH_OPENSEARCH_URL"):
         testenv.sweep(testenv.session_token())
 

@@ -47,3 +47,30 @@ def test_the_quick_lane_splits_its_files_once_each_by_what_they_load():
     assert sorted(model + rest) == every and not set(model) & set(rest)
     assert {"tests/unit/test_inference.py", "tests/unit/test_handler_fuzz.py"} <= set(model)
     assert {"tests/dags/test_dag_integrity.py", "tests/unit/test_testkinds.py"} <= set(rest)
+
+
+@pytest.mark.parametrize(
+    ("args", "cpus", "env", "expected"),
+    [
+        ([], 2, {}, 2),  # the full run: one process per core, two at most
+        ([], 16, {}, 2),
+        ([], 1, {}, 1),
+        (["-m", "cluster"], 2, {}, 2),
+        (["-q", "--durations=20"], 2, {}, 2),
+        (["tests/unit/test_core.py"], 2, {}, 1),  # a targeted run keeps one process and one log
+        (["tests/unit/test_core.py::test_x"], 2, {}, 1),
+        (["-n", "4"], 2, {}, 1),  # the caller chose: xdist's own option stands
+        (["-n4"], 2, {}, 1),
+        ([], 2, {"CATSEARCH_TEST_WORKERS": "1"}, 1),
+        ([], 2, {"CATSEARCH_TEST_WORKERS": "3"}, 3),
+    ],
+)
+def test_the_full_run_uses_a_process_per_core_and_a_targeted_run_one(args, cpus, env, expected, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert testkinds.test_workers(args, cpus, env) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-1"])
+def test_a_worker_count_that_is_not_a_whole_number_is_refused(bad, monkeypatch):
+    with pytest.raises(SystemExit, match="CATSEARCH_TEST_WORKERS"):
+        testkinds.test_workers([], 2, {"CATSEARCH_TEST_WORKERS": bad})

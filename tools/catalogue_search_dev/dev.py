@@ -176,6 +176,10 @@ def cmd_test(args: list[str]) -> int:
     if not any(a == "-m" or a.startswith("-m") for a in args):
         # The cluster fault tests (3 nodes, Celery, kills) are their own command: `./dev test -m cluster`.
         args = ["-m", "not cluster", *args]
+    workers = testkinds.test_workers(args, os.cpu_count() or 1, os.environ)
+    if workers > 1:
+        _say(f"the suite in {workers} pytest processes side by side, a test file at a time each")
+        args = ["-n", str(workers), "--dist", "loadfile", *args]
     code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
     if notes:

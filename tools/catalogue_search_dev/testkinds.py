@@ -5,6 +5,7 @@
   pyproject.toml registers them). `./dev test --quick` runs `unit and not slow`.
 - `quick_shards`: the quick lane's files in two groups of about equal cost,
   which `./dev test --quick` runs side by side (one per core).
+- `test_workers`: how many pytest processes the full run uses side by side.
 - `screenshot_path`: build/screenshots/, or docs/ when asked to update them.
 """
 
@@ -57,6 +58,28 @@ def kind_markers(relative: Path, fixtures: set[str], explicit: set[str]) -> set[
     if marks & NOT_UNIT:
         marks.discard("unit")
     return marks
+
+
+# `./dev test` without test paths: this many pytest processes (pytest-xdist, a test file each at a time), at
+# most one per core. Most of a stack test's time is spent waiting on its servers (Airflow runs, model servers,
+# moto), so two processes on two cores keep both busy. CATSEARCH_TEST_WORKERS overrides it (1: one process).
+WORKERS_ENV = "CATSEARCH_TEST_WORKERS"
+DEFAULT_WORKERS = 2
+
+
+def test_workers(args: list[str], cpus: int, env: dict[str, str] | os._Environ) -> int:
+    """The number of pytest processes for `./dev test args`: 1 when the args name tests or choose `-n`
+    themselves (a targeted run keeps one readable log), else the setting, or 2 (at most one per core)."""
+    if any(a == "-n" or a.startswith("--numprocesses") or a.startswith("-n") and a[2:].isdigit() for a in args):
+        return 1
+    if any(not a.startswith("-") and Path(a.split("::")[0]).exists() for a in args):
+        return 1
+    chosen = env.get(WORKERS_ENV, "")
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise SystemExit(f"{WORKERS_ENV}={chosen!r}: give a whole number of processes, 1 or more")
+        return int(chosen)
+    return max(1, min(DEFAULT_WORKERS, cpus))
 
 
 def screenshot_path(name: str) -> Path:
