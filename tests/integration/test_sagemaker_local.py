@@ -394,3 +394,43 @@ def test_stop_transform_job_stops_the_runner(tiny, s3, sagemaker):
     sagemaker.create_transform_job(**job_request(tiny, name, model, "in/"))
     sagemaker.stop_transform_job(TransformJobName=name)
     assert wait_for_job(sagemaker, name)["TransformJobStatus"] == "Stopped"
+
+
+# --- the cap on running containers --------------------------------------------------
+def test_past_the_cap_the_least_recently_used_container_stops_and_starts_again_when_asked(
+    tiny, s3, tmp_path_factory, local_sagemaker
+):
+    """A cap of one: a second model stops the first; asked again, the first starts again and answers; a
+    container that a job or a request holds is never the one stopped."""
+    from catalogue_search_dev.model_server import ModelServers
+
+    # a short root: TorchServe's worker socket lives in the container's tmp, and a Unix socket path has 107 bytes
+    root = tmp_path_factory.mktemp("cap") / "containers"
+    servers = ModelServers(root, s3, local_sagemaker.aws_env, cpus=1, max_servers=1)
+    env = {"MODEL_NAME": "tiny-clip"}
+    try:
+        text = servers.get("m-text", tiny.artifact_uri, {**env, "ENCODE_TYPE": "TEXT"})
+        image = servers.get("m-image", tiny.artifact_uri, {**env, "ENCODE_TYPE": "IMAGE"}, hold=True)
+        assert text.process.wait(timeout=30) is not None  # the least recently used, held by nothing: stopped
+        assert not text.root.exists()
+
+        again = servers.get("m-text", tiny.artifact_uri, {**env, "ENCODE_TYPE": "TEXT"})
+        assert again is not text
+        assert image.process.poll() is None  # held (a job runs on it): over the cap rather than stopped mid-job
+        assert len(servers.describe()) == 2
+        reply = again.endpoint.invoke(json.dumps({"inputs": ["a red flower"]}).encode(), "application/json", None, 60)
+        assert reply.status == 200 and len(json.loads(reply.body)["embeddings"]) == 1
+
+        servers.unhold(image)  # the job ended: the next start stops the least recently used of the two
+        servers._stop_over_the_cap()
+        assert image.process.wait(timeout=30) is not None and again.process.poll() is None
+    finally:
+        servers.close()
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-2"])
+def test_a_cap_that_is_not_a_whole_number_is_refused(value):
+    from catalogue_search_dev.model_server import max_servers_setting
+
+    with pytest.raises(ValueError, match="CATSEARCH_LOCAL_MODEL_SERVERS"):
+        max_servers_setting({"CATSEARCH_LOCAL_MODEL_SERVERS": value})

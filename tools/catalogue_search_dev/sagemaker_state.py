@@ -128,7 +128,13 @@ class LocalSageMaker:
     """What the HTTP handler calls: moto for the control plane, containers for the data planes."""
 
     def __init__(
-        self, moto_url: str, region: str, cache_dir: str | Path, jobs_dir: str | Path, container_cpus: int | None = None
+        self,
+        moto_url: str,
+        region: str,
+        cache_dir: str | Path,
+        jobs_dir: str | Path,
+        container_cpus: int | None = None,
+        max_model_servers: int | None = None,
     ) -> None:
         import boto3
 
@@ -145,7 +151,9 @@ class LocalSageMaker:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
-        self.servers = ModelServers(Path(jobs_dir) / "containers", self.s3, self.aws_env, cpus=container_cpus)
+        self.servers = ModelServers(
+            Path(jobs_dir) / "containers", self.s3, self.aws_env, cpus=container_cpus, max_servers=max_model_servers
+        )
         self.endpoints: dict[str, dict[str, str]] = {}  # the status of the endpoints this server provisions
 
     # --- runtime ---------------------------------------------------------------------
@@ -196,7 +204,8 @@ class LocalSageMaker:
             )
         url = container["ModelDataUrl"]
         try:
-            server = self.servers.get(variant["ModelName"], url, dict(container.get("Environment") or {}))
+            # held while the request runs: the server cap never stops a container mid-answer
+            server = self.servers.get(variant["ModelName"], url, dict(container.get("Environment") or {}), hold=True)
         except ModelServerError as exc:
             log.warning("endpoint %s: the model at %s cannot be loaded: %s", endpoint_name, url, exc)
             raise model_error(variant, 500, f"the model at {url} cannot be loaded: {exc}") from exc
@@ -207,6 +216,8 @@ class LocalSageMaker:
             raise model_error(
                 variant, 500, f"Your invocation timed out or lost its connection to the container: {exc}"
             ) from exc
+        finally:
+            self.servers.unhold(server)
         log.info(
             "endpoint %s -> %s: %d, %d bytes of %s",
             endpoint_name,
