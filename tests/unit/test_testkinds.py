@@ -65,12 +65,11 @@ def test_the_quick_lane_splits_its_files_once_each_by_what_they_load():
         ([], 2, {"CATSEARCH_TEST_WORKERS": "3"}, 3),
     ],
 )
-def test_the_full_run_uses_a_process_per_core_and_a_targeted_run_one(args, cpus, env, expected, monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+def test_the_full_run_uses_a_process_per_core_and_a_targeted_run_one(args, cpus, env, expected):
     assert testkinds.test_workers(args, cpus, env) == expected
 
 
 @pytest.mark.parametrize("bad", ["0", "two", "-1"])
-def test_a_worker_count_that_is_not_a_whole_number_is_refused(bad, monkeypatch):
+def test_a_worker_count_that_is_not_a_whole_number_is_refused(bad):
     with pytest.raises(SystemExit, match="CATSEARCH_TEST_WORKERS"):
         testkinds.test_workers([], 2, {"CATSEARCH_TEST_WORKERS": bad})

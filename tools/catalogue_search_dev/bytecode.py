@@ -3,13 +3,15 @@
 Where PYTHONDONTWRITEBYTECODE is set (many CI images set it, this project's
 containers do), Python never writes `.pyc` files and uv does not compile at
 install time: every process would compile its imports from source again. For
-Airflow, torch and open_clip that is half of a process's start-up CPU. `./dev`
-does the same for the project's venv.
+Airflow, torch and open_clip that is half of a process's start-up CPU.
+
+    python catalogue_search_dev/bytecode.py <env prefix>   # what `./dev` runs for the project's venv
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 MARKER = ".bytecode"
@@ -28,3 +30,7 @@ def compile_once(prefix: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     marker.touch()
+
+
+if __name__ == "__main__":
+    compile_once(Path(sys.argv[1]))

@@ -109,10 +109,6 @@ def lint() -> int:
     return 0
 
 
-def _has_path(args: list[str]) -> bool:
-    return any(not a.startswith("-") and (repo_root() / a.split("::")[0]).exists() for a in args)
-
-
 def cmd_test_quick(args: list[str]) -> int:
     """Lint, then the unit tests and the DAG integrity checks: no stack, no browser, no server.
 
@@ -127,8 +123,9 @@ def cmd_test_quick(args: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("CATSEARCH_FUZZ_EXAMPLES", testkinds.QUICK_FUZZ_EXAMPLES)
     command = [sys.executable, "-m", "pytest", "-m", testkinds.QUICK_MARKS, *args]
-    if _has_path(args) or (os.cpu_count() or 1) < 2:
-        return subprocess.run(command + ([] if _has_path(args) else testkinds.QUICK_PATHS), env=env).returncode
+    named = testkinds.names_tests(args)
+    if named or (os.cpu_count() or 1) < 2:
+        return subprocess.run(command + ([] if named else testkinds.QUICK_PATHS), env=env).returncode
     shards = testkinds.quick_shards(repo_root())
     _say(f"the unit lane in {len(shards)} processes side by side: " + " | ".join(f"{len(s)} files" for s in shards))
     with tempfile.TemporaryDirectory(prefix="catsearch-quick-") as tmp:

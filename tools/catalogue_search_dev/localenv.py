@@ -25,6 +25,16 @@ def repo_root() -> Path:
     return Path(os.environ.get("CATSEARCH_REPO", Path(__file__).resolve().parents[2]))
 
 
+def count_setting(env: dict[str, str] | os._Environ, name: str, default: int, what: str) -> int:
+    """The environment's `name`, a whole number of `what` of 1 or more, or `default` when unset."""
+    value = env.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: give a whole number of {what}, 1 or more")
+    return int(value)
+
+
 def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """The variables the local stack needs, with caller-set values kept."""
     env = dict(os.environ if env is None else env)

@@ -67,19 +67,26 @@ WORKERS_ENV = "CATSEARCH_TEST_WORKERS"
 DEFAULT_WORKERS = 2
 
 
+def names_tests(args: list[str]) -> bool:
+    """Whether pytest `args` name test files or tests (paths relative to the repository root)."""
+    from catalogue_search_dev.localenv import repo_root
+
+    return any(not a.startswith("-") and (repo_root() / a.split("::")[0]).exists() for a in args)
+
+
 def test_workers(args: list[str], cpus: int, env: dict[str, str] | os._Environ) -> int:
     """The number of pytest processes for `./dev test args`: 1 when the args name tests or choose `-n`
     themselves (a targeted run keeps one readable log), else the setting, or 2 (at most one per core)."""
     if any(a == "-n" or a.startswith("--numprocesses") or a.startswith("-n") and a[2:].isdigit() for a in args):
         return 1
-    if any(not a.startswith("-") and Path(a.split("::")[0]).exists() for a in args):
+    if names_tests(args):
         return 1
-    chosen = env.get(WORKERS_ENV, "")
-    if chosen:
-        if not chosen.isdigit() or int(chosen) < 1:
-            raise SystemExit(f"{WORKERS_ENV}={chosen!r}: give a whole number of processes, 1 or more")
-        return int(chosen)
-    return max(1, min(DEFAULT_WORKERS, cpus))
+    from catalogue_search_dev.localenv import count_setting
+
+    try:
+        return count_setting(env, WORKERS_ENV, max(1, min(DEFAULT_WORKERS, cpus)), "processes")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def screenshot_path(name: str) -> Path:
