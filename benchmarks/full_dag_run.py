@@ -10,7 +10,10 @@
 3. PRECOMPUTED random unit vectors for every main image and every listing's title in
    the project's embedding stores, under the artifact's version. They are NOT CLIP
    embeddings: ViT-B-32 at the ~6 images/s two CPU cores reach would take 6.8 h
-   for the images alone. The DAG's transform tasks find nothing (or only the
+   for the images alone. The titles the quality evaluation asks (its sample, and
+   500 to spare) get the TEXT model's own vectors, as in a real run, so that the
+   evaluation encodes 32 of them as a check, not all of them
+   (`abo_generator.model_title_vectors`). The DAG's transform tasks find nothing (or only the
    titles the seed did not cover) to encode; everything else is the real path.
 4. `airflow dags test catalogue_ingest` in a private AIRFLOW_HOME, under the alias
    `bench-abo-full`, `--runs` times: the first run copies every image and builds
@@ -114,8 +117,16 @@ def _prepare(listings: int, settings) -> tuple[abo_generator.Generated, Path, di
     import numpy as np
 
     np.savez(out_dir / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
-    abo_generator.seed_embedding_store(gen, out_dir, s3, settings, log=lambda m: print(m, flush=True))
     timings["seed_store"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model_titles = abo_generator.model_title_vectors(gen, s3, settings)
+    timings["model_titles"] = time.perf_counter() - t0
+    print(f"{len(model_titles):,} titles of the quality sample encoded by the TEXT model", flush=True)
+    t0 = time.perf_counter()
+    abo_generator.seed_embedding_store(
+        gen, out_dir, s3, settings, log=lambda m: print(m, flush=True), title_vectors=model_titles
+    )
+    timings["seed_store"] += time.perf_counter() - t0
     return gen, out_dir, timings
 
 

@@ -20,6 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 HIT_FIELDS = ["item_id", "image_id", "image_path"]
+TITLE_KEYWORD = "item_name.keyword"  # the title's keyword subfield (mapping): doc values, up to ignore_above
 MAX_K = 10_000  # the k-NN plugin's largest k, and OpenSearch's default max_result_window
 RETRIES = 5
 
@@ -125,6 +126,8 @@ def index_vectors(
     """
     from opensearchpy import helpers
 
+    from catalogue_search.index import scan_fields
+
     fields = ["item_id", "item_name", "image_id", "main_image_id", "image_path"]
 
     def scan(query: dict[str, Any], with_vector: bool) -> Iterator[dict[str, Any]]:
@@ -136,10 +139,23 @@ def index_vectors(
         for src in scan({"match_all": {}}, True):
             yield src, src.pop(vector_field)
         return
-    wanted = set(only)
-    for src in scan({"match_all": {}}, False):
-        if src["item_id"] not in wanted:
-            yield src, None
+    # The others' fields come from their doc values (`index.scan_fields`): a scroll of `_source`
+    # parses every document's whole source, vectors included. A title over the keyword's
+    # `ignore_above` has no doc value: those few are read from `_source`.
+    wanted, long_titles = set(only), []
+    for doc in scan_fields(client, index, [f for f in fields if f != "item_name"] + [TITLE_KEYWORD]):
+        if doc["item_id"] in wanted:
+            continue
+        if TITLE_KEYWORD not in doc:
+            long_titles.append(doc["item_id"])
+            continue
+        doc["item_name"] = doc.pop(TITLE_KEYWORD)
+        yield doc, None
+    for lo in range(0, len(long_titles), 1000):
+        got = client.mget(index=index, body={"ids": long_titles[lo : lo + 1000]}, _source_includes=fields)
+        for found in got["docs"]:
+            if found.get("found"):
+                yield found["_source"], None
     ids = sorted(wanted)
     for lo in range(0, len(ids), 10_000):
         for src in scan({"terms": {"item_id": ids[lo : lo + 10_000]}}, True):

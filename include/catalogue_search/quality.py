@@ -89,8 +89,12 @@ def evaluate(
     size: int,
     seed: int,
     threads: int = QUERY_THREADS,
+    describe: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Measure a sample of `docs` (the index's products: item_id, item_name, product_type, image_id).
+
+    With `describe`, `docs` need only `item_id` and `image_id`: `describe(sample)` gives the
+    sampled products whole (reading every product's title and type would cost a scan of sources).
 
     `query_vectors` gives the products' titles as query vectors (None: the model refused one);
     `ask(doc, vector, duplicates)` returns the hit ids per mode, best first (and,
@@ -98,6 +102,8 @@ def evaluate(
     Returns the `quality` record without the model fields.
     """
     chosen = sample(docs, size, seed)
+    if describe is not None:
+        chosen = describe(chosen)
     vectors = query_vectors(chosen)
     shared = Counter(d.get("image_id") for d in docs if d.get("image_id"))
     image_of = {d["item_id"]: d.get("image_id") for d in docs}

@@ -36,7 +36,8 @@ from catalogue_search.settings import Settings
 log = logging.getLogger(__name__)
 
 Z = 1.96  # the gate's confidence: 95%, two-sided
-DOC_FIELDS = ["item_id", "item_name", "product_type", "image_id"]
+KEY_FIELDS = ["item_id", "image_id"]  # of every product, from the doc values (`index.scan_fields`)
+DOC_FIELDS = ["item_id", "item_name", "product_type", "image_id"]  # of the sampled products, from `_source`
 
 
 def artifact_weights(metadata: dict[str, str], clip_config: dict[str, Any]) -> dict[str, Any]:
@@ -92,12 +93,25 @@ def _meta(client, name: str) -> dict[str, Any]:
     return dict((mappings.get(name) or next(iter(mappings.values())))["mappings"].get("_meta") or {})
 
 
+def describe(client, index_name: str, chosen: list[dict[str, Any]], batch: int = 500) -> list[dict[str, Any]]:
+    """The `DOC_FIELDS` of the sampled products (`chosen`: item ids), in their order."""
+    ids = [doc["item_id"] for doc in chosen]
+    found: dict[str, dict[str, Any]] = {}
+    for lo in range(0, len(ids), batch):
+        got = client.mget(index=index_name, body={"ids": ids[lo : lo + batch]}, _source_includes=DOC_FIELDS)
+        found.update({doc["_id"]: doc["_source"] for doc in got["docs"] if doc.get("found")})
+    missing = [item_id for item_id in ids if item_id not in found]
+    if missing:  # nothing writes to an index under evaluation: something else does
+        raise RuntimeError(
+            f"{len(missing)} sampled products left index {index_name} during its evaluation (first: {missing[0]})"
+        )
+    return [found[item_id] for item_id in ids]
+
+
 def measure(
     settings: Settings, s3, client, index_name: str, logger: logging.Logger = log, *, encode_all: bool = False
 ) -> dict[str, Any]:
     """The `quality` record of `index_name` (see COMMON contract) and the artifact's `weights`."""
-    from opensearchpy import helpers
-
     from catalogue_search.quality_queries import QueryRunner, QueryVectors, title_encoder
 
     meta = _meta(client, index_name)
@@ -115,14 +129,21 @@ def measure(
         )
     clip_config = json.loads((handler.model_dir / "clip_config.json").read_text())
     weights = artifact_weights(head, clip_config)
-    docs = [h["_source"] for h in helpers.scan(client, index=index_name, query={"_source": DOC_FIELDS}, size=1000)]
+    docs = list(index.scan_fields(client, index_name, KEY_FIELDS))
     if not docs:
         raise PermanentError(f"index {index_name} holds no products: nothing to evaluate")
     runner = QueryRunner(settings, client, index_name, quality.DEPTH)
     vectors = QueryVectors(client, index_name, encode, encode_all=encode_all, logger=logger)
     logger.info("evaluating %s: titles of up to %d of its %d products", index_name, settings.quality_sample, len(docs))
     started = time.monotonic()
-    measured = quality.evaluate(docs, vectors, runner.ask, size=settings.quality_sample, seed=settings.quality_seed)
+    measured = quality.evaluate(
+        docs,
+        vectors,
+        runner.ask,
+        size=settings.quality_sample,
+        seed=settings.quality_seed,
+        describe=lambda chosen: describe(client, index_name, chosen),
+    )
     took = time.monotonic() - started
     logger.info(
         "evaluated %d titles in %.1f s: %d encoded by the TEXT model (%.1f s; %d of them checked against the "

@@ -5,7 +5,8 @@ This is what `./dev bench full-dag` does at 147,702 listings (BENCHMARKS.md): he
 2,000 listings, so that the suite checks the same path in a minute. It proves the
 generator's own count of what a correct run indexes, that the seeded stores are
 in the format the pipeline reads (nothing but the dirt is sent to the transform),
-and that the dirt is dropped with its reasons.
+that the dirt is dropped with its reasons, and that the quality evaluation takes the
+sampled titles' query vectors from the index once the model agrees with them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from test_catalogue_ingest_dag import TINY, _dags_test, tiny_stack_env
 
 from catalogue_search import index
+from catalogue_search.quality_queries import CHECKED_TITLES
 from catalogue_search.s3util import client_config
 from catalogue_search_dev import abo_generator, demo, testenv
 from catalogue_search_dev.sample_catalogue import ensure_bucket
@@ -38,7 +40,11 @@ def generated_run(moto_url, sagemaker_url, opensearch_url, aws_env, tmp_path_fac
     demo.prepare_model(settings, s3, TINY)
     paths, vecs = abo_generator.precomputed_vectors(gen, dim=TINY_DIM, seed=3)
     np.savez(out_dir / abo_generator.VECTORS_FILENAME, ids=np.asarray(paths, dtype=str), embeddings=vecs)
-    seeded = abo_generator.seed_embedding_store(gen, out_dir, s3, settings, chunk=256, log=lambda _: None)
+    # As the benchmark does: the titles the quality evaluation samples get the TEXT model's own vectors.
+    own_titles = abo_generator.model_title_vectors(gen, s3, settings)
+    seeded = abo_generator.seed_embedding_store(
+        gen, out_dir, s3, settings, chunk=256, log=lambda _: None, title_vectors=own_titles
+    )
     result = _dags_test(env)
     assert result.returncode == 0, testenv.run_failure(result)
     return gen, settings, seeded, result.stdout + result.stderr
@@ -94,3 +100,18 @@ def test_a_product_s_seeded_vector_finds_it_first(generated_run):
         )
         own = client.search(index=settings.index_alias, body=own)["hits"]["hits"][0]
         assert own["_id"] == hit["_id"] and own["_score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_evaluation_checks_32_titles_and_takes_the_others_from_the_index(generated_run):
+    """The sampled titles' stored vectors are the TEXT model's (`model_title_vectors`): the evaluation
+    encodes `CHECKED_TITLES` of them as a check and takes the rest from the index, as a real run does."""
+    _, settings, _, log = generated_run
+    found = re.search(
+        r"evaluated (\d+) titles in [\d.]+ s: (\d+) encoded by the TEXT model \([\d.]+ s; (\d+) of them checked "
+        r"against the index's title vectors\), (\d+) taken from the index's title vectors",
+        log,
+    )
+    assert found, "no evaluation line in the run's log"
+    sample, encoded, checked, stored = map(int, found.groups())
+    assert sample == settings.quality_sample
+    assert encoded == checked == CHECKED_TITLES and stored == sample - CHECKED_TITLES

@@ -48,8 +48,8 @@ def _exact(client, name: str, total: int, threshold: float) -> duplicates.Duplic
 
 
 def _same_groups(got: duplicates.DuplicateReport, want: duplicates.DuplicateReport) -> None:
-    assert [(g.item_ids, g.image_ids, g.reason) for g in got.groups] == [
-        (g.item_ids, g.image_ids, g.reason) for g in want.groups
+    assert [(g.item_ids, g.item_names, g.image_ids, g.reason) for g in got.groups] == [
+        (g.item_ids, g.item_names, g.image_ids, g.reason) for g in want.groups
     ]
     for a, b in zip(got.groups, want.groups):
         assert (a.min_cosine is None) == (b.min_cosine is None)
@@ -103,6 +103,10 @@ def test_an_incremental_check_asks_about_the_changed_images_only(sample):
         row = by_id[item_id]
         vectors[row] = vectors[source] + np.float32(1e-4) * (row % 3)
         products[row]["image_id"] = f"changed-{item_id}"
+    # An unchanged grouped product whose title is longer than its keyword keeps (no doc value): the
+    # incremental read takes the others' titles from the doc values, and this one from its source.
+    long_title = products[target]["item_id"]  # unchanged, and its group gains two products
+    products[by_id[long_title]]["item_name"] = "A title far longer than any keyword keeps, " * 15
     keep = [i for i, p in enumerate(products) if p["item_id"] != removed]
     new_name = f"{name}-next"
     _load(client, new_name, [products[i] for i in keep], vectors[keep])
@@ -123,6 +127,8 @@ def test_an_incremental_check_asks_about_the_changed_images_only(sample):
         joined = next(g for g in exact.groups if loner[1] in g.item_ids)
         assert loner[2] in joined.item_ids and products[target]["item_id"] in joined.item_ids
         assert all(removed not in g.item_ids for g in incremental.groups)
+        named = next(g for g in incremental.groups if long_title in g.item_ids)
+        assert products[by_id[long_title]]["item_name"] in named.item_names
     finally:
         client.indices.delete(index=new_name, ignore_unavailable=True)
 

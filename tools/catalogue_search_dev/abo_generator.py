@@ -363,12 +363,22 @@ def precomputed_vectors(gen: Generated, dim: int = 512, seed: int = 0) -> tuple[
     return paths, vectors("latent", len(paths), dim, seed=seed)
 
 
-def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: int = 1024, log=print) -> int:
+def seed_embedding_store(
+    gen: Generated,
+    out_dir: Path,
+    s3,
+    settings,
+    *,
+    chunk: int = 1024,
+    log=print,
+    title_vectors: dict[str, np.ndarray] | None = None,
+) -> int:
     """Write the precomputed vectors into the project's embedding stores, as if a transform had
     encoded every main image and every title: chunk outputs (`.npz`: ids, float32 rows) under the
     artifact version of `settings.artifact_uri`, and each store's catalogue (an image's ETag is the
     pool JPEG's MD5, which a server-side copy keeps; a title's id is the digest of its text).
-    `catalogue_ingest` then finds nothing to encode and loads these vectors."""
+    `catalogue_ingest` then finds nothing to encode and loads these vectors. `title_vectors`
+    (title id -> vector) replace the stand-ins of those titles (`model_title_vectors`)."""
     from catalogue_search import encoding
     from catalogue_search.model_artifact import read_artifact_version
     from catalogue_search_dev.vector_sets import vectors
@@ -387,13 +397,55 @@ def seed_embedding_store(gen: Generated, out_dir: Path, s3, settings, *, chunk: 
     titles = {_title(line) for lines in gen.shards for line in lines} - {None}
     title_ids = sorted(encoding.title_id(title) for title in titles)
     title_vecs = vectors("latent", len(title_ids), vecs.shape[1], seed=gen.summary.seed + 1)
+    own = [row for row, tid in enumerate(title_ids) if title_vectors and tid in title_vectors]
+    for row in own:
+        title_vecs[row] = title_vectors[title_ids[row]]  # type: ignore[index]
     title_store = encoding.Store(settings, encoding.TITLE)
     _seed_store(s3, title_store, version, title_ids, title_vecs, dict.fromkeys(title_ids, ""), chunk)
     log(
         f"title store {title_store.uri(title_store.prefix(version))}: "
-        f"{len(title_ids):,} PRECOMPUTED title vectors (random, clustered; not CLIP text embeddings)"
+        f"{len(title_ids):,} PRECOMPUTED title vectors (random, clustered; not CLIP text embeddings"
+        + (f", but for {len(own):,} that the TEXT model encoded)" if own else ")")
     )
     return len(paths)
+
+
+def model_title_vectors(gen: Generated, s3, settings, *, spare: int = 500) -> dict[str, np.ndarray]:
+    """The TEXT model's own vectors (title id -> vector) for the titles the quality evaluation asks.
+
+    `evaluate_index` takes a sampled product's query vector from the index's title vector once
+    32 of them agree with the model; the stand-in vectors never do, so it would encode every
+    sampled title, which a real run (title vectors by the model) does not. The sample is the
+    first `quality_sample` indexed products in `quality.sample`'s hash order: the titles of the
+    first `quality_sample + spare` listings in that order cover those the filter drops.
+    """
+    from catalogue_search import quality
+    from catalogue_search.encoding import title_id
+    from catalogue_search.model_artifact import read_artifact_version
+    from catalogue_search.quality_queries import title_encoder
+
+    titles_of_item: dict[str, set[str]] = {}
+    for lines in gen.shards:
+        for line in lines:
+            try:
+                item_id = json.loads(line).get("item_id")
+            except (ValueError, AttributeError):
+                continue
+            title = _title(line)
+            if isinstance(item_id, str) and isinstance(title, str) and title.strip():
+                titles_of_item.setdefault(item_id, set()).add(title)
+    chosen = quality.sample(
+        [{"item_id": i} for i in titles_of_item], settings.quality_sample + spare, settings.quality_seed
+    )
+    titles = sorted({t for doc in chosen for t in titles_of_item[doc["item_id"]]})
+    _, encode = title_encoder(settings, s3, read_artifact_version(s3, settings.artifact_uri))
+    out = {}
+    for lo in range(0, len(titles), 256):
+        part = titles[lo : lo + 256]
+        for title, vector in zip(part, encode(part)):
+            if vector is not None:
+                out[title_id(title)] = np.asarray(vector, dtype=np.float32)
+    return out
 
 
 def stage_seeded(gen: Generated, out_dir: Path, s3, settings, *, seed: int, chunk: int, dim: int = 512) -> int:

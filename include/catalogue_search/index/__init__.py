@@ -34,7 +34,15 @@ from catalogue_search.index.mapping import (
     index_name,
     title_analysis,
 )
-from catalogue_search.index.queries import ONLY_IDS, exact_query, hit_id, knn_query, self_match_query, title_query
+from catalogue_search.index.queries import (
+    ONLY_IDS,
+    exact_query,
+    hit_id,
+    knn_query,
+    scan_fields,
+    self_match_query,
+    title_query,
+)
 from catalogue_search.index.validation import (
     RECALL_K,
     SELF_MATCH_SCORE,
@@ -82,6 +90,7 @@ __all__ = [
     "node_urls",
     "parse_hosts",
     "sample_ids",
+    "scan_fields",
     "self_match_query",
     "set_meta",
     "swap_alias",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from catalogue_search.index.mapping import VECTOR_FIELD, VECTOR_FIELDS
@@ -16,6 +17,23 @@ ONLY_IDS = {"_source": False, "stored_fields": "_none_", "docvalue_fields": [ID_
 def hit_id(hit: dict[str, Any]) -> str:
     """The item id of a hit asked with `ONLY_IDS` (or with its `_source`)."""
     return hit["fields"][ID_FIELD][0] if "fields" in hit else hit["_source"][ID_FIELD]
+
+
+def scan_fields(
+    client, index: str, fields: Sequence[str], *, query: dict[str, Any] | None = None, page: int = 5000
+) -> Iterator[dict[str, Any]]:
+    """Each document's `fields` (keywords) from their doc values, streamed with a scroll: a dict of
+    field -> first value, a field the document has no value for left out.
+
+    Reading them from `_source` instead parses each document's whole source, its two vectors
+    included: at 145,257 products that scroll took 23-27 s, this one a few seconds
+    (BENCHMARKS.md, "A full build, a run with nothing changed and a 1% change").
+    """
+    from opensearchpy import helpers
+
+    body = {"_source": False, "docvalue_fields": list(fields), "query": query or {"match_all": {}}}
+    for hit in helpers.scan(client, index=index, query=body, size=page, preserve_order=False):
+        yield {name: values[0] for name, values in (hit.get("fields") or {}).items() if values}
 
 
 def knn_query(
