@@ -64,6 +64,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         explicit = {mark.name for mark in item.iter_markers()}
         for name in sorted(testkinds.kind_markers(relative, set(item.fixturenames), explicit) - explicit):
             item.add_marker(name)
+    if hasattr(config, "workerinput"):  # pytest-xdist's processes: the heaviest files first, each file whole
+        rank: dict[Path, int] = {}
+        for item in items:
+            kind = testkinds.run_rank({mark.name for mark in item.iter_markers()})
+            rank[item.path] = min(kind, rank.get(item.path, kind))
+        items.sort(key=lambda item: rank[item.path])
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -73,3 +73,18 @@ def test_the_full_run_uses_a_process_per_core_and_a_targeted_run_one(args, cpus,
 def test_a_worker_count_that_is_not_a_whole_number_is_refused(bad):
     with pytest.raises(SystemExit, match="CATSEARCH_TEST_WORKERS"):
         testkinds.test_workers([], 2, {"CATSEARCH_TEST_WORKERS": bad})
+
+
+def test_the_full_run_hands_out_the_heaviest_kinds_first():
+    """DAG runs first, then the secured stack, the cluster, the browser and the other stack tests, the unit
+    tests last: each test ranked by the markers `kind_markers` gives it."""
+    cases = [
+        ("unit/test_quality_metrics.py", set()),
+        ("integration/test_duplicates.py", {"opensearch_url"}),
+        ("integration/test_search_page_browser.py", set()),
+        ("deploy/test_secured_opensearch.py", set()),
+        ("e2e/test_catalogue_ingest_dag.py", set()),
+    ]
+    ranks = [testkinds.run_rank(testkinds.kind_markers(Path(path), fixtures, set())) for path, fixtures in cases]
+    assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(cases)
+    assert testkinds.run_rank({"unit"}) == len(testkinds.RUN_ORDER)

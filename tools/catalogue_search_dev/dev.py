@@ -176,7 +176,7 @@ def cmd_test(args: list[str]) -> int:
     workers = testkinds.test_workers(args, os.cpu_count() or 1, os.environ)
     if workers > 1:
         _say(f"the suite in {workers} pytest processes side by side, a test file at a time each")
-        args = ["-n", str(workers), "--dist", "loadfile", *args]
+        args = ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder", *args]
     code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
     if notes:

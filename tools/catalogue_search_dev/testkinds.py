@@ -5,7 +5,8 @@
   pyproject.toml registers them). `./dev test --quick` runs `unit and not slow`.
 - `quick_shards`: the quick lane's files in two groups of about equal cost,
   which `./dev test --quick` runs side by side (one per core).
-- `test_workers`: how many pytest processes the full run uses side by side.
+- `test_workers`: how many pytest processes the full run uses side by side;
+  `run_rank`: the order they are handed the test files, heaviest kinds first.
 - `screenshot_path`: build/screenshots/, or docs/ when asked to update them.
 """
 
@@ -58,6 +59,18 @@ def kind_markers(relative: Path, fixtures: set[str], explicit: set[str]) -> set[
     if marks & NOT_UNIT:
         marks.discard("unit")
     return marks
+
+
+# The order the full run hands test files to its processes, longest kinds first: a DAG run costs about a
+# minute, a stack test seconds, a unit test milliseconds. With the heaviest files started first the last
+# ones to end are short, and the processes end together (pytest-xdist would otherwise order files by their
+# number of tests, which puts the e2e files, with few tests each, last).
+RUN_ORDER = ("e2e", "secure", "cluster", "browser", "stack")
+
+
+def run_rank(markers: set[str]) -> int:
+    """Where a test with `markers` comes in the full run (`RUN_ORDER`; the unit tests after all of them)."""
+    return next((rank for rank, kind in enumerate(RUN_ORDER) if kind in markers), len(RUN_ORDER))
 
 
 # `./dev test` without test paths: this many pytest processes (pytest-xdist, a test file each at a time), at
