@@ -143,7 +143,10 @@ def measure(c, name: str, row: dict, args) -> dict:
         row["exact_pairs"] = len(want)
     rng = np.random.default_rng(args.seed + 1)
     changed = {cm.doc_id(int(i)) for i in rng.choice(n, max(1, int(n * args.change)), replace=False)}
-    near = duplicates.IndexNeighbours(c, name, index.VECTOR_FIELD, k=args.k, batch=args.batch)
+    # as the pipeline asks on an incremental run: with the search's candidate list
+    near = duplicates.IndexNeighbours(
+        c, name, index.VECTOR_FIELD, k=args.k, batch=args.batch, candidates=cm.settings().knn_candidates
+    )
     previous = full.as_dict()
     step = _timed("incremental", lambda: report(only=changed, neighbours=near, changed=changed, previous=previous), row)
     row.update(incremental_checked=step.checked, incremental_reused=step.reused_pairs)

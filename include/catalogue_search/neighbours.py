@@ -44,9 +44,13 @@ class IndexNeighbours:
     """Each vector's neighbours at or above a cosine, from a k-NN index (`cosinesimil`: score = (1 + cos) / 2).
 
     A vector asks for its top `k` (with the Lucene engine, also the candidate
-    list); while all `k` it got are at or above the threshold there may be more,
-    so it asks again with 4 x k, up to `max_k`. Queries go `batch` at a time in
-    one `_msearch`; a query the node rejects for load (429) is sent again.
+    list, at least `candidates`); while all `k` it got are at or above the
+    threshold there may be more, so it asks again with 4 x k, up to `max_k`.
+    Queries go `batch` at a time in one `_msearch`; a query the node rejects for
+    load (429) is sent again.
+
+    A full report finds a pair when either image finds the other; an incremental
+    one only when the changed image does, so it asks with a longer candidate list.
     """
 
     def __init__(
@@ -58,10 +62,12 @@ class IndexNeighbours:
         k: int = 8,
         batch: int = 64,
         max_k: int = MAX_K,
+        candidates: int = 0,
         logger: logging.Logger = log,
     ) -> None:
         if not 1 <= k <= max_k <= MAX_K:
             raise ValueError(f"need 1 <= k <= max_k <= {MAX_K}, got k={k}, max_k={max_k}")
+        self.candidates = min(max(0, candidates), MAX_K)
         self.client, self.index, self.field = client, index, field
         self.k, self.batch, self.max_k, self.log = k, max(1, batch), max_k, logger
         self.queries = 0  # k-NN searches sent, the re-asks included
@@ -93,7 +99,8 @@ class IndexNeighbours:
         header = json.dumps({"index": self.index})
         lines = []
         for vector in vectors:
-            query = {"knn": {self.field: {"vector": np.asarray(vector, dtype=np.float32).tolist(), "k": k}}}
+            knn = {"vector": np.asarray(vector, dtype=np.float32).tolist(), "k": max(k, self.candidates)}
+            query = {"knn": {self.field: knn}}
             lines += [header, json.dumps({"size": k, "_source": HIT_FIELDS, "query": query})]
         results: list[list[dict[str, Any]] | None] = [None] * len(vectors)
         todo = list(range(len(vectors)))

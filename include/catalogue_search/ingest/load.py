@@ -226,8 +226,14 @@ def report_duplicates(settings: Settings, s3, client, plan: RunPlan, logger: log
     changed, previous = _changed_since_served(settings, s3, plan, logger)
     neighbours = None
     if changed is not None or total > settings.duplicate_exact_max_products:
+        # An incremental report asks with the search's candidate list: only the changed image can find a pair.
         neighbours = duplicates.IndexNeighbours(
-            client, plan.index, index.VECTOR_FIELD, k=settings.duplicate_neighbours, logger=logger
+            client,
+            plan.index,
+            index.VECTOR_FIELD,
+            k=settings.duplicate_neighbours,
+            candidates=settings.knn_candidates if changed is not None else 0,
+            logger=logger,
         )
     report = duplicates.find_duplicates(
         duplicates.index_vectors(client, plan.index, index.VECTOR_FIELD, only=changed),
