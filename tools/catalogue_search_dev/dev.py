@@ -306,6 +306,7 @@ BENCHMARKS = {
     "load-index-memory": "load_index_memory.py",
     "knn": "knn_recall.py",
     "duplicates": "duplicates_scale.py",
+    "id-scan": "id_scan.py",
     "knn-family": "knn_family.py",
     "e2e": "end_to_end.py",
     "search-api": "search_api.py",
