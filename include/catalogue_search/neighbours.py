@@ -4,7 +4,7 @@
 The index way costs one HNSW search per vector (images x log(images) in all)
 and needs no vector matrix on the worker; the exact way is images^2 / 2 x dim
 multiply-adds. `./dev bench duplicates` measures both side by side at 15k, 150k and 600k; BENCHMARKS.md
-("Full-size DAG run") has the index way over 145,257 images in a DAG run: 410 s, 31.8 s for a 1% change.
+("Full-size DAG run") has the index way over 145,257 images in a DAG run: 410-515 s, 23.7 s for a 1% change.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ def scan_fields(
     field -> first value, a field the document has no value for left out.
 
     Reading them from `_source` instead parses each document's whole source, its two vectors
-    included, and even `_id` decompresses the stored block the source is in: 30,000 documents with
-    two 512-d vectors took 3.37 s from `_source`, 1.09 s from doc values with `_id`, 0.11 s without
-    (BENCHMARKS.md, "A full build, a run with nothing changed and a 1% change").
+    included, and even `_id` decompresses the stored block the source is in: 145,000 documents with
+    two 512-d vectors took 25.2 s from `_source`, 11.0 s from doc values with `_id`, 0.52 s without
+    (`./dev bench id-scan`; BENCHMARKS.md, "Reading every product's ids").
     """
     from opensearchpy import helpers
 
