@@ -133,7 +133,7 @@ def index_vectors(
     """
     from opensearchpy import helpers
 
-    from catalogue_search.index import scan_fields
+    from catalogue_search.index import get_sources, scan_fields
 
     fields = ["item_id", "item_name", "image_id", "main_image_id", "image_path"]
 
@@ -158,11 +158,8 @@ def index_vectors(
             continue
         doc["item_name"] = doc.pop(TITLE_KEYWORD)
         yield doc, None
-    for lo in range(0, len(long_titles), 1000):
-        got = client.mget(index=index, body={"ids": long_titles[lo : lo + 1000]}, _source_includes=fields)
-        for found in got["docs"]:
-            if found.get("found"):
-                yield found["_source"], None
+    for src in get_sources(client, index, long_titles, fields, batch=1000).values():
+        yield src, None
     ids = sorted(wanted)
     for lo in range(0, len(ids), 10_000):
         for src in scan({"terms": {"item_id": ids[lo : lo + 10_000]}}, True):

@@ -96,10 +96,7 @@ def _meta(client, name: str) -> dict[str, Any]:
 def describe(client, index_name: str, chosen: list[dict[str, Any]], batch: int = 500) -> list[dict[str, Any]]:
     """The `DOC_FIELDS` of the sampled products (`chosen`: item ids), in their order."""
     ids = [doc["item_id"] for doc in chosen]
-    found: dict[str, dict[str, Any]] = {}
-    for lo in range(0, len(ids), batch):
-        got = client.mget(index=index_name, body={"ids": ids[lo : lo + batch]}, _source_includes=DOC_FIELDS)
-        found.update({doc["_id"]: doc["_source"] for doc in got["docs"] if doc.get("found")})
+    found = index.get_sources(client, index_name, ids, DOC_FIELDS, batch)
     missing = [item_id for item_id in ids if item_id not in found]
     if missing:  # nothing writes to an index under evaluation: something else does
         raise RuntimeError(

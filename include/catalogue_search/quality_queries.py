@@ -100,16 +100,8 @@ class QueryVectors:
         return dict(zip(rows, self.encode([docs[i]["item_name"].strip() for i in rows]))) if rows else {}
 
     def _stored(self, ids: list[str]) -> list[list[float] | None]:
-        found: dict[str, list[float]] = {}
-        for lo in range(0, len(ids), 200):
-            got = self.client.mget(
-                index=self.index, body={"ids": ids[lo : lo + 200]}, _source_includes=[index.NAME_VECTOR_FIELD]
-            )
-            for doc in got["docs"]:
-                vector = (doc.get("_source") or {}).get(index.NAME_VECTOR_FIELD)
-                if doc.get("found") and vector:
-                    found[doc["_id"]] = vector
-        return [found.get(i) for i in ids]
+        found = index.get_sources(self.client, self.index, ids, [index.NAME_VECTOR_FIELD], batch=200)
+        return [(found.get(i) or {}).get(index.NAME_VECTOR_FIELD) or None for i in ids]
 
 
 def _close(a: list[float] | None, b: list[float] | None) -> bool:

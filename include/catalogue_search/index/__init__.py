@@ -37,6 +37,7 @@ from catalogue_search.index.mapping import (
 from catalogue_search.index.queries import (
     ONLY_IDS,
     exact_query,
+    get_sources,
     hit_id,
     knn_query,
     scan_fields,
@@ -81,6 +82,7 @@ __all__ = [
     "document",
     "exact_query",
     "finish_loading",
+    "get_sources",
     "index_body",
     "index_name",
     "indices_for_alias",

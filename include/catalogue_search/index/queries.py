@@ -42,6 +42,15 @@ def scan_fields(
         yield {name: values[0] for name, values in (hit.get("fields") or {}).items() if values}
 
 
+def get_sources(client, index: str, ids: Sequence[str], fields: Sequence[str], batch: int = 500) -> dict[str, Any]:
+    """id -> `_source` (only `fields`) of the documents of `ids` that `index` holds, `batch` ids per `_mget`."""
+    found: dict[str, Any] = {}
+    for lo in range(0, len(ids), batch):
+        got = client.mget(index=index, body={"ids": list(ids[lo : lo + batch])}, _source_includes=list(fields))
+        found.update({doc["_id"]: doc.get("_source") or {} for doc in got["docs"] if doc.get("found")})
+    return found
+
+
 def knn_query(
     vector: list[float],
     k: int,
