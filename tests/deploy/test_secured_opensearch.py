@@ -22,7 +22,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -30,7 +29,7 @@ import pytest
 
 from catalogue_search import index
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo, sample_catalogue, secure_stack, testenv
+from catalogue_search_dev import demo, prefork, sample_catalogue, secure_stack, testenv
 
 pytestmark = pytest.mark.secure
 
@@ -50,9 +49,8 @@ def secured():
 
 
 def _python(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
-    )
+    assert args[0] == "-m", args
+    return prefork.run_module(args[1], args[2:], env, timeout)
 
 
 @pytest.fixture(scope="module")

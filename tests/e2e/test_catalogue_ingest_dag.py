@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -25,20 +24,14 @@ from catalogue_search import index
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.search import LocalEncoder, SearchClient
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo, testenv
+from catalogue_search_dev import demo, prefork, testenv
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
 
 
 def _dags_test(env: dict[str, str], conf: str = "{}", dag_id: str = "catalogue_ingest") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", conf],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    return prefork.dags_test(dag_id, env, conf)
 
 
 def _all_ids(client, alias: str) -> set[str]:

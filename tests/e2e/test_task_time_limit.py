@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -28,6 +27,7 @@ import pytest
 
 from catalogue_search import index
 from catalogue_search.settings import Settings
+from catalogue_search_dev import prefork
 
 TASK_LIMIT_S = 30
 
@@ -76,8 +76,7 @@ def _dags_test_with_a_time_limit(dag_id: str, limit_s: int, unique: str, **env: 
     env = {**os.environ, **env, "CATSEARCH_TASK_TIMEOUT_S": str(limit_s), "CATSEARCH_TASK_RETRIES": "0"}
     for name in Settings.from_env({}).missing():  # a bare environment: the run needs a complete configuration
         env.setdefault(name, "local" if name.endswith("QUERY_ENCODER") else f"hang-{unique}")
-    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return prefork.dags_test(dag_id, env, timeout=600)
 
 
 def _timestamp(log: str, marker: str) -> datetime:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from catalogue_search.endpoints import ENCODE_TYPES, IMAGE, TEXT
 from catalogue_search.handler import load_handler_from_artifact
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings, boto3_client
+from catalogue_search_dev import prefork
 from catalogue_search_dev.model_build import upload_model_artifact
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,13 +42,7 @@ class Deployment:
     outputs: list[str] = field(default_factory=list)
 
     def run(self, dag_id: str, **extra_env: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", "airflow", "dags", "test", dag_id],
-            env={**os.environ, **self.env, **extra_env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = prefork.dags_test(dag_id, {**self.env, **extra_env}, timeout=600)
         self.outputs.append(result.stdout + result.stderr)
         return result
 
