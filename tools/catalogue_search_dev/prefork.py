@@ -1,22 +1,25 @@
-"""`airflow dags test` for the tests, forked from a Python that has the heavy libraries imported already.
+"""`airflow dags test` for the tests, forked from a Python that has Airflow and the heavy libraries imported.
 
 A test's DAG run is a process of its own, as `python -m airflow dags test` is.
-Started from nothing, each one first imports torch and open_clip (the quality
-evaluation encodes titles), the SageMaker SDK (the image URI), FastAPI,
-SQLAlchemy and the rest under Airflow: about 6 CPU seconds of a run's 25, paid
-again by every one of the suite's runs on a machine whose cores are the limit.
+Started from nothing, each one first imports Airflow, torch and open_clip (the
+quality evaluation encodes titles), the SageMaker SDK (the image URI), and
+builds Airflow's in-process execution API: about 10 of a first run's 35 CPU
+seconds, paid again by each of the suite's DAG runs on a machine whose cores
+are the limit.
 
-`Prefork` starts one Python per test process that imports those libraries (not
-Airflow, not this project: they read the environment and the configuration
-when imported, and every run has its own) and then waits. Each run is a fork of
-it: a new process, in a new session, with the run's environment, working
-directory and arguments, its stdin from /dev/null and its output in files, that
-then runs `python -m <module>` and ends as that would (its threads joined, atexit, output
-flushed) but without tearing down every module (`_end`). What
-differs from a fresh interpreter: the preloaded modules saw the forking
-process's environment, and the process's command line is the fork server's.
+`Prefork` is a Python that imports all that and then waits; each run is a fork
+of it: a new process, in a new session, with the run's environment, working
+directory and arguments, stdin from /dev/null and its output in files, that runs
+`python -m <module>` and ends as that would (threads joined, atexit, output
+flushed) without tearing down every module (about 2 CPU seconds with torch
+loaded). Airflow reads its settings when imported, so a fork server serves the
+runs of one Airflow environment (`airflow_key`: the home and `AIRFLOW__*`
+options); this project's own modules and the DAG files are imported by the run,
+with its environment. What differs from a fresh interpreter: the preloaded
+modules saw the server's environment, and the process's command line is the
+server's.
 
-    result = prefork.run_module("airflow", ["dags", "test", dag_id], env=env, timeout=600)
+    result = prefork.dags_test("catalogue_ingest", env, conf="{}", timeout=600)
 
 `CATSEARCH_TEST_PREFORK=0` runs a plain subprocess instead.
 """
@@ -32,6 +35,8 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -75,7 +80,29 @@ def _preload() -> list[str]:
             __import__(name)
         except Exception as exc:  # a missing library only costs the run its import
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    try:
+        _preload_airflow()
+    except Exception as exc:
+        failed.append(f"airflow: {type(exc).__name__}: {exc}")
     return failed
+
+
+def _preload_airflow() -> None:
+    """Airflow, its CLI and the Amazon provider's SageMaker classes, configured from this server's environment
+    (the runs it forks share its Airflow settings: `airflow_key`), and the in-process execution API that
+    `dags test` builds once per process (its versioned routes: about 3 CPU seconds). Not a thread is started:
+    the API's event loop starts in the run, at its first request."""
+    import airflow  # noqa: F401
+    import airflow.cli.commands.dag_command  # noqa: F401
+    import airflow.providers.amazon.aws.operators.sagemaker  # noqa: F401
+    import airflow.providers.amazon.aws.sensors.sagemaker  # noqa: F401
+    import airflow.providers.amazon.aws.triggers.sagemaker  # noqa: F401
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+    app = in_process_api_server().app
+    initialize = getattr(app, "_cadwyn_initialize", None)  # Cadwyn builds its routes at the first request
+    if initialize is not None and getattr(app, "_cadwyn_initialized", True) is False:
+        initialize()
 
 
 def _serve() -> dict | None:
@@ -84,6 +111,8 @@ def _serve() -> dict | None:
     replies.write((json.dumps({"ready": True, "failed": _preload()}) + "\n").encode())
     replies.flush()
     for line in requests:
+        if not line.strip():
+            continue
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
@@ -158,10 +187,18 @@ def _end(code: int | str | None, atexit) -> None:
 # --- the client (in the test process) --------------------------------------------------------------------------
 
 
-class Prefork:
-    """One fork server for this process; runs are one at a time (a lock)."""
+def airflow_key(env: Mapping[str, str]) -> tuple:
+    """The environment Airflow reads when imported (its home, `AIRFLOW__*` options): runs with another key
+    need a fork server of their own. Connections and variables from the environment are read when used."""
+    lazy = ("AIRFLOW_CONN_", "AIRFLOW_VAR_")
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith("AIRFLOW") and not k.startswith(lazy)))
 
-    def __init__(self) -> None:
+
+class Prefork:
+    """One fork server, started with `env`; runs are one at a time (a lock)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
         self.proc: subprocess.Popen | None = None
         self.lock = threading.Lock()
 
@@ -171,11 +208,13 @@ class Prefork:
                 [sys.executable, "-m", "catalogue_search_dev.prefork"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=dict(os.environ),
+                env=self.env,
             )
             ready = json.loads(self._reply(self.proc, 300))
             if not ready.get("ready"):
                 raise RuntimeError(f"the fork server did not start: {ready}")
+            for failure in ready.get("failed") or []:  # the runs import it themselves
+                warnings.warn(f"the fork server could not preload {failure}", stacklevel=2)
         return self.proc
 
     @staticmethod
@@ -233,20 +272,26 @@ class Prefork:
         self.proc = None
 
 
-_SHARED = Prefork()
+MAX_SERVERS = 2  # the session's Airflow home and one other (a module with a home of its own)
+_SERVERS: OrderedDict[tuple, Prefork] = OrderedDict()
 
 
 def run_module(
     module: str, args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 1200
 ) -> subprocess.CompletedProcess:
     """`python -m module args` with `env` added to this process's environment: a fork of the preloaded
-    server, or a plain subprocess when CATSEARCH_TEST_PREFORK=0. Output captured as text."""
+    server for its Airflow settings, or a plain subprocess when CATSEARCH_TEST_PREFORK=0. Output as text."""
     full = {**os.environ, **(env or {})}
     if not enabled(full):
         return subprocess.run(
             [sys.executable, "-m", module, *args], env=full, capture_output=True, text=True, timeout=timeout
         )
-    return _SHARED.run(module, args, full, timeout)
+    key = airflow_key(full)
+    server = _SERVERS.pop(key, None) or Prefork(full)
+    _SERVERS[key] = server
+    while len(_SERVERS) > MAX_SERVERS:
+        _SERVERS.popitem(last=False)[1].close()
+    return server.run(module, args, full, timeout)
 
 
 def dags_test(
@@ -259,7 +304,8 @@ def dags_test(
 
 
 def close() -> None:
-    _SHARED.close()
+    while _SERVERS:
+        _SERVERS.popitem()[1].close()
 
 
 if __name__ == "__main__":
