@@ -279,10 +279,12 @@ _SERVERS: OrderedDict[tuple, Prefork] = OrderedDict()
 def run_module(
     module: str, args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 1200
 ) -> subprocess.CompletedProcess:
-    """`python -m module args` with `env` added to this process's environment: a fork of the preloaded
-    server for its Airflow settings, or a plain subprocess when CATSEARCH_TEST_PREFORK=0. Output as text."""
+    """`python -m module args` with `env` added to this process's environment, output as text. Airflow's
+    CLI runs as a fork of the preloaded server for its Airflow settings; any other module, or any run when
+    CATSEARCH_TEST_PREFORK=0, in a plain subprocess (the preloaded Airflow has set up its logging, which
+    a module that never imports Airflow would not have)."""
     full = {**os.environ, **(env or {})}
-    if not enabled(full):
+    if module != "airflow" or not enabled(full):
         return subprocess.run(
             [sys.executable, "-m", module, *args], env=full, capture_output=True, text=True, timeout=timeout
         )
