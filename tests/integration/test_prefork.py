@@ -15,7 +15,7 @@ import pytest
 from catalogue_search_dev import prefork
 
 PROBE = """
-import json, os, sys, threading, time, atexit
+import json, os, signal, sys, threading, time, atexit
 mode = sys.argv[1]
 if mode == "sleep":
     time.sleep(600)
@@ -23,7 +23,8 @@ atexit.register(lambda: print("atexit ran", flush=True))
 # a non-daemon thread: the run ends when it does, as a plain interpreter would
 threading.Thread(target=lambda: (time.sleep(0.3), print("thread ended", flush=True))).start()
 print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "probe": os.environ.get("PROBE_VALUE"),
-                  "pid": os.getpid(), "sid": os.getsid(0), "torch": "torch" in sys.modules}))
+                  "pid": os.getpid(), "sid": os.getsid(0), "torch": "torch" in sys.modules,
+                  "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN}))
 print("to stderr", file=sys.stderr)
 sys.exit(int(sys.argv[2]))
 """
@@ -57,6 +58,7 @@ def test_a_run_is_a_process_of_its_own_with_its_env_args_directory_output_and_ex
     assert seen[0]["cwd"] == str(tmp_path) and seen[1]["cwd"] == os.getcwd()
     assert seen[0]["pid"] != seen[1]["pid"] and all(s["sid"] == s["pid"] for s in seen)  # a session each
     assert all(s["torch"] for s in seen)  # forked after the preload
+    assert all(s["sigpipe_ignored"] for s in seen)  # a fresh interpreter's signal handlers (Python ignores SIGPIPE)
     for result in (first, second):
         assert result.stdout.splitlines()[1:] == ["thread ended", "atexit ran"]
         assert result.stderr == "to stderr\n"
