@@ -116,14 +116,18 @@ def local_sagemaker(moto_url: str, tmp_path_factory):
     """The local SageMaker server's state (jobs, model servers) running this checkout's code.
 
     One CPU per container: one TorchServe worker per model; the model servers are shared by every test. At
-    most three run at once (the least recently used stops, and starts again when asked for): the suite runs
-    two of these side by side (`testkinds.test_workers`), and each container takes about 1.3 GB.
+    most four run at once (the least recently used stops, and starts again when asked for): the suite runs
+    two of these side by side (`testkinds.test_workers`), and each container takes about 1.5 GB. An idle one
+    stays for 15 minutes, not 3: the next test file on this process may use the same model, and each start
+    costs 8 to 20 s.
     """
     from catalogue_search_dev.sagemaker_local import LocalSageMaker
 
     settings = Settings.from_env()
     jobs = tmp_path_factory.mktemp("sagemaker-jobs")
-    state = LocalSageMaker(moto_url, settings.region, settings.model_cache, jobs, container_cpus=1, max_model_servers=3)
+    state = LocalSageMaker(
+        moto_url, settings.region, settings.model_cache, jobs, container_cpus=1, max_model_servers=4, model_idle_s=900
+    )
     yield state
     state.close()
 

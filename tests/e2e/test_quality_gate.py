@@ -1,6 +1,8 @@
 """End to end: search quality measured on every run, and the publication gates (`airflow dags test`).
 
-One module-scoped sequence on one alias, each step building on the one before:
+First, on another alias, an artifact with random weights is refused without
+CATSEARCH_ALLOW_RANDOM_WEIGHTS, and nothing is published. Then one module-scoped
+sequence on one alias, each step building on the one before:
 
 1. the tiny model trained on the sample catalogue (text -> image recall far above
    chance, `tiny_training`) publishes index A, its figures in `_meta`, the run
@@ -8,9 +10,7 @@ One module-scoped sequence on one alias, each step building on the one before:
 2. the same weights with the text projection's dimensions shuffled (text -> image
    at chance, titles still find their title vectors): evaluate_index refuses it
    with the measured drop, and the alias stays on A;
-3. the same run with `allow_quality_drop` publishes B;
-4. on another alias, an artifact with random weights is refused without
-   CATSEARCH_ALLOW_RANDOM_WEIGHTS, and nothing is published.
+3. the same run with `allow_quality_drop` publishes B.
 """
 
 from __future__ import annotations
@@ -88,6 +88,21 @@ def refused_b(world, trained, published_a):
     return version, result, world.latest_report()
 
 
+def test_random_weights_are_refused_without_the_opt_in(world):
+    # First: the artifact is the one `demo.prepare` uploaded (the same bytes), whose containers the module
+    # before this one on the same pytest process may have left running.
+    alias = f"{world.settings.index_alias}-random"
+    world.use_artifact("", "random", random_weights=True)
+    env = {**world.env, "CATSEARCH_INDEX_ALIAS": alias, "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "false"}
+    result = _dags_test(env)
+    log = _log(result)
+    assert result.returncode != 0
+    assert "random weights: quality is chance level" in log and "CATSEARCH_ALLOW_RANDOM_WEIGHTS=true" in log
+    assert world.target(alias) is None  # nothing was published
+    report = world.latest_report()
+    assert report["weights"] == {"random": True, "pretrained": None} and report["alias"] == alias
+
+
 def test_a_trained_model_publishes_with_its_quality_in_meta_report_and_log(world, published_a, trained):
     name, version, result = published_a
     meta = world.meta(name)
@@ -133,16 +148,3 @@ def test_the_same_run_with_allow_quality_drop_publishes(world, published_a, refu
     now = world.target()
     assert now != served and world.meta(now)["artifact_version"] == version
     assert "allowed for this run (allow_quality_drop)" in _log(result)
-
-
-def test_random_weights_are_refused_without_the_opt_in(world, published_a):
-    alias = f"{world.settings.index_alias}-random"
-    world.use_artifact("", "random", random_weights=True)
-    env = {**world.env, "CATSEARCH_INDEX_ALIAS": alias, "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "false"}
-    result = _dags_test(env)
-    log = _log(result)
-    assert result.returncode != 0
-    assert "random weights: quality is chance level" in log and "CATSEARCH_ALLOW_RANDOM_WEIGHTS=true" in log
-    assert world.target(alias) is None  # nothing was published
-    report = world.latest_report()
-    assert report["weights"] == {"random": True, "pretrained": None} and report["alias"] == alias

@@ -3,7 +3,7 @@ server on loopback that accepts connections and never answers.
 
 - `catalogue_rollback` against such an OpenSearch "node": the DAG's one task
   reaches it through the `opensearch_default` connection, and the task's time
-  limit (`CATSEARCH_TASK_TIMEOUT_S`, 30 s here) ends it long before the client's
+  limit (`CATSEARCH_TASK_TIMEOUT_S`, 12 s here) ends it long before the client's
   own read timeout (60 s) would.
 - A task body of the same helper whose hung calls run in a thread pool (as the
   copy, the bulk load and the store reads do): the limit ends it too, although
@@ -29,7 +29,7 @@ from catalogue_search import index
 from catalogue_search.settings import Settings
 from catalogue_search_dev import prefork
 
-TASK_LIMIT_S = 30
+TASK_LIMIT_S = 12  # time enough to reach the call that hangs; far under the client's own read timeout
 
 
 class SilentServer:
@@ -139,9 +139,9 @@ hung_pool()
 
 
 def test_hung_calls_in_a_thread_pool_end_at_the_task_time_limit(tmp_path, unique):
-    # Two calls hang for 30 s, then the two queued ones are refused: without the helper the
-    # task would end when the pool has drained, at 30 s.
-    limit, hold = 8, 30
+    # Two calls hang for 24 s, then the two queued ones are refused: without the helper the
+    # task would end when the pool has drained, at 24 s (the run's process still waits for them at its end).
+    limit, hold = 6, 24
     server = SilentServer(hold_s=hold, most=2)
     (tmp_path / "hung_pool.py").write_text(HUNG_POOL_DAG)
     try:

@@ -46,3 +46,29 @@ def test_botocore_default_pool_would_discard(settings, caplog):
     with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
         _copy_all(boto3.client("s3", **kwargs), settings)
     assert FULL in caplog.text
+
+
+def test_a_process_builds_one_client_per_connection_and_client_settings(settings, monkeypatch):
+    """The tasks of one process (`airflow dags test` runs every task in one) share a client while the
+    connection and the client's settings are the same; another endpoint, another pool or other credentials
+    get a client of their own, which talks to what the connection now says."""
+    import json
+    import os
+
+    first = airflow_clients.s3(settings)
+    assert airflow_clients.s3(settings) is first
+    wider = airflow_clients.s3(settings.replace(copy_workers=settings.copy_workers + 1))
+    assert wider is not first and wider.meta.config.max_pool_connections > first.meta.config.max_pool_connections
+
+    connection = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps({**connection, "extra": {**connection["extra"], "endpoint_url": "http://127.0.0.1:9"}}),
+    )
+    elsewhere = airflow_clients.s3(settings)
+    assert elsewhere is not first and elsewhere.meta.endpoint_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({**connection, "password": "another-secret"}))
+    assert airflow_clients.s3(settings) not in (first, elsewhere)
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    assert airflow_clients.s3(settings) is first
+    assert airflow_clients.sagemaker(settings) is airflow_clients.sagemaker(settings) is not first

@@ -398,28 +398,44 @@ def test_stop_transform_job_stops_the_runner(tiny, s3, sagemaker):
 
 # --- the cap on running containers --------------------------------------------------
 def test_past_the_cap_the_least_recently_used_container_stops_and_starts_again_when_asked(
-    tiny, s3, tmp_path_factory, local_sagemaker
+    settings, s3, tmp_path_factory, local_sagemaker, make_handler_artifact
 ):
     """A cap of one: a second model stops the first; asked again, the first starts again and answers; a
-    container that a job or a request holds is never the one stopped."""
+    container that a job or a request holds is never the one stopped. The model is a handler of its own that
+    loads nothing (what is tested is the cap, and each of the three starts costs less)."""
     from catalogue_search_dev.model_server import ModelServers
 
     # a short root: TorchServe's worker socket lives in the container's tmp, and a Unix socket path has 107 bytes
     root = tmp_path_factory.mktemp("cap") / "containers"
+    light = make_handler_artifact(
+        root.parent / "model.tar.gz",
+        """
+        import json
+        import os
+
+        def model_fn(model_dir):
+            return os.environ["ENCODE_TYPE"]
+
+        def transform_fn(model, body, content_type, accept):
+            texts = json.loads(body)["inputs"]
+            return json.dumps({"embeddings": [[0.0, 1.0]] * len(texts), "encode_type": model}), "application/json"
+        """,
+    )
+    s3.upload_file(str(light), settings.bucket, "models/light/model.tar.gz")
+    uri = f"s3://{settings.bucket}/models/light/model.tar.gz"
     servers = ModelServers(root, s3, local_sagemaker.aws_env, cpus=1, max_servers=1)
-    env = {"MODEL_NAME": "tiny-clip"}
     try:
-        text = servers.get("m-text", tiny.artifact_uri, {**env, "ENCODE_TYPE": "TEXT"})
-        image = servers.get("m-image", tiny.artifact_uri, {**env, "ENCODE_TYPE": "IMAGE"}, hold=True)
+        text = servers.get("m-text", uri, {"ENCODE_TYPE": "TEXT"})
+        image = servers.get("m-image", uri, {"ENCODE_TYPE": "IMAGE"}, hold=True)
         assert text.process.wait(timeout=30) is not None  # the least recently used, held by nothing: stopped
         assert not text.root.exists()
 
-        again = servers.get("m-text", tiny.artifact_uri, {**env, "ENCODE_TYPE": "TEXT"})
+        again = servers.get("m-text", uri, {"ENCODE_TYPE": "TEXT"})
         assert again is not text
         assert image.process.poll() is None  # held (a job runs on it): over the cap rather than stopped mid-job
         assert len(servers.describe()) == 2
         reply = again.endpoint.invoke(json.dumps({"inputs": ["a red flower"]}).encode(), "application/json", None, 60)
-        assert reply.status == 200 and len(json.loads(reply.body)["embeddings"]) == 1
+        assert reply.status == 200 and json.loads(reply.body) == {"embeddings": [[0.0, 1.0]], "encode_type": "TEXT"}
 
         servers.unhold(image)  # the job ended: the next start stops the least recently used of the two
         servers._stop_over_the_cap()

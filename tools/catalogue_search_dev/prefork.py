@@ -26,6 +26,7 @@ server's.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -108,7 +109,12 @@ def _preload_airflow() -> None:
 def _serve() -> dict | None:
     """Answer requests on stdin (a JSON line each) until it closes; in a forked child, return its request."""
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    replies.write((json.dumps({"ready": True, "failed": _preload()}) + "\n").encode())
+    failed = _preload()
+    # What the runs inherit stays out of their collections: a collection in a run would walk (and, writing
+    # to each object, copy) the whole preloaded heap. Measured (py-spy, one first ingest run): 21 to 14 CPU s.
+    gc.collect()
+    gc.freeze()
+    replies.write((json.dumps({"ready": True, "failed": failed}) + "\n").encode())
     replies.flush()
     for line in requests:
         if not line.strip():

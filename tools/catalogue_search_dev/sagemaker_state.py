@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from catalogue_search_dev.local_jobs import Jobs, Launch, LocalJob
-from catalogue_search_dev.model_server import ModelServer, ModelServerError, ModelServers
+from catalogue_search_dev.model_server import IDLE_S, ModelServer, ModelServerError, ModelServers
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ class LocalSageMaker:
         jobs_dir: str | Path,
         container_cpus: int | None = None,
         max_model_servers: int | None = None,
+        model_idle_s: float = IDLE_S,
     ) -> None:
         import boto3
 
@@ -152,7 +153,12 @@ class LocalSageMaker:
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
         self.servers = ModelServers(
-            Path(jobs_dir) / "containers", self.s3, self.aws_env, cpus=container_cpus, max_servers=max_model_servers
+            Path(jobs_dir) / "containers",
+            self.s3,
+            self.aws_env,
+            cpus=container_cpus,
+            idle_s=model_idle_s,
+            max_servers=max_model_servers,
         )
         self.endpoints: dict[str, dict[str, str]] = {}  # the status of the endpoints this server provisions
 
