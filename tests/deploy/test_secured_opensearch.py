@@ -66,7 +66,7 @@ def world(secured, moto_url, sagemaker_url, aws_env):
         "CATSEARCH_MODEL_NAME": "tiny-clip",
         "CATSEARCH_MODEL_PRETRAINED": "",
         "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
-        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
+        "CATSEARCH_TRANSFORM_POLL_SECONDS": "1",
         "CATSEARCH_QUERY_ENCODER": "local",
         "CATSEARCH_TASK_RETRIES": "0",  # a refusal fails the run at once
         **aws_env(Settings.from_env(aws_endpoint_url=moto_url, sagemaker_endpoint_url=sagemaker_url)),

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -54,7 +55,7 @@ def tiny_stack_env(prefix: str, moto_url, sagemaker_url, opensearch_url, aws_env
         "CATSEARCH_OPENSEARCH_URL": opensearch_url,
         # The tiny model's random weights put 38% of distinct pictures above 0.98: report identical ones.
         "CATSEARCH_DUPLICATE_COSINE_THRESHOLD": "0.9999",
-        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
+        "CATSEARCH_TRANSFORM_POLL_SECONDS": "1",
         # The tiny model's weights are random: publish anyway (as the local stack does), and measure the
         # search quality on a smaller sample than a deployment's 1,000 (docs/quality.md).
         "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "true",
@@ -226,3 +227,10 @@ def test_a_failed_transform_job_fails_the_task_with_its_reason(stack_env, tmp_pa
     assert "the weights are corrupt" in failure[0], failure
     client = index.client_from_settings(settings)
     assert not client.indices.exists_alias(name=broken["CATSEARCH_INDEX_ALIAS"])  # nothing was published
+    # The failure reaches the downstream tasks one level per check of `dags test`, which the fork server
+    # makes 0.1 s apart instead of 1 s (prefork.IDLE_POLL_S)
+    checks = [line.split()[0] for line in log.splitlines() if "No tasks to run" in line]
+    assert len(checks) >= 3, log[-3000:]
+    stamps = [datetime.fromisoformat(check.rstrip("Z")) for check in checks]
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(stamps, stamps[1:])]
+    assert max(gaps) < (0.6 if prefork.enabled() else 1.6), gaps

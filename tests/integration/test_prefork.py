@@ -19,10 +19,19 @@ import json, os, signal, sys, threading, time, atexit
 mode = sys.argv[1]
 if mode == "sleep":
     time.sleep(600)
+import boto3
+loaders = [boto3.session.Session()._session.get_component("data_loader") for _ in range(2)]
+models = loaders[0]._cache
+shared = models is loaders[1]._cache
+models_shared = shared and any(k[:3] == ("load_service_model", "s3", "service-2") for k in models)
+slept = time.monotonic()
+time.sleep(1)  # not the poll of `dags test`: a whole second
+slept = time.monotonic() - slept
 atexit.register(lambda: print("atexit ran", flush=True))
 # a non-daemon thread: the run ends when it does, as a plain interpreter would
 threading.Thread(target=lambda: (time.sleep(0.3), print("thread ended", flush=True))).start()
-print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "probe": os.environ.get("PROBE_VALUE"),
+print(json.dumps({"argv": sys.argv[1:], "models_shared": models_shared, "slept": slept,
+                  "cwd": os.getcwd(), "probe": os.environ.get("PROBE_VALUE"),
                   "pid": os.getpid(), "sid": os.getsid(0), "torch": "torch" in sys.modules,
                   "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN}))
 print("to stderr", file=sys.stderr)
@@ -58,6 +67,8 @@ def test_a_run_is_a_process_of_its_own_with_its_env_args_directory_output_and_ex
     assert seen[0]["cwd"] == str(tmp_path) and seen[1]["cwd"] == os.getcwd()
     assert seen[0]["pid"] != seen[1]["pid"] and all(s["sid"] == s["pid"] for s in seen)  # a session each
     assert all(s["torch"] for s in seen)  # forked after the preload
+    assert all(s["models_shared"] for s in seen)  # botocore's models parsed once, before the fork
+    assert all(s["slept"] >= 0.95 for s in seen)  # only the poll of `dags test` is quicker
     assert all(s["sigpipe_ignored"] for s in seen)  # a fresh interpreter's signal handlers (Python ignores SIGPIPE)
     for result in (first, second):
         assert result.stdout.splitlines()[1:] == ["thread ended", "atexit ran"]

@@ -428,6 +428,7 @@ def test_past_the_cap_the_least_recently_used_container_stops_and_starts_again_w
         text = servers.get("m-text", uri, {"ENCODE_TYPE": "TEXT"})
         image = servers.get("m-image", uri, {"ENCODE_TYPE": "IMAGE"}, hold=True)
         assert text.process.wait(timeout=30) is not None  # the least recently used, held by nothing: stopped
+        servers.settle()
         assert not text.root.exists()
 
         again = servers.get("m-text", uri, {"ENCODE_TYPE": "TEXT"})

@@ -50,9 +50,9 @@ def local_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         # No model hub here: the local model has random weights, and the stack publishes its index anyway
         # (a deployment leaves this false and refuses such an index; docs/quality.md).
         "CATSEARCH_ALLOW_RANDOM_WEIGHTS": "true",
-        # Local transform jobs take seconds, not the minutes SageMaker's do.
-        "CATSEARCH_TRANSFORM_POLL_SECONDS": "2",
-        "CATSEARCH_ENDPOINT_POLL_SECONDS": "2",
+        # Local transform jobs and endpoints take seconds, not the minutes SageMaker's do: checked every second.
+        "CATSEARCH_TRANSFORM_POLL_SECONDS": "1",
+        "CATSEARCH_ENDPOINT_POLL_SECONDS": "1",
         "CATSEARCH_BUCKET": "catalogue-search-local",
         # moto accepts any role ARN; a real deployment sets its SageMaker execution role.
         "CATSEARCH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/catalogue-search-sagemaker",

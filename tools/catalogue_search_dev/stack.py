@@ -147,10 +147,9 @@ def start_moto(service: Service) -> str:
     if service.healthy():
         return "reused"
     host, port = _check_loopback(service.url)
-    exe = Path(sys.executable).with_name("moto_server")
     with open(service.log_file, "ab") as out:
         proc = subprocess.Popen(
-            [str(exe), "-H", host, "-p", str(port)],
+            [sys.executable, "-m", "catalogue_search_dev.moto_launch", "-H", host, "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
