@@ -139,9 +139,9 @@ hung_pool()
 
 
 def test_hung_calls_in_a_thread_pool_end_at_the_task_time_limit(tmp_path, unique):
-    # Two calls hang for 24 s, then the two queued ones are refused: without the helper the
-    # task would end when the pool has drained, at 24 s (the run's process still waits for them at its end).
-    limit, hold = 6, 24
+    # Two calls hang for 18 s, then the two queued ones are refused: without the helper the
+    # task would end when the pool has drained, at 18 s (the run's process still waits for them at its end).
+    limit, hold = 5, 18
     server = SilentServer(hold_s=hold, most=2)
     (tmp_path / "hung_pool.py").write_text(HUNG_POOL_DAG)
     try:
@@ -155,4 +155,4 @@ def test_hung_calls_in_a_thread_pool_end_at_the_task_time_limit(tmp_path, unique
     assert len(server.accepted) >= 2, log[-4000:]
     assert "AirflowTaskTimeout" in log and "past its time limit" in log, log[-4000:]
     ended = (_timestamp(log, "new_state=failed") - _timestamp(log, "Task started")).total_seconds()
-    assert limit <= ended < limit + 15 < hold, ended
+    assert limit <= ended < limit + 12 < hold, ended

@@ -126,6 +126,9 @@ def base_environment(root: Path, bin_dir: Path, aws: Mapping[str, str]) -> dict[
     }
     if os.environ.get("JAVA_HOME"):
         env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+    # TorchServe's front end only routes requests here: its JVM compiles with C1 alone, which starts with
+    # about a third less CPU (measured: 1.5 to 1.0 CPU s per container) and does not change what it answers.
+    env["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1"
     env.update(aws)
     return env
 
