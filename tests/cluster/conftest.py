@@ -31,7 +31,7 @@ from catalogue_search_dev import abo_generator, cluster, cluster_airflow, demo
 from catalogue_search_dev.sample_catalogue import ensure_bucket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from test_catalogue_ingest_dag import TINY, tiny_stack_env  # noqa: E402
+from dag_runs import TINY, tiny_stack_env  # noqa: E402
 
 LISTINGS = 2_000
 MIN_CPUS, MIN_AVAILABLE_GIB = 4, 12

@@ -24,7 +24,7 @@ import subprocess
 import tarfile
 
 import pytest
-from test_catalogue_ingest_dag import TINY, _dags_test, tiny_stack_env
+from dag_runs import TINY, _dags_test, tiny_stack_env
 
 from catalogue_search import finetune, index
 from catalogue_search.model_artifact import read_artifact_metadata

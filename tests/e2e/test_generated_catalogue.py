@@ -16,7 +16,7 @@ import re
 import boto3
 import numpy as np
 import pytest
-from test_catalogue_ingest_dag import TINY, _dags_test, tiny_stack_env
+from dag_runs import TINY, _dags_test, tiny_stack_env
 
 from catalogue_search import index
 from catalogue_search.quality_queries import CHECKED_TITLES

@@ -13,7 +13,7 @@ import json
 
 import boto3
 import pytest
-from test_catalogue_ingest_dag import TINY, _all_ids, _dags_test, tiny_stack_env
+from dag_runs import TINY, _all_ids, _dags_test, tiny_stack_env
 
 from catalogue_search import index
 from catalogue_search.contract import vectors_close

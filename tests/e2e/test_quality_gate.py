@@ -19,7 +19,7 @@ import json
 import subprocess
 
 import pytest
-from test_catalogue_ingest_dag import TINY, _dags_test, tiny_stack_env
+from dag_runs import TINY, _dags_test, tiny_stack_env
 
 from catalogue_search import index, quality
 from catalogue_search_dev import demo, sample_index, testenv, tiny_training

@@ -19,7 +19,7 @@ from catalogue_search_dev import testkinds
         ("unit/test_model_artifact.py", {"settings", "moto_url", "sagemaker_url"}, set(), {"stack"}),
         ("integration/test_search.py", {"opensearch_url"}, set(), {"stack"}),
         ("integration/test_search_page_browser.py", {"moto_url"}, set(), {"stack", "browser"}),
-        ("e2e/test_catalogue_ingest_dag.py", {"moto_url"}, set(), {"stack", "e2e"}),
+        ("e2e/test_catalogue_lifecycle.py", {"moto_url"}, set(), {"stack", "e2e"}),
         ("integration/test_secure_opensearch.py", set(), set(), {"stack", "secure"}),
         ("unit/test_anything.py", set(), {"cluster"}, {"cluster"}),
         ("unit/test_inference.py", set(), {"slow"}, {"unit"}),  # slow stays a unit test, run in full
@@ -83,7 +83,7 @@ def test_the_full_run_hands_out_the_heaviest_kinds_first():
         ("integration/test_duplicates.py", {"opensearch_url"}),
         ("integration/test_search_page_browser.py", set()),
         ("deploy/test_secured_opensearch.py", set()),
-        ("e2e/test_catalogue_ingest_dag.py", set()),
+        ("e2e/test_catalogue_lifecycle.py", set()),
     ]
     ranks = [testkinds.run_rank(testkinds.kind_markers(Path(path), fixtures, set())) for path, fixtures in cases]
     assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(cases)
