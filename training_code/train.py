@@ -134,11 +134,15 @@ def evaluate_loss(model, pixels, tokens, batch: int, device, amp) -> float:
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="base-model-"))
-    module, clip = load_base(args.model_channel, work)
+    # The unpacked base artifact is needed until its model and the pairs are loaded: a training job run on
+    # a shared machine (the local stack, the tests) leaves nothing in the temporary directory.
+    with tempfile.TemporaryDirectory(prefix="base-model-") as work:
+        module, clip = load_base(args.model_channel, Path(work))
+        pixels, titles = read_pairs(args.train_channel, "train.jsonl", args.images_channel, module, clip)
+        val_pixels, val_titles = read_pairs(
+            args.validation_channel, "validation.jsonl", args.images_channel, module, clip
+        )
     model, device = clip.model, clip.device
-    pixels, titles = read_pairs(args.train_channel, "train.jsonl", args.images_channel, module, clip)
-    val_pixels, val_titles = read_pairs(args.validation_channel, "validation.jsonl", args.images_channel, module, clip)
     tokens, val_tokens = clip.tokenizer(titles), clip.tokenizer(val_titles)
     gpu = device.type == "cuda"
 

@@ -29,7 +29,7 @@ import pytest
 
 from catalogue_search import index
 from catalogue_search.settings import Settings
-from catalogue_search_dev import demo, prefork, sample_catalogue, secure_stack, testenv
+from catalogue_search_dev import demo, prefork, sample_catalogue, secure_stack, stack, testenv
 
 pytestmark = pytest.mark.secure
 
@@ -38,11 +38,14 @@ TINY = REPO / "tests" / "fixtures" / "tiny_clip.json"
 PRODUCTS = 40  # max_products of each run: enough for the validation sample, quick to encode
 
 
+STARTED_HERE: list[bool] = []
+
+
 @pytest.fixture(scope="module")
 def secured():
     """The secured node with the roles applied for the settings' alias (the test aliases start with it)."""
     was_up = secure_stack.service().healthy()
-    secure_stack.up()
+    STARTED_HERE.append(secure_stack.up().startswith("started"))
     yield Settings.from_env().index_alias
     if not was_up:
         secure_stack.down()
@@ -107,6 +110,17 @@ def runs(world, tmp_path_factory):
 
 def _served(settings: Settings) -> list[str]:
     return list(index.client_from_settings(settings).indices.get_alias(name=settings.index_alias))
+
+
+def test_the_node_keeps_its_temporary_files_in_its_own_folder(secured):
+    """Not an opensearch-<number> directory in the machine's /tmp, left behind by every start."""
+    if not STARTED_HERE[-1]:
+        pytest.skip("the secured node was already running: started by another checkout's code")
+    pid = stack._read_pid(secure_stack.service())
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert [a.split("=", 1)[1] for a in arguments if a.startswith("-Djava.io.tmpdir=")] == [
+        str(secure_stack.root() / "tmp")
+    ]
 
 
 def test_both_forms_of_the_airflow_roles_arn_are_the_writer(world):

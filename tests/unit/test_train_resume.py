@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,11 @@ def run(train_module, channels: Path, out: Path, epochs: int) -> dict:
 
 
 def test_an_interrupted_job_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_one(
-    train_module, channels, tmp_path, caplog
+    train_module, channels, tmp_path, caplog, monkeypatch
 ):
+    scratch = tmp_path / "tmp"  # the process's temporary directory, watched for what the runs leave in it
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     whole = run(train_module, channels, tmp_path / "whole", epochs=3)
 
     interrupted = tmp_path / "interrupted"
@@ -92,3 +96,4 @@ def test_an_interrupted_job_resumes_after_its_last_epoch_and_ends_as_an_uninterr
         assert torch.allclose(weights[name], tensor, atol=VECTOR_ATOL, rtol=0), name
     # The two epochs after the checkpoint moved the weights: the test would see a resume that trained nothing.
     assert any(not torch.allclose(after_one[k], t, atol=VECTOR_ATOL, rtol=0) for k, t in reference.items())
+    assert list(scratch.iterdir()) == []  # each run removed the base artifact it unpacked

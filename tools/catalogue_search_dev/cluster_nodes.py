@@ -51,7 +51,7 @@ def start_node(layout: Layout, node: int) -> str:
     config = folder / "config"
     if not config.exists():  # each node its own config: logs and GC files never shared
         shutil.copytree(home / "config", config)
-    for path in (folder / "data", folder / "logs", layout.data / "run"):
+    for path in (folder / "data", folder / "logs", folder / "tmp", layout.data / "run"):
         path.mkdir(parents=True, exist_ok=True)
     pid_file = layout.pid_file(node_name(node))
     pid_file.unlink(missing_ok=True)
@@ -72,6 +72,7 @@ def start_node(layout: Layout, node: int) -> str:
     for key, value in settings.items():
         cmd += ["-E", f"{key}={value}"]
     env = dict(os.environ, OPENSEARCH_PATH_CONF=str(config), OPENSEARCH_JAVA_HOME=stack._java_home())
+    env["OPENSEARCH_TMPDIR"] = str(folder / "tmp")  # not an opensearch-<number> directory left in /tmp
     heap = os.environ.get("CATSEARCH_OPENSEARCH_HEAP", "-Xms512m -Xmx512m")
     # Heap pages touched when used, not at start; GC logging to stderr (the node's log), not to a shared file.
     env["OPENSEARCH_JAVA_OPTS"] = f"{heap} -XX:-AlwaysPreTouch -Xlog:disable -Xlog:all=warning:stderr"

@@ -264,8 +264,8 @@ def start_opensearch(
     host, port = _check_loopback(service.url)
     home = home or install_opensearch()
     root = root or opensearch_root()
-    data, logs, run = root / "data", root / "logs", root / "run"
-    for path in (data, logs, run):
+    data, logs, run, tmp = root / "data", root / "logs", root / "run", root / "tmp"
+    for path in (data, logs, run, tmp):
         path.mkdir(parents=True, exist_ok=True)
     pid_file = service.pid_file
     pid_file.unlink(missing_ok=True)
@@ -285,6 +285,9 @@ def start_opensearch(
         cmd += ["-E", f"{name}={value}"]
     env = dict(os.environ)
     env["OPENSEARCH_JAVA_HOME"] = _java_home()
+    # Its JVM's temporary files in the node's own folder: left to itself, each start makes an
+    # opensearch-<number> directory in the machine's /tmp that nothing removes.
+    env["OPENSEARCH_TMPDIR"] = str(tmp)
     env.setdefault("OPENSEARCH_JAVA_OPTS", os.environ.get("CATSEARCH_OPENSEARCH_HEAP", "-Xms1g -Xmx1g"))
     if _run_as_service_user():
         # OpenSearch refuses to run as root.
