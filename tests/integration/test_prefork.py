@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,14 @@ print(json.dumps({"argv": sys.argv[1:], "models_shared": models_shared, "slept":
 print("to stderr", file=sys.stderr)
 sys.exit(int(sys.argv[2]))
 """
+
+
+def _ended(pid: int) -> bool:
+    """Ended: gone, or a zombie until the base server collects it at its next request."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +106,13 @@ def test_airflow_runs_as_a_plain_interpreter_would_and_other_airflow_settings_ge
     assert (forked.returncode, forked.stdout) == (plain.returncode, plain.stdout) == (0, f"{tmp_path}\n")
     key = prefork.airflow_key({**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path)})
     assert key != prefork.airflow_key(os.environ) and key in prefork._SERVERS
-    prefork._SERVERS.pop(key).close()
+    # every fork server is a fork of this process's one base server, which imported the libraries once
+    servers = [server.proc for server in prefork._SERVERS.values() if server.proc is not None]
+    parents = {int(Path(f"/proc/{s.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for s in servers}
+    assert parents == {prefork._Base.proc.pid}
+    other = prefork._SERVERS.pop(key)
+    pid = other.proc.pid
+    other.close()
+    assert other.proc is None and _ended(pid)
     # connections and variables are read when used: they do not need a server of their own
     assert prefork.airflow_key({"A": "1", "AIRFLOW_CONN_X": "y", "AIRFLOW_VAR_Z": "1"}) == ()

@@ -15,9 +15,15 @@ flushed) without tearing down every module (about 2 CPU seconds with torch
 loaded). Airflow reads its settings when imported, so a fork server serves the
 runs of one Airflow environment (`airflow_key`: the home and `AIRFLOW__*`
 options); this project's own modules and the DAG files are imported by the run,
-with its environment. What differs from a fresh interpreter: the preloaded
-modules saw the server's environment, and the process's command line is the
-server's.
+with its environment.
+
+The fork servers are themselves forks, of one base server per test process
+that has imported the third-party libraries (`PRELOAD`: torch, open_clip, the
+SageMaker SDK; about 5 CPU seconds), so a server of another Airflow environment
+(a test module's own home, another DAG folder) pays only for Airflow. A server
+talks to its client over a Unix socket the client listens on. What differs from
+a fresh interpreter: the preloaded libraries saw the base server's environment
+(the first run's), and the process's command line is the base server's.
 
     result = prefork.dags_test("catalogue_ingest", env, conf="{}", timeout=600)
 
@@ -30,7 +36,9 @@ import gc
 import json
 import os
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -74,13 +82,18 @@ def enabled(env: Mapping[str, str] = os.environ) -> bool:
 # --- the fork server (its own process) -------------------------------------------------------------------------
 
 
-def _preload() -> list[str]:
+def _preload_libraries() -> list[str]:
     failed = []
     for name in PRELOAD:
         try:
             __import__(name)
         except Exception as exc:  # a missing library only costs the run its import
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    return failed
+
+
+def _preload_airflow_environment() -> list[str]:
+    failed = []
     try:
         _preload_airflow()
     except Exception as exc:
@@ -162,14 +175,64 @@ def _preload_airflow() -> None:
         initialize()
 
 
-def _serve() -> dict | None:
-    """Answer requests on stdin (a JSON line each) until it closes; in a forked child, return its request."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    failed = _preload()
-    # What the runs inherit stays out of their collections: a collection in a run would walk (and, writing
+def _freeze_the_heap() -> None:
+    # What the forks inherit stays out of their collections: a collection in a run would walk (and, writing
     # to each object, copy) the whole preloaded heap. Measured (py-spy, one first ingest run): 21 to 14 CPU s.
     gc.collect()
     gc.freeze()
+
+
+def _serve_base() -> dict | None:
+    """The base server: import the libraries, then fork a fork server for each request on stdin (a JSON line:
+    its environment and the socket its client listens on), answering its pid. In the child, return the
+    request. The servers are not waited for here: each ends when its client closes the socket."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    failed = _preload_libraries()
+    _freeze_the_heap()
+    replies.write((json.dumps({"ready": True, "failed": failed}) + "\n").encode())
+    replies.flush()
+    for line in requests:
+        if not line.strip():
+            continue
+        _reap()
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            return request
+        replies.write((json.dumps({"pid": pid}) + "\n").encode())
+        replies.flush()
+    return None
+
+
+def _reap() -> None:
+    """Collect the fork servers that have ended."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _become_server(request: dict) -> tuple:
+    """In a fork of the base server: the environment of the Airflow it serves, and its client's socket as
+    stdin and stdout (the base server's pipes closed here). Returns the streams to serve on."""
+    os.environ.clear()
+    os.environ.update(request["env"])
+    _add_python_path(request["env"])
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(request["socket"])
+    for fd in (0, 1):
+        os.dup2(client.fileno(), fd)
+    client.close()
+    return open(0, "rb", closefd=False), open(1, "wb", buffering=0, closefd=False)
+
+
+def _serve(requests, replies) -> dict | None:
+    """Answer requests on `requests` (a JSON line each) until it closes; in a forked child, return its request."""
+    failed = _preload_airflow_environment()
+    _freeze_the_heap()
     replies.write((json.dumps({"ready": True, "failed": failed}) + "\n").encode())
     replies.flush()
     for line in requests:
@@ -187,15 +250,19 @@ def _serve() -> dict | None:
     return None
 
 
+def _add_python_path(env: Mapping[str, str]) -> None:
+    for extra in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
+        if extra not in sys.path:
+            sys.path.insert(1, extra)
+
+
 def _become(request: dict) -> None:
     """In the forked child: the run's session, directory, environment, output files and arguments."""
     os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    for extra in reversed([p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]):
-        if extra not in sys.path:
-            sys.path.insert(1, extra)
+    _add_python_path(request["env"])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
@@ -208,9 +275,12 @@ def _become(request: dict) -> None:
 
 
 def main() -> None:
-    request = _serve()
-    if request is None:
+    server = _serve_base()
+    if server is None:
         return
+    request = _serve(*_become_server(server))
+    if request is None:  # its client closed the socket: end without tearing down every module
+        os._exit(0)
     _become(request)
     try:
         _quicker_dag_test_polls()
@@ -258,23 +328,112 @@ def airflow_key(env: Mapping[str, str]) -> tuple:
     return tuple(sorted((k, v) for k, v in env.items() if k.startswith("AIRFLOW") and not k.startswith(lazy)))
 
 
-class Prefork:
-    """One fork server, started with `env`; runs are one at a time (a lock)."""
+class _Base:
+    """The base server of this process (`_serve_base`), started with the first run's environment."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self.proc: subprocess.Popen | None = None
-        self.lock = threading.Lock()
+    proc: subprocess.Popen | None = None
 
-    def _server(self) -> subprocess.Popen:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen(
+    @classmethod
+    def spawn(cls, env: Mapping[str, str], timeout: float = 300) -> _Server:
+        """A fork server for `env`, connected: ready to read its first line from."""
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.proc = subprocess.Popen(
                 [sys.executable, "-m", "catalogue_search_dev.prefork"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=self.env,
+                env=dict(env),
                 bufsize=0,  # unbuffered replies: a line read ahead into a buffer would hide from `select`
             )
+            ready = json.loads(Prefork._reply(cls.proc, timeout))
+            if not ready.get("ready"):
+                raise RuntimeError(f"the base fork server did not start: {ready}")
+            for failure in ready.get("failed") or []:  # the runs import it themselves
+                warnings.warn(f"the fork server could not preload {failure}", stacklevel=3)
+        folder = tempfile.mkdtemp(prefix="prefork-")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(os.path.join(folder, "socket"))
+            listener.listen(1)
+            listener.settimeout(timeout)
+            assert cls.proc.stdin is not None
+            cls.proc.stdin.write((json.dumps({"env": dict(env), "socket": listener.getsockname()}) + "\n").encode())
+            cls.proc.stdin.flush()
+            pid = json.loads(Prefork._reply(cls.proc, 60))["pid"]
+            connection, _ = listener.accept()
+        finally:
+            listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        connection.settimeout(None)
+        return _Server(pid, connection)
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.proc is not None and cls.proc.poll() is None:
+            assert cls.proc.stdin is not None
+            cls.proc.stdin.close()
+            try:
+                cls.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                cls.proc.kill()
+                cls.proc.wait()
+        cls.proc = None
+
+
+class _Server:
+    """A fork server (a child of the base server, not of this process) and the socket to it: what
+    `subprocess.Popen` gives for a process with pipes, as far as `Prefork` uses it."""
+
+    def __init__(self, pid: int, connection: socket.socket) -> None:
+        self.pid, self.args, self.connection = pid, [sys.executable, "-m", "catalogue_search_dev.prefork"], connection
+        self.stdin = connection.makefile("wb", buffering=0)
+        self.stdout = connection.makefile("rb", buffering=0)
+
+    def poll(self) -> int | None:
+        """None while it runs (a zombie not yet collected by the base server has ended)."""
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return 0
+        return 0 if state in ("Z", "X") else None
+
+    def end_requests(self) -> None:
+        """No more requests: the server's loop reads the end of its input and ends."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def release(self) -> None:
+        for stream in (self.stdin, self.stdout, self.connection):
+            stream.close()
+
+
+class Prefork:
+    """One fork server, for runs with `env`'s Airflow settings; runs are one at a time (a lock)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.proc: _Server | None = None
+        self.lock = threading.Lock()
+
+    def _server(self) -> _Server:
+        if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None:
+                self.proc.release()
+            self.proc = _Base.spawn(self.env)
             ready = json.loads(self._reply(self.proc, 300))
             if not ready.get("ready"):
                 raise RuntimeError(f"the fork server did not start: {ready}")
@@ -326,14 +485,14 @@ class Prefork:
             return subprocess.CompletedProcess(command, code, read(out), read(err))
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.end_requests()
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            self.proc.release()
         self.proc = None
 
 
@@ -373,6 +532,7 @@ def dags_test(
 def close() -> None:
     while _SERVERS:
         _SERVERS.popitem()[1].close()
+    _Base.close()
 
 
 if __name__ == "__main__":
