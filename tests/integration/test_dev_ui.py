@@ -64,7 +64,7 @@ def _wait(condition, timeout: float, what: str, log: Path) -> None:
     while not condition():
         text = log.read_text(errors="replace") if log.exists() else ""
         assert time.monotonic() < deadline, f"{what} not within {timeout:.0f}s:\n{text[-4000:]}"
-        time.sleep(1)
+        time.sleep(0.2)
 
 
 def test_ctrl_c_on_dev_ui_piped_into_tee_leaves_no_airflow_process_behind(tmp_path, moto_url, opensearch_url):
@@ -165,7 +165,7 @@ import os, sys, traceback
 from pathlib import Path
 from catalogue_search_dev import ui
 try:
-    code = ui.run([sys.executable, "-c", os.environ["STUB"]], dict(os.environ), grace=2, term=2)
+    code = ui.run([sys.executable, "-c", os.environ["STUB"]], dict(os.environ), grace=1, term=1)
 except BaseException:
     Path(os.environ["RUNNER_RESULT"]).write_text(traceback.format_exc())
     raise

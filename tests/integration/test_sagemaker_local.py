@@ -301,7 +301,7 @@ def wait_for_job(sagemaker, name: str, timeout: float = 300) -> dict:
         described = sagemaker.describe_transform_job(TransformJobName=name)
         if described["TransformJobStatus"] not in {"InProgress", "Stopping"}:
             return described
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError(f"transform job {name} still running after {timeout}s")
 
 

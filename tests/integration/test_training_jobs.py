@@ -83,7 +83,7 @@ def wait_for(sagemaker, name: str, timeout: float = 600) -> dict:
         described = sagemaker.describe_training_job(TrainingJobName=name)
         if described["TrainingJobStatus"] not in {"InProgress", "Stopping"}:
             return described
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError(f"training job {name} still running after {timeout}s")
 
 

@@ -253,11 +253,16 @@ def _java_home() -> str:
 
 
 def start_opensearch(
-    service: Service, home: Path | None = None, root: Path | None = None, extra: dict[str, str] | None = None
+    service: Service,
+    home: Path | None = None,
+    root: Path | None = None,
+    extra: dict[str, str] | None = None,
+    java_options: str = "",
 ) -> str:
     """Start (or reuse) a node of the install `home` (default: the plain one) with its files under `root`.
 
-    `extra` adds or overrides node settings (the secured node's TLS and security plugin, `secure_stack.py`).
+    `extra` adds or overrides node settings (the secured node's TLS and security plugin, `secure_stack.py`);
+    `java_options` are added to the JVM's.
     """
     if service.healthy():
         return "reused"
@@ -289,6 +294,7 @@ def start_opensearch(
     # opensearch-<number> directory in the machine's /tmp that nothing removes.
     env["OPENSEARCH_TMPDIR"] = str(tmp)
     env.setdefault("OPENSEARCH_JAVA_OPTS", os.environ.get("CATSEARCH_OPENSEARCH_HEAP", "-Xms1g -Xmx1g"))
+    env["OPENSEARCH_JAVA_OPTS"] = f"{env['OPENSEARCH_JAVA_OPTS']} {java_options}".strip()
     if _run_as_service_user():
         # OpenSearch refuses to run as root.
         _ensure_service_user()
