@@ -39,3 +39,25 @@ def test_stack_starts_reuses_shows_and_stops_the_local_sagemaker(tmp_path, monke
     assert stopped.startswith("stopped pid ")
     assert not sagemaker.healthy()
     assert stack.stop(sagemaker) == "not running (nothing started by ./dev)"
+
+
+def test_a_service_log_past_its_size_is_kept_once_and_started_afresh(tmp_path, monkeypatch, moto_url):
+    """moto logs every request: a log past `LOG_KEEP_BYTES` at a start becomes <name>.log.1 (the one before
+    goes), so the logs of a user's stack stay bounded."""
+    monkeypatch.setenv("CATSEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CATSEARCH_SAGEMAKER_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    services = {service.name: service for service in stack.services()}
+    sagemaker, moto = services["sagemaker"], services["moto"]
+    sagemaker.log_file.parent.mkdir(parents=True, exist_ok=True)
+    old = sagemaker.log_file.with_name(sagemaker.log_file.name + ".1")
+    old.write_text("the log before the last\n")
+    sagemaker.log_file.write_text("the last log\n" + "x" * 200)
+    monkeypatch.setattr(stack, "LOG_KEEP_BYTES", 100)
+    assert stack.start_sagemaker(sagemaker, moto) == "started"
+    try:
+        text = sagemaker.log_file.read_text()
+        assert "the last log" not in text and text.count("local SageMaker on") == 1
+        assert old.read_text().startswith("the last log\n")
+        assert stack._log_tail(sagemaker.log_file, 100) == text[-100:]
+    finally:
+        stack.stop(sagemaker)

@@ -126,10 +126,32 @@ def _wait_healthy(service: Service, timeout: float, pid_alive=lambda: True) -> N
         if not pid_alive():
             break
         time.sleep(1)
-    tail = ""
-    if service.log_file.exists():
-        tail = "\n".join(service.log_file.read_text(errors="replace").splitlines()[-30:])
+    tail = "\n".join(_log_tail(service.log_file).splitlines()[-30:])
     raise RuntimeError(f"{service.name} did not become healthy at {service.url}; last log lines:\n{tail}")
+
+
+LOG_KEEP_BYTES = 50 * 2**20  # a service's log past this at its start becomes <name>.log.1 (the one before goes)
+
+
+def _open_log(path: Path):
+    """The service's log, appended to: the log of every start, the last ones kept. moto logs each request,
+    and a suite makes about 40,000 of them: without this its log grew by some 40 MB a run, for good."""
+    try:
+        if path.stat().st_size > LOG_KEEP_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+    return open(path, "ab")
+
+
+def _log_tail(path: Path, size: int = 64 * 1024) -> str:
+    """The end of a log (not all of it: a service's log may be large)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - size))
+            return log.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _check_loopback(url: str) -> tuple[str, int]:
@@ -147,7 +169,7 @@ def start_moto(service: Service) -> str:
     if service.healthy():
         return "reused"
     host, port = _check_loopback(service.url)
-    with open(service.log_file, "ab") as out:
+    with _open_log(service.log_file) as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "catalogue_search_dev.moto_launch", "-H", host, "-p", str(port)],
             stdout=out,
@@ -168,7 +190,7 @@ def start_sagemaker(service: Service, moto: Service) -> str:
     host, port = _check_loopback(service.url)
     command = [sys.executable, "-m", "catalogue_search_dev.sagemaker_local", "serve", "--host", host]
     command += ["--port", str(port), "--moto-url", moto.url]
-    with open(service.log_file, "ab") as out:
+    with _open_log(service.log_file) as out:
         proc = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -300,7 +322,7 @@ def start_opensearch(
         _ensure_service_user()
         subprocess.run(["chown", "-R", f"{SERVICE_USER}:", str(root)], check=True)
         cmd = ["runuser", "-u", SERVICE_USER, "--", *cmd]
-    with open(service.log_file, "ab") as out:
+    with _open_log(service.log_file) as out:
         result = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         _wait_healthy(service, 0)
