@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -125,7 +126,7 @@ def _wait_healthy(service: Service, timeout: float, pid_alive=lambda: True) -> N
             return
         if not pid_alive():
             break
-        time.sleep(1)
+        time.sleep(0.2)
     tail = "\n".join(_log_tail(service.log_file).splitlines()[-30:])
     raise RuntimeError(f"{service.name} did not become healthy at {service.url}; last log lines:\n{tail}")
 
@@ -332,11 +333,14 @@ def start_opensearch(
 
 # --- public ----------------------------------------------------------------------
 def up() -> dict[str, str]:
-    """Start (or reuse) every service; return what happened to each."""
+    """Start (or reuse) every service; return what happened to each. OpenSearch, the slowest to start (its
+    JVM: about 10 s), starts beside moto and the local SageMaker server, which needs moto."""
     moto, opensearch, sagemaker = services()
-    started = {"moto": start_moto(moto)}
-    started["sagemaker"] = start_sagemaker(sagemaker, moto)
-    started["opensearch"] = start_opensearch(opensearch)
+    with ThreadPoolExecutor(1) as pool:
+        search = pool.submit(start_opensearch, opensearch)
+        started = {"moto": start_moto(moto)}
+        started["sagemaker"] = start_sagemaker(sagemaker, moto)
+        started["opensearch"] = search.result()
     return started
 
 
