@@ -93,8 +93,9 @@ def status() -> str:
     return f"not running (./dev ui, pid {rec.supervisor}, has exited; port {rec.port} is free)"
 
 
-def stop_recorded(wait: float = 60.0) -> str:
-    """Stop what `./dev ui` started: ask its supervisor (SIGTERM) if it runs, else kill what is left of its session."""
+def stop_recorded(wait: float = 60.0, term: float = 10.0) -> str:
+    """Stop what `./dev ui` started: ask its supervisor (SIGTERM) if it runs, else kill what is left of its session
+    (SIGTERM, and SIGKILL for what is left `term` seconds later)."""
     rec = read()
     if rec is None:
         return "not running (nothing started by ./dev ui)"
@@ -114,9 +115,9 @@ def stop_recorded(wait: float = 60.0) -> str:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + term
         while (members := procs.session_members(rec.airflow)) and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
         if not members:
             break
     if members:
