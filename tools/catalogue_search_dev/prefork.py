@@ -49,6 +49,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from catalogue_search_dev import procs
+
 ENV = "CATSEARCH_TEST_PREFORK"
 # Third-party libraries only: none reads Airflow's or this project's settings when imported.
 PRELOAD = (
@@ -186,33 +188,33 @@ def _serve_base() -> dict | None:
     """The base server: import the libraries, then fork a fork server for each request on stdin (a JSON line:
     its environment and the socket its client listens on), answering its pid. In the child, return the
     request. The servers are not waited for here: each ends when its client closes the socket."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
     failed = _preload_libraries()
+    return _fork_per_request(sys.stdin.buffer, sys.stdout.buffer, failed, wait=False)
+
+
+def _fork_per_request(requests, replies, failed: list[str], wait: bool) -> dict | None:
+    """Say ready, then fork a child for each request on `requests` (a JSON line each) until it closes,
+    answering its pid (and, with `wait`, its exit code when it ends); in the child, return its request."""
+
+    def answer(message: dict) -> None:
+        replies.write((json.dumps(message) + "\n").encode())
+        replies.flush()
+
     _freeze_the_heap()
-    replies.write((json.dumps({"ready": True, "failed": failed}) + "\n").encode())
-    replies.flush()
+    answer({"ready": True, "failed": failed})
     for line in requests:
         if not line.strip():
             continue
-        _reap()
+        procs.reap()  # the base server's fork servers that have ended
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
             return request
-        replies.write((json.dumps({"pid": pid}) + "\n").encode())
-        replies.flush()
+        answer({"pid": pid})
+        if wait:
+            _, status = os.waitpid(pid, 0)
+            answer({"code": os.waitstatus_to_exitcode(status)})
     return None
-
-
-def _reap() -> None:
-    """Collect the fork servers that have ended."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _become_server(request: dict) -> tuple:
@@ -230,24 +232,9 @@ def _become_server(request: dict) -> tuple:
 
 
 def _serve(requests, replies) -> dict | None:
-    """Answer requests on `requests` (a JSON line each) until it closes; in a forked child, return its request."""
-    failed = _preload_airflow_environment()
-    _freeze_the_heap()
-    replies.write((json.dumps({"ready": True, "failed": failed}) + "\n").encode())
-    replies.flush()
-    for line in requests:
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            return request
-        replies.write((json.dumps({"pid": pid}) + "\n").encode())
-        replies.flush()
-        _, status = os.waitpid(pid, 0)
-        replies.write((json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n").encode())
-        replies.flush()
-    return None
+    """A fork server: Airflow imported, then a run forked (and waited for) for each request on `requests`;
+    in the run, return its request."""
+    return _fork_per_request(requests, replies, _preload_airflow_environment(), wait=True)
 
 
 def _add_python_path(env: Mapping[str, str]) -> None:
@@ -368,15 +355,22 @@ class _Base:
 
     @classmethod
     def close(cls) -> None:
-        if cls.proc is not None and cls.proc.poll() is None:
+        if cls.proc is not None:
             assert cls.proc.stdin is not None
-            cls.proc.stdin.close()
-            try:
-                cls.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                cls.proc.kill()
-                cls.proc.wait()
+            _stop(cls.proc, cls.proc.stdin.close)
         cls.proc = None
+
+
+def _stop(proc: subprocess.Popen | _Server, end_input) -> None:
+    """End a server's input (its loop then ends), give it 30 s, then kill it."""
+    if proc.poll() is not None:
+        return
+    end_input()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 class _Server:
@@ -486,12 +480,7 @@ class Prefork:
 
     def close(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.end_requests()
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
+            _stop(self.proc, self.proc.end_requests)
             self.proc.release()
         self.proc = None
 

@@ -152,3 +152,14 @@ def port_holders(port: int) -> list[tuple[str, int | None]]:
     found = listeners(port)
     owners = socket_owners({inode for _, inode in found})
     return [(addr, owners.get(inode)) for addr, inode in found]
+
+
+def reap() -> None:
+    """Collect this process's exited children (re-parented orphans included): no zombie is left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

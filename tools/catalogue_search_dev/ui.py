@@ -137,17 +137,6 @@ def _become_subreaper() -> None:
         pass
 
 
-def _reap() -> None:
-    """Collect exited children (re-parented orphans included) so no zombie is left."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def _relay(pipe: IO[bytes], console: Console) -> None:
     for line in iter(pipe.readline, b""):
         console.out(line.decode(errors="replace"))
@@ -223,7 +212,7 @@ def stop(
     while time.monotonic() < deadline and len(received) <= asked:
         if proc.poll() is not None:  # standalone is done: what it left gets a few seconds, not the whole grace
             deadline = min(deadline, time.monotonic() + STRAGGLER_SECONDS)
-        _reap()
+        procs.reap()
         if not left():
             return []
         time.sleep(0.2)
@@ -236,10 +225,10 @@ def stop(
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and left():
             proc.poll()
-            _reap()
+            procs.reap()
             time.sleep(0.2)
     proc.poll()
-    _reap()
+    procs.reap()
     return left()
 
 
