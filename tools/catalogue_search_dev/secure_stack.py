@@ -225,7 +225,7 @@ def up(alias: str | None = None) -> str:
     names = {"cluster.name": "catsearch-secure", "node.name": "catsearch-secure"}
     # The secured node answers a test module or a check of the access roles, minutes at most: its JVM compiles
     # with C1 alone, which starts it with about a third less CPU (measured over the secured tests: 27 to 18 CPU
-    # s). The plain node keeps both compilers: over a whole suite C1 alone saved it nothing (113 and 113 s).
+    # s). The plain node keeps both compilers: over a whole suite C1 alone saved it nothing (113 against 114 s).
     started = stack.start_opensearch(
         service(), home=install(), root=root(), extra=names, java_options="-XX:TieredStopAtLevel=1"
     )
