@@ -351,7 +351,7 @@ class _Base:
             listener.close()
             shutil.rmtree(folder, ignore_errors=True)
         connection.settimeout(None)
-        return _Server(pid, connection)
+        return _Server(pid, connection, cls.proc.pid)
 
     @classmethod
     def close(cls) -> None:
@@ -377,18 +377,20 @@ class _Server:
     """A fork server (a child of the base server, not of this process) and the socket to it: what
     `subprocess.Popen` gives for a process with pipes, as far as `Prefork` uses it."""
 
-    def __init__(self, pid: int, connection: socket.socket) -> None:
-        self.pid, self.args, self.connection = pid, [sys.executable, "-m", "catalogue_search_dev.prefork"], connection
+    def __init__(self, pid: int, connection: socket.socket, parent: int) -> None:
+        self.pid, self.parent, self.connection = pid, parent, connection
+        self.args = [sys.executable, "-m", "catalogue_search_dev.prefork"]
         self.stdin = connection.makefile("wb", buffering=0)
         self.stdout = connection.makefile("rb", buffering=0)
 
     def poll(self) -> int | None:
-        """None while it runs (a zombie not yet collected by the base server has ended)."""
+        """None while it runs (a zombie not yet collected by the base server has ended, and a process with
+        its pid but another parent is another process)."""
         try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+            state, parent = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
             return 0
-        return 0 if state in ("Z", "X") else None
+        return 0 if state in ("Z", "X") or int(parent) != self.parent else None
 
     def end_requests(self) -> None:
         """No more requests: the server's loop reads the end of its input and ends."""
