@@ -12,8 +12,11 @@ import gzip
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -388,6 +391,54 @@ def test_fetch_extracts_a_cached_deb_without_apt(tmp_path: Path, monkeypatch: py
     # Second call: already extracted, nothing runs (dpkg-deb would fail now).
     _fake_tool(fake_bin, "dpkg-deb", "echo 'dpkg-deb must not run' >&2; exit 99\n")
     assert fetch_tuxpaint(cache) == root
+
+
+def _slow_dpkg_deb(fake_bin: Path, calls: Path) -> None:
+    """A dpkg-deb that logs each call and is slow on both sides of the real one: two unlocked callers overlap."""
+    real = shutil.which("dpkg-deb")
+    _fake_tool(fake_bin, "dpkg-deb", f'echo "$@" >> "{calls}"\nsleep 0.3\n"{real}" "$@" || exit $?\nsleep 0.3\n')
+
+
+def test_two_callers_fetching_into_a_fresh_cache_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's two pytest workers on a fresh machine: one unpacks, the other waits and finds it done.
+    (Unlocked, the second emptied the first one's `x.partial` under it, and 21 setups failed.)"""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _tiny_deb(tmp_path).rename(cache / "tuxpaint-stamps-default_0.1_all.deb")
+    calls = tmp_path / "dpkg-deb.calls"
+    _slow_dpkg_deb(tmp_path / "bin", calls)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+    with ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(lambda _: fetch_tuxpaint(cache), range(2)))
+    assert roots[0] == roots[1]
+    assert (roots[0] / "animals/fox.png").is_file()
+    assert len(calls.read_text().splitlines()) == 1
+    assert sorted(p.name for p in cache.iterdir()) == [".fetch.lock", "tuxpaint-stamps-default_0.1_all.deb", "x"]
+
+
+def test_two_callers_wanting_the_sample_build_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ensure_built` (the demo's and the tests' build in the cache) builds once when two ask at once."""
+    from catalogue_search_dev import sample_catalogue
+
+    cache = tmp_path / "home" / "tuxpaint"
+    cache.mkdir(parents=True)
+    _tiny_deb(tmp_path).rename(cache / "tuxpaint-stamps-default_0.1_all.deb")
+    monkeypatch.setenv("CATSEARCH_HOME", str(tmp_path / "home"))
+    builds = []
+
+    def slow_build(*args, **kwargs):
+        builds.append(args)
+        time.sleep(0.3)  # long enough for the other caller to find no summary yet
+        return build_sample_catalogue(*args, **kwargs)
+
+    monkeypatch.setattr(sample_catalogue, "build_sample_catalogue", slow_build)
+    out = tmp_path / "home" / "sample-catalogue"
+    with ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(lambda _: sample_catalogue.ensure_built(out), range(2)))
+    assert len(builds) == 1
+    assert summaries[0] == summaries[1]
+    assert summaries[0].unique_products == 1
 
 
 def test_fetch_downloads_with_apt_get_in_the_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

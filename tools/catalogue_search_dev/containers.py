@@ -19,7 +19,6 @@ start-up stays in it), so each container starts from the image as it ships.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -31,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from catalogue_search_dev import bytecode
-from catalogue_search_dev.localenv import cache_home, repo_root
+from catalogue_search_dev.localenv import cache_home, exclusive, repo_root
 
 ENTRY = Path(__file__).with_name("container_entry.py")
 UNREACHABLE_INDEX = "http://127.0.0.1:9/simple"  # nothing listens on port 9: pip fails at once if it tries an index
@@ -47,9 +46,7 @@ def environment() -> Path:
     env = cache_home() / f"sagemaker-containers-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
     if (env / ".installed").exists() and (env / bytecode.MARKER).exists():
         return env
-    env.parent.mkdir(parents=True, exist_ok=True)
-    with open(env.parent / f".{env.name}.lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+    with exclusive(env.parent / f".{env.name}.lock"):
         if not (env / ".installed").exists():
             shutil.rmtree(env, ignore_errors=True)
             uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv") or "uv"

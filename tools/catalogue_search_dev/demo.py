@@ -66,12 +66,7 @@ def prepare_catalogue(settings: Settings, s3, out_dir: Path | None = None):
     from catalogue_search_dev import sample_catalogue as sc
 
     out_dir = out_dir or cache_home() / "sample-catalogue"
-    summary_file = out_dir / sc.SUMMARY_FILENAME
-    if summary_file.exists():
-        summary = sc.CatalogueSummary.load(summary_file)
-    else:
-        stamps = sc.fetch_tuxpaint(sc.default_cache_dir())
-        summary = sc.build_sample_catalogue(stamps, out_dir)
+    summary = sc.ensure_built(out_dir)
     report = sc.upload_catalogue(out_dir, settings.source_bucket, s3, prefix=settings.source_prefix)
     _say(
         f"sample catalogue: {summary.unique_products} products, {len(summary.clean_item_ids)} clean; "

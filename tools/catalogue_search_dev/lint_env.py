@@ -7,7 +7,6 @@ its own environment in the cache, beside the project's.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import sys
 from pathlib import Path
 
 from catalogue_search_dev import bytecode
-from catalogue_search_dev.localenv import cache_home, repo_root
+from catalogue_search_dev.localenv import cache_home, exclusive, repo_root
 
 LOCK = "requirements-checkov.lock"
 
@@ -28,9 +27,7 @@ def checkov() -> Path:
     done = venv / ".installed"
     if done.exists() and (venv / bytecode.MARKER).exists():
         return exe
-    cache_home().mkdir(parents=True, exist_ok=True)
-    with open(cache_home() / ".checkov-install.lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # two test sessions: one installs, the other waits
+    with exclusive(cache_home() / ".checkov-install.lock"):  # two test sessions: one installs, the other waits
         if not done.exists():
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

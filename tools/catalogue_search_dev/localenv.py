@@ -8,9 +8,12 @@ stack uses that.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +22,20 @@ from catalogue_search.settings import SAGEMAKER_SERVICES
 
 def cache_home() -> Path:
     return Path(os.environ.get("CATSEARCH_HOME", Path.home() / ".cache" / "catalogue-search"))
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (made if missing) for the block.
+
+    What is built once into the cache (a download, an unpacked package, an env) is built under one: two
+    processes that find it missing, such as the suite's two pytest workers on a fresh machine, take turns,
+    and the second finds it done. Check again inside the block. The lock ends with its holder, killed or not.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
 
 
 def repo_root() -> Path:

@@ -106,24 +106,38 @@ def fetch_tuxpaint(cache_dir: Path) -> Path:
 
     `apt-get download` fetches the .deb without installing it; `dpkg-deb -x`
     unpacks it. Both steps are skipped when their result is already there, and
-    both write to a temporary name first, so an interrupted run is redone.
+    both write to a temporary name first, so an interrupted run is redone. They
+    run under a lock in `cache_dir`: processes that start together on a fresh
+    machine (the suite's pytest workers) take turns, and the second finds the
+    stamps unpacked.
     """
+    from catalogue_search_dev.localenv import exclusive
+
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     stamps_root = cache_dir / EXTRACT_DIRNAME / STAMPS_SUBDIR
     if stamps_root.is_dir():
         return stamps_root
+    with exclusive(cache_dir / ".fetch.lock"):
+        if not stamps_root.is_dir():
+            _unpack(_download_deb(cache_dir), cache_dir)
+    return stamps_root
 
+
+def _download_deb(cache_dir: Path) -> Path:
     deb = _find_deb(cache_dir)
-    if deb is None:
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
-            _run(["apt-get", "download", PACKAGE], cwd=Path(tmp), hint="try `apt-get update` first")
-            got = _find_deb(Path(tmp))
-            if got is None:
-                raise SampleCatalogueError(f"apt-get download {PACKAGE} produced no .deb in {tmp}")
-            deb = cache_dir / got.name
-            got.replace(deb)
+    if deb is not None:
+        return deb
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
+        _run(["apt-get", "download", PACKAGE], cwd=Path(tmp), hint="try `apt-get update` first")
+        got = _find_deb(Path(tmp))
+        if got is None:
+            raise SampleCatalogueError(f"apt-get download {PACKAGE} produced no .deb in {tmp}")
+        deb = cache_dir / got.name
+        got.replace(deb)
+    return deb
 
+
+def _unpack(deb: Path, cache_dir: Path) -> None:
     partial = cache_dir / f"{EXTRACT_DIRNAME}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     _run(["dpkg-deb", "-x", str(deb), str(partial)], cwd=cache_dir)
@@ -132,7 +146,6 @@ def fetch_tuxpaint(cache_dir: Path) -> Path:
     target = cache_dir / EXTRACT_DIRNAME
     shutil.rmtree(target, ignore_errors=True)
     partial.replace(target)
-    return stamps_root
 
 
 def _find_deb(directory: Path) -> Path | None:
@@ -223,6 +236,23 @@ class _Image:
     image_id: str
     path: str  # ABO path relative to images/small
     png: Path
+
+
+def ensure_built(out_dir: Path) -> CatalogueSummary:
+    """The whole sample catalogue in `out_dir`, built from the cached stamps unless a build is there.
+
+    Its summary is written last, so it marks a finished build. The build runs under a lock beside `out_dir`:
+    processes that find it missing together (the suite's pytest workers on a fresh machine) take turns.
+    """
+    from catalogue_search_dev.localenv import exclusive
+
+    out_dir = Path(out_dir)
+    summary_file = out_dir / SUMMARY_FILENAME
+    if not summary_file.exists():
+        with exclusive(out_dir.with_name(f".{out_dir.name}.lock")):
+            if not summary_file.exists():
+                build_sample_catalogue(fetch_tuxpaint(default_cache_dir()), out_dir)
+    return CatalogueSummary.load(summary_file)
 
 
 def build_sample_catalogue(

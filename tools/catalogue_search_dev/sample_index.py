@@ -105,6 +105,5 @@ def layout_dir(out_dir: Path | None = None) -> Path:
     from catalogue_search_dev.localenv import cache_home
 
     out_dir = Path(out_dir or cache_home() / "sample-catalogue")
-    if not (out_dir / sc.SUMMARY_FILENAME).exists():
-        sc.build_sample_catalogue(sc.fetch_tuxpaint(sc.default_cache_dir()), out_dir)
+    sc.ensure_built(out_dir)
     return out_dir

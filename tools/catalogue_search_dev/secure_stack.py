@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from catalogue_search_dev import stack
-from catalogue_search_dev.localenv import cache_home, repo_root
+from catalogue_search_dev.localenv import cache_home, exclusive, repo_root
 
 SECURITY_ARTIFACT = f"org.opensearch.plugin:opensearch-security:{stack.KNN_VERSION}:zip"
 ACCOUNT = "123456789012"
@@ -125,8 +125,14 @@ def install() -> Path:
     """Copy the plain install, add the security plugin, certificates and its configuration (once)."""
     target = home()
     marker = target / ".catsearch-secure-installed"
-    if marker.exists() and ca_file().exists():
-        return target
+    if not (marker.exists() and ca_file().exists()):
+        with exclusive(root() / ".install.lock"):
+            if not (marker.exists() and ca_file().exists()):
+                _install(target, marker)
+    return target
+
+
+def _install(target: Path, marker: Path) -> None:
     plain = stack.install_opensearch()
     plugin_zip = stack._maven_fetch(SECURITY_ARTIFACT, cache_home() / "downloads")
     if target.exists():
@@ -146,7 +152,6 @@ def install() -> Path:
     (config / "opensearch.yml").write_text(NODE_CONFIG)
     write_security_config(config / "opensearch-security")
     marker.write_text(f"{stack.OPENSEARCH_VERSION} + k-NN + security {stack.KNN_VERSION}\n")
-    return target
 
 
 NODE_CONFIG = f"""\

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from catalogue_search_dev.localenv import cache_home
+from catalogue_search_dev.localenv import cache_home, exclusive
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,15 @@ def install_opensearch() -> Path:
     root = opensearch_root()
     home = root / f"opensearch-{OPENSEARCH_VERSION}"
     marker = home / ".catsearch-installed"
-    if marker.exists():
-        return home
+    if not marker.exists():
+        with exclusive(root / ".install.lock"):  # the cluster's nodes, the secured node: one installs
+            if not marker.exists():
+                _install_opensearch(home, marker)
+    return home
+
+
+def _install_opensearch(home: Path, marker: Path) -> None:
+    root = home.parent
     downloads = cache_home() / "downloads"
     dist = _maven_fetch(OPENSEARCH_ARTIFACT, downloads)
     knn = _maven_fetch(KNN_ARTIFACT, downloads)
@@ -262,7 +269,6 @@ def install_opensearch() -> Path:
     for script in (home / "bin").iterdir():
         script.chmod(0o755)
     marker.write_text(f"{OPENSEARCH_VERSION} + k-NN {KNN_VERSION}\n")
-    return home
 
 
 def _java_home() -> str:

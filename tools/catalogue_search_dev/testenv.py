@@ -19,7 +19,6 @@ moto is neither swept nor listed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catalogue_search_dev.localenv import cache_home
+from catalogue_search_dev.localenv import cache_home, exclusive
 
 TOKEN_ENV = "CATSEARCH_TEST_TOKEN"
 TOKEN_PATTERN = re.compile(r"tst[0-9a-f]{5}")
@@ -78,9 +77,7 @@ def _migrated_template() -> Path:
     marker = template / ".migrated"
     if marker.exists():
         return db
-    template.mkdir(parents=True, exist_ok=True)
-    with open(template / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(template / ".lock"):
         if not marker.exists():
             db.unlink(missing_ok=True)
             env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONFIG"}

@@ -26,7 +26,7 @@ from catalogue_search.handler import load_handler, sha256_file
 from catalogue_search.model_artifact import VERSION_METADATA
 from catalogue_search.s3util import parse_s3_uri
 from catalogue_search.settings import Settings
-from catalogue_search_dev.localenv import cache_home
+from catalogue_search_dev.localenv import cache_home, exclusive
 from catalogue_search_dev.model_archive import archive_version
 from catalogue_search_dev.model_build import write_model_dir
 
@@ -55,13 +55,20 @@ def trained_checkpoint(
     cache_dir: Path | None = None,
 ) -> Path:
     """A state_dict of the tiny model trained on `products`' images and titles (cached)."""
-    import torch
-
     cfg = json.loads(Path(model_cfg_path).read_text())
     recipe = _recipe(cfg, products, steps=steps, batch=batch, lr=lr, seed=seed)
     out = Path(cache_dir or cache_home() / "trained") / f"tiny-clip-{recipe}.pt"
     if out.is_file():
         return out
+    with exclusive(out.with_suffix(".lock")):  # two processes training one recipe: the second waits, then reads
+        if not out.is_file():
+            _train(model_cfg_path, layout, products, out, steps=steps, batch=batch, lr=lr, seed=seed)
+    return out
+
+
+def _train(model_cfg_path, layout, products, out: Path, *, steps: int, batch: int, lr: float, seed: int) -> None:
+    import torch
+
     with tempfile.TemporaryDirectory(prefix="tiny-training-") as tmp:
         write_model_dir(tmp, "tiny-clip", "", model_cfg_path, seed=seed)
         images, texts = load_handler(tmp, "IMAGE"), load_handler(tmp, "TEXT")
@@ -97,7 +104,6 @@ def trained_checkpoint(
         partial = out.with_suffix(".partial")
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, partial)
         partial.replace(out)
-    return out
 
 
 def permuted_text_projection(checkpoint: Path, out: Path, seed: int = 0) -> Path:
