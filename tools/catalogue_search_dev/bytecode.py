@@ -1,11 +1,14 @@
 """Bytecode for a Python env's installed modules, written once.
 
-Where PYTHONDONTWRITEBYTECODE is set (many CI images set it, this project's
-containers do), Python never writes `.pyc` files and uv does not compile at
-install time: every process would compile its imports from source again. For
-Airflow, torch and open_clip that is half of a process's start-up CPU.
+Where PYTHONDONTWRITEBYTECODE is set (many CI images set it, the SageMaker
+images do, and so do this project's containers), Python never writes `.pyc`
+files and uv does not compile at install time: every process would compile its
+imports from source again. For torch and the toolkits that is half of a
+process's start-up CPU. The containers' env is compiled whole, as an image
+build compiles what it installs; the project's venv is not (`./dev` lets
+Python write what it imports instead).
 
-    python catalogue_search_dev/bytecode.py <env prefix>   # what `./dev` runs for the project's venv
+    python catalogue_search_dev/bytecode.py <env prefix>
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from catalogue_search_dev import stack
@@ -165,8 +166,10 @@ def cmd_test(args: list[str]) -> int:
         return 2
     if lint() != 0:
         return 1
-    stack_up()
-    ensure_chromium()
+    with ThreadPoolExecutor(1) as pool:  # apt-get waits on the disk and the network while the JVM starts
+        browser = pool.submit(ensure_chromium)
+        stack_up()
+        browser.result()
     os.chdir(repo_root())
     token = testenv.session_token()
     before = testenv.snapshot()
