@@ -145,6 +145,33 @@ def test_an_unchanged_recipe_is_not_rebuilt(tmp_path: Path):
     assert out.stat().st_mtime_ns != stamp
 
 
+def test_two_builds_of_one_artifact_at_once_build_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The suite's two workers on a fresh machine both wanted the demo's artifact: unlocked, both wrote the
+    same `model.tar.gz.partial` (a container then found an invalid wheel in it, and a rename failed)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from catalogue_search_dev import model_build
+
+    writes = []
+
+    def slow_write(out_path, source):
+        writes.append(out_path)
+        time.sleep(0.3)  # the other build finds no artifact yet
+        return write_tar(out_path, source)
+
+    write_tar = model_build.write_deterministic_tar
+    monkeypatch.setattr(model_build, "write_deterministic_tar", slow_write)
+    out = tmp_path / "model.tar.gz"
+    with ThreadPoolExecutor(2) as pool:
+        infos = list(pool.map(lambda _: build_model_artifact(out, "tiny-clip", "", TINY_MODEL_CONFIG), range(2)))
+    assert len(writes) == 1
+    assert infos[0] == infos[1]
+    assert infos[0].sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    with tarfile.open(out) as tar:
+        assert all(tar.extractfile(m).read() is not None for m in tar.getmembers() if m.isfile())
+
+
 def test_a_checkpoint_file_is_packaged_as_pretrained_weights(tmp_path: Path):
     import open_clip
 

@@ -42,6 +42,7 @@ from catalogue_search.model_artifact import VERSION_FILE
 from catalogue_search.model_package import CODE_FILES, artifact_version
 from catalogue_search.settings import Settings, boto3_client
 from catalogue_search_dev import vendor_wheels
+from catalogue_search_dev.localenv import exclusive
 from catalogue_search_dev.model_archive import upload_model_artifact, write_deterministic_tar
 from catalogue_search_dev.model_weights import (
     RANDOM_WEIGHTS_WARNING,
@@ -208,46 +209,48 @@ def build_model_artifact(
     cfg = read_model_cfg(model_name, model_cfg_path)
     targets = ",".join(vendor_wheels.target_pythons(settings))
     recipe = _recipe(model_name, pretrained, cfg, code_dir, seed, targets)
-    cached = None if force else _cached(out_path, recipe, pretrained, allow_random_weights, cache_dir)
-    if cached is not None:
-        logger.info("Reusing %s (same recipe %s)", out_path, recipe[:12])
-        if cached.random_weights:
-            reason = f"{pretrained} weights are still unavailable" if pretrained else "pretrained=''"
-            logger.warning(RANDOM_WEIGHTS_WARNING.format(model=model_name, reason=reason))
-        return cached
+    # Two processes building one artifact (the suite's workers on a fresh machine) take turns: the second
+    # reuses the first one's build instead of writing the same `.partial` file beside it.
+    with exclusive(out_path.with_name(out_path.name + ".lock")):
+        cached = None if force else _cached(out_path, recipe, pretrained, allow_random_weights, cache_dir)
+        if cached is not None:
+            logger.info("Reusing %s (same recipe %s)", out_path, recipe[:12])
+            if cached.random_weights:
+                reason = f"{pretrained} weights are still unavailable" if pretrained else "pretrained=''"
+                logger.warning(RANDOM_WEIGHTS_WARNING.format(model=model_name, reason=reason))
+            return cached
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="model-artifact-", dir=out_path.parent) as tmp:
-        clip_config = write_model_dir(
-            tmp,
-            model_name,
-            pretrained,
-            model_cfg_path,
-            seed=seed,
-            cache_dir=cache_dir,
-            code_dir=code_dir,
-            allow_random_weights=allow_random_weights,
-            vendor_for=settings,
+        with tempfile.TemporaryDirectory(prefix="model-artifact-", dir=out_path.parent) as tmp:
+            clip_config = write_model_dir(
+                tmp,
+                model_name,
+                pretrained,
+                model_cfg_path,
+                seed=seed,
+                cache_dir=cache_dir,
+                code_dir=code_dir,
+                allow_random_weights=allow_random_weights,
+                vendor_for=settings,
+            )
+            version = (Path(tmp) / VERSION_FILE).read_text().strip()
+            write_deterministic_tar(out_path, Path(tmp))
+        info = ArtifactInfo(
+            path=str(out_path),
+            model_name=model_name,
+            pretrained=pretrained,
+            pretrained_loaded=not clip_config["random_weights"],
+            embed_dim=clip_config["embed_dim"],
+            image_size=clip_config["image_size"],
+            context_length=clip_config["context_length"],
+            sha256=sha256_file(out_path),
+            size_bytes=out_path.stat().st_size,
+            recipe=recipe,
+            artifact_version=version,
+            random_weights=clip_config["random_weights"],
         )
-        version = (Path(tmp) / VERSION_FILE).read_text().strip()
-        write_deterministic_tar(out_path, Path(tmp))
-    info = ArtifactInfo(
-        path=str(out_path),
-        model_name=model_name,
-        pretrained=pretrained,
-        pretrained_loaded=not clip_config["random_weights"],
-        embed_dim=clip_config["embed_dim"],
-        image_size=clip_config["image_size"],
-        context_length=clip_config["context_length"],
-        sha256=sha256_file(out_path),
-        size_bytes=out_path.stat().st_size,
-        recipe=recipe,
-        artifact_version=version,
-        random_weights=clip_config["random_weights"],
-    )
-    _info_path(out_path).write_text(json.dumps(info.as_dict(), indent=2) + "\n")
-    logger.info("Built %s (%d bytes, sha256 %s)", out_path, info.size_bytes, info.sha256[:12])
-    return info
+        _info_path(out_path).write_text(json.dumps(info.as_dict(), indent=2) + "\n")
+        logger.info("Built %s (%d bytes, sha256 %s)", out_path, info.size_bytes, info.sha256[:12])
+        return info
 
 
 def main(argv: Sequence[str] | None = None) -> int:
