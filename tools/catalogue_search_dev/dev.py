@@ -101,27 +101,6 @@ def ensure_chromium() -> None:
     )
 
 
-def test_envs_log() -> Path:
-    return cache_home() / "stack" / "test-envs.log"
-
-
-def start_test_envs() -> subprocess.Popen:
-    """Start building the SageMaker containers' env and the checkov env in the background, if missing.
-
-    The tests would build them on first use, in the middle of the busiest part of the run (on a fresh machine
-    about 15 s for the first, 7 s for the second); started here, most of it overlaps the downloads and the
-    stack's start. Each build holds its lock, so a test that needs one before it is done waits for it.
-    Its output goes to a log in the cache.
-    """
-    log = test_envs_log()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    code = "from catalogue_search_dev import containers, lint_env; containers.environment(); lint_env.checkov()"
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-
-
 def lint() -> int:
     """`ruff check` and `ruff format --check` on the whole repository: a finding fails the run."""
     for cmd in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
@@ -187,7 +166,6 @@ def cmd_test(args: list[str]) -> int:
         return 2
     if lint() != 0:
         return 1
-    envs = start_test_envs()
     with ThreadPoolExecutor(1) as pool:  # apt-get waits on the disk and the network while the JVM starts
         browser = pool.submit(ensure_chromium)
         stack_up()
@@ -203,8 +181,6 @@ def cmd_test(args: list[str]) -> int:
         _say(f"the suite in {workers} pytest processes side by side, a test file at a time each")
         args = ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder", *args]
     code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
-    if envs.wait() != 0:
-        _say(f"building the test envs in the background failed (the tests built what they needed): {test_envs_log()}")
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
     if notes:
         _say("after the tests:\n" + testenv.report([], notes))
