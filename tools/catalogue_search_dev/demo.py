@@ -65,7 +65,7 @@ def prepare_catalogue(settings: Settings, s3, out_dir: Path | None = None):
     """Build (once) and upload (idempotently) the sample catalogue; return its summary."""
     from catalogue_search_dev import sample_catalogue as sc
 
-    out_dir = out_dir or cache_home() / "sample-catalogue"
+    out_dir = out_dir or sc.default_build_dir()
     summary = sc.ensure_built(out_dir)
     report = sc.upload_catalogue(out_dir, settings.source_bucket, s3, prefix=settings.source_prefix)
     _say(

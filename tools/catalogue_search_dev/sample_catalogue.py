@@ -101,6 +101,13 @@ def default_cache_dir() -> Path:
     return cache_home() / "tuxpaint"
 
 
+def default_build_dir() -> Path:
+    """Where the local build of the whole catalogue is kept (the one `./dev demo` and the tests use)."""
+    from catalogue_search_dev.localenv import cache_home
+
+    return cache_home() / "sample-catalogue"
+
+
 def fetch_tuxpaint(cache_dir: Path) -> Path:
     """Download and unpack `tuxpaint-stamps-default` into `cache_dir` (once); return the stamps root.
 

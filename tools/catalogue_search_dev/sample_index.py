@@ -102,8 +102,7 @@ def identical_image_groups(layout: Path, products: list[dict[str, Any]]) -> list
 def layout_dir(out_dir: Path | None = None) -> Path:
     """The sample catalogue's local build (the one `./dev demo` uses), built once if missing."""
     from catalogue_search_dev import sample_catalogue as sc
-    from catalogue_search_dev.localenv import cache_home
 
-    out_dir = Path(out_dir or cache_home() / "sample-catalogue")
+    out_dir = Path(out_dir or sc.default_build_dir())
     sc.ensure_built(out_dir)
     return out_dir
