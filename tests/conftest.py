@@ -72,6 +72,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: rank[item.path])
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `./dev test`, the tests start once the stack is up (pytest started and collected meanwhile)."""
+    testenv.wait_at_stack_gate()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """At the end, delete from moto and OpenSearch what still holds this session's token.
 

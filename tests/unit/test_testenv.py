@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from catalogue_search_dev import localenv, testenv
+from catalogue_search_dev import cluster_procs, localenv, testenv
 from catalogue_search_dev.testenv import Snapshot
 
 TOKEN = "tst0a1b2"
@@ -128,3 +131,73 @@ def test_local_airflow_is_sized_for_the_machine():
     assert localenv.local_environment({"AIRFLOW__API__PORT": "18080"})["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
         "http://127.0.0.1:18080/execution/"
     )
+
+
+# --- the stack gate: pytest collects while `./dev test` brings the stack up ---
+WAITER = (
+    "import sys; from catalogue_search_dev import testenv; {announce}"
+    "testenv.wait_at_stack_gate(poll_s=0.05); print('passed')"
+)
+
+
+def _waiter(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WAITER.format(announce="")],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_without_a_gate_the_tests_start_at_once(monkeypatch):
+    monkeypatch.delenv(testenv.STACK_GATE_ENV, raising=False)
+    started = time.monotonic()
+    testenv.wait_at_stack_gate()
+    assert time.monotonic() - started < 0.05
+
+
+def test_a_pytest_process_waits_at_the_gate_until_it_opens(tmp_path):
+    gate = testenv.StackGate(tmp_path)
+    waiter = _waiter(gate.env())  # this process plays `./dev test`
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.wait(timeout=1.5)
+        gate.open()
+        assert waiter.communicate(timeout=30) == ("passed\n", "")
+        assert waiter.returncode == 0
+    finally:
+        waiter.kill()
+
+
+def test_a_waiting_process_ends_when_dev_test_has_gone(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    waiter = _waiter({testenv.STACK_GATE_ENV: f"{gone.pid}:{tmp_path / 'never'}"})
+    try:
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+    assert (waiter.returncode, out, err) == (1, "", "")  # ended at the gate, quietly
+
+
+def test_a_waiting_worker_ends_when_its_controller_has_gone(tmp_path):
+    """pytest-xdist's workers are children of its controller, which `./dev test` stops if the stack fails."""
+    gate = testenv.StackGate(tmp_path)
+    announced = WAITER.format(announce="print('waiting', flush=True); ")  # its parent is the controller now
+    controller = (  # the worker's output goes to the controller alone: this test reads the controller's to its end
+        "import subprocess, sys; "
+        f"w = subprocess.Popen([sys.executable, '-c', {announced!r}], stdout=subprocess.PIPE, "
+        "stderr=subprocess.DEVNULL, text=True); print(w.stdout.readline().strip(), w.pid, flush=True)"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", controller], env={**os.environ, **gate.env()}, capture_output=True, text=True, timeout=60
+    )
+    said, worker = shown.stdout.split()
+    assert said == "waiting", shown.stderr  # the worker reached the gate
+    worker = int(worker)
+    deadline = time.monotonic() + 30
+    while cluster_procs.alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cluster_procs.alive(worker), "the worker still waits at the gate after its controller ended"
+    assert not gate.file.exists()

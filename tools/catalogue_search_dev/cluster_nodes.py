@@ -9,7 +9,7 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING
 
-from catalogue_search_dev.cluster_procs import _alive, http_json, read_pid, wait_until
+from catalogue_search_dev.cluster_procs import alive, http_json, read_pid, wait_until
 
 if TYPE_CHECKING:
     from catalogue_search_dev.cluster import Layout
@@ -104,5 +104,5 @@ def kill_node(layout: Layout, node: int) -> int:
     if pid is None:
         raise RuntimeError(f"{node_name(node)} of {layout.name} is not running")
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not _alive(pid), 30, f"the end of {node_name(node)}")
+    wait_until(lambda: not alive(pid), 30, f"the end of {node_name(node)}")
     return pid

@@ -38,7 +38,7 @@ def read_pid(path: Path) -> int | None:
         pid = int(recorded[0])
     except (FileNotFoundError, ValueError, IndexError):
         return None
-    if not _alive(pid):
+    if not alive(pid):
         return None
     if len(recorded) > 1:
         return pid if start_time(pid) == recorded[1] else None
@@ -61,15 +61,15 @@ def stop_pid(path: Path, *, group: bool, sig: int = signal.SIGTERM, wait: float 
         except (ProcessLookupError, PermissionError):
             pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.2)
-        if not _alive(pid):
+        if not alive(pid):
             break
     path.unlink(missing_ok=True)
     return f"stopped pid {pid}"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.waitpid(pid, os.WNOHANG)  # our own child: reap it
     except ChildProcessError:

@@ -147,6 +147,9 @@ def cmd_test_quick(args: list[str]) -> int:
 def cmd_test(args: list[str]) -> int:
     """Lint, then pytest, then check that the run left the user's Airflow DB, moto and OpenSearch as they were.
 
+    Pytest starts and collects while the stack (and chromium) comes up; its tests start once the stack is up
+    and the "before" snapshot is taken (`testenv.StackGate`).
+
     The tests use their own AIRFLOW_HOME and name what they create with the
     session's token (tests/conftest.py), so the user's DB is never opened here.
     `--quick`: see `cmd_test_quick`.
@@ -166,13 +169,8 @@ def cmd_test(args: list[str]) -> int:
         return 2
     if lint() != 0:
         return 1
-    with ThreadPoolExecutor(1) as pool:  # apt-get waits on the disk and the network while the JVM starts
-        browser = pool.submit(ensure_chromium)
-        stack_up()
-        browser.result()
     os.chdir(repo_root())
     token = testenv.session_token()
-    before = testenv.snapshot()
     if not any(a == "-m" or a.startswith("-m") for a in args):
         # The cluster fault tests (3 nodes, Celery, kills) are their own command: `./dev test -m cluster`.
         args = ["-m", "not cluster", *args]
@@ -180,7 +178,22 @@ def cmd_test(args: list[str]) -> int:
     if workers > 1:
         _say(f"the suite in {workers} pytest processes side by side, a test file at a time each")
         args = ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder", *args]
-    code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
+    with tempfile.TemporaryDirectory(prefix="catsearch-test-") as folder:
+        # pytest starts and collects while the stack comes up; its tests wait at the gate (testenv.StackGate).
+        gate = testenv.StackGate(Path(folder))
+        suite = subprocess.Popen([sys.executable, "-m", "pytest", *args], env={**os.environ, **gate.env()})
+        try:
+            with ThreadPoolExecutor(1) as pool:  # apt-get waits on the disk and the network while the JVM starts
+                browser = pool.submit(ensure_chromium)
+                stack_up()
+                browser.result()
+            before = testenv.snapshot()
+        except BaseException:
+            suite.terminate()  # its processes end at the gate when this one has gone
+            suite.wait()
+            raise
+        gate.open()
+        code = suite.wait()
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
     if notes:
         _say("after the tests:\n" + testenv.report([], notes))

@@ -12,6 +12,9 @@
   the user's DB.
 - `snapshot()` before and after the run, `compare()` names every difference:
   `./dev test` fails on any.
+- `StackGate`: `./dev test` starts pytest while it brings the stack up; each
+  pytest process collects its tests, then waits at the gate until the stack
+  is up and the "before" snapshot is taken.
 
 Only a local stack is touched: without `CATSEARCH_AWS_ENDPOINT_URL` (real AWS)
 moto is neither swept nor listed.
@@ -27,11 +30,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalogue_search_dev.cluster_procs import alive
 from catalogue_search_dev.localenv import cache_home, exclusive
 
 TOKEN_ENV = "CATSEARCH_TEST_TOKEN"
@@ -58,6 +63,45 @@ def session_token() -> str:
 def unique_name_part() -> str:
     """A short unique name part that starts with the session's token (12 characters)."""
     return session_token() + secrets.token_hex(2)
+
+
+# --- the stack gate ---------------------------------------------------------------
+STACK_GATE_ENV = "CATSEARCH_STACK_GATE"
+
+
+class StackGate:
+    """A file that `./dev test` creates once the stack is up and the snapshot is taken; pytest waits for it.
+
+    Pytest's start and collection (imports, the Airflow home: 5 to 15 s) then overlap the stack's start
+    (OpenSearch's JVM, and on a fresh machine its download and chromium's install). The gate is passed to
+    pytest as `STACK_GATE_ENV` = "<pid of ./dev>:<file>".
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.file = folder / "stack-ready"
+
+    def env(self) -> dict[str, str]:
+        return {STACK_GATE_ENV: f"{os.getpid()}:{self.file}"}
+
+    def open(self) -> None:
+        self.file.touch()
+
+
+def wait_at_stack_gate(poll_s: float = 0.1) -> None:
+    """In a pytest process started by `./dev test`: return once the stack is up (at once without a gate).
+
+    If `./dev` ends first (the stack did not come up: it stops pytest and says why), or this process's
+    parent does (pytest-xdist's controller, for one of its workers), this process ends at once.
+    """
+    gate = os.environ.get(STACK_GATE_ENV)
+    if not gate:
+        return
+    pid, _, path = gate.partition(":")
+    parent = os.getppid()
+    while not Path(path).exists():
+        if os.getppid() != parent or not alive(int(pid)):
+            os._exit(1)
+        time.sleep(poll_s)
 
 
 # --- Airflow home -----------------------------------------------------------------
