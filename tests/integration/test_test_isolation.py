@@ -10,17 +10,17 @@ from catalogue_search.settings import Settings
 from catalogue_search_dev import testenv
 
 
-def _create_everything(settings: Settings, client, token: str) -> dict[str, str]:
+def _create_everything(settings: Settings, client, token: str, part: str = "") -> dict[str, str]:
     """One bucket (with an object), model, endpoint config, endpoint, index and alias named by `token`."""
     s3 = boto3.client("s3", **settings.boto3_kwargs())
     sm = boto3.client("sagemaker", **settings.boto3_kwargs())
     names = {
-        "bucket": f"sweep-{token}",
-        "model": f"sweep-{token}-model",
-        "config": f"sweep-{token}-cfg",
-        "endpoint": f"sweep-{token}-ep",
-        "index": f"sweep-{token}-v1",
-        "alias": f"sweep-{token}",
+        "bucket": f"sweep-{token}{part}",
+        "model": f"sweep-{token}{part}-model",
+        "config": f"sweep-{token}{part}-cfg",
+        "endpoint": f"sweep-{token}{part}-ep",
+        "index": f"sweep-{token}{part}-v1",
+        "alias": f"sweep-{token}{part}",
     }
     s3.create_bucket(Bucket=names["bucket"])
     s3.put_object(Bucket=names["bucket"], Key="a/b.txt", Body=b"x")
@@ -52,25 +52,28 @@ def other_token():
     testenv.sweep(token)
 
 
-def test_a_sweep_deletes_what_holds_its_token_and_nothing_else(moto_url, opensearch_url, other_token, unique):
+def test_a_sweep_deletes_what_holds_its_token_and_nothing_else(
+    moto_url, opensearch_url, other_token, unique, monkeypatch
+):
     settings = Settings.from_env(aws_endpoint_url=moto_url, opensearch_url=opensearch_url)
     client = index.make_client(opensearch_url)
     mine = testenv.new_token()
     while mine == other_token:
         mine = testenv.new_token()
-    ours = _create_everything(settings, client, mine)
+    ours = [_create_everything(settings, client, mine, part) for part in ("", "-2", "-3")]
     theirs = _create_everything(settings, client, other_token)
+    monkeypatch.setattr(testenv, "INDICES_PER_DELETE", 2)  # the indices go in more than one request
     deleted = testenv.sweep(mine)
 
     after = testenv.snapshot()
-    assert sorted(deleted["buckets"]) == [ours["bucket"]]
-    assert deleted["models"] == [ours["model"]] and deleted["endpoint configs"] == [ours["config"]]
-    assert deleted["endpoints"] == [ours["endpoint"]]
-    assert deleted["indices"] == [ours["index"]] and deleted["aliases"] == [ours["alias"]]
-    gone = set(ours.values())
+    for kind, key in [("buckets", "bucket"), ("models", "model"), ("endpoint configs", "config")]:
+        assert sorted(deleted[kind]) == sorted(names[key] for names in ours), kind
+    for kind, key in [("endpoints", "endpoint"), ("indices", "index"), ("aliases", "alias")]:
+        assert sorted(deleted[kind]) == sorted(names[key] for names in ours), kind
+    gone = {name for names in ours for name in names.values()}
     for kind in ("buckets", "models", "endpoint_configs", "endpoints", "indices"):
         assert not gone & getattr(after, kind), kind
-    assert ours["alias"] not in after.aliases
+    assert not gone & set(after.aliases)
     assert after.aliases[theirs["alias"]] == [theirs["index"]]
     assert theirs["bucket"] in after.buckets and theirs["endpoint"] in after.endpoints
 

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,9 @@ def compare(before: Snapshot, after: Snapshot, token: str, shared: bool | None =
     return mine + unattributed, notes
 
 
+INDICES_PER_DELETE = 50  # a DELETE names this many indices at most: well under a URL's length limit
+
+
 def sweep(token: str) -> dict[str, list[str]]:
     """Delete what holds `token` in its name from moto and OpenSearch; return what was deleted."""
     if not TOKEN_PATTERN.fullmatch(token):
@@ -336,20 +340,27 @@ def sweep(token: str) -> dict[str, list[str]]:
             if token in m["ModelName"]:
                 sm.delete_model(ModelName=m["ModelName"])
                 done.setdefault("models", []).append(m["ModelName"])
-        for b in s3.list_buckets().get("Buckets", []):
-            if token in b["Name"]:
-                _delete_bucket(s3, b["Name"])
-                done.setdefault("buckets", []).append(b["Name"])
+        buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", []) if token in b["Name"]]
+        # A suite leaves about a hundred buckets (one per test's settings): four at a time keep moto busy.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda bucket: _delete_bucket(s3, bucket), buckets))
+        if buckets:
+            done["buckets"] = buckets
     if _opensearch_url() and _reachable(_opensearch_url()):
-        for index_name, info in _os_request("GET", "/_alias").items():
-            for alias in info.get("aliases", {}):
-                if token in alias:
-                    _os_request("POST", "/_aliases", {"actions": [{"remove": {"index": index_name, "alias": alias}}]})
-                    done.setdefault("aliases", []).append(alias)
-        for i in _os_request("GET", "/_cat/indices?format=json&h=index"):
-            if token in i["index"]:
-                _os_request("DELETE", "/" + i["index"])
-                done.setdefault("indices", []).append(i["index"])
+        removals = [
+            {"remove": {"index": index_name, "alias": alias}}
+            for index_name, info in _os_request("GET", "/_alias").items()
+            for alias in info.get("aliases", {})
+            if token in alias
+        ]
+        if removals:  # one request, one change of the cluster state
+            _os_request("POST", "/_aliases", {"actions": removals})
+            done["aliases"] = [action["remove"]["alias"] for action in removals]
+        indices = [i["index"] for i in _os_request("GET", "/_cat/indices?format=json&h=index") if token in i["index"]]
+        for start in range(0, len(indices), INDICES_PER_DELETE):
+            _os_request("DELETE", "/" + ",".join(indices[start : start + INDICES_PER_DELETE]))
+        if indices:
+            done["indices"] = indices
     return done
 
 
