@@ -84,6 +84,10 @@ def test_ctrl_c_on_dev_ui_piped_into_tee_leaves_no_airflow_process_behind(tmp_pa
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_logs),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_logs),
+        # No run starts: with the weekly ingest's latest slot running (the local default unpauses new DAGs),
+        # Airflow's shutdown waits for its task and the stop took the whole grace period (30 s) or none of it.
+        # A process that outlives the grace period is `test_every_process_the_supervisor_started_is_stopped`.
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "DEV_UI": f"{sys.executable} -m catalogue_search_dev.dev ui",
         "TEE_LOG": str(tmp_path / "ui.log"),
     }
