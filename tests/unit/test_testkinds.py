@@ -76,8 +76,8 @@ def test_a_worker_count_that_is_not_a_whole_number_is_refused(bad):
 
 
 def test_the_full_run_hands_out_the_heaviest_kinds_first():
-    """DAG runs first, then the secured stack, the cluster, the browser and the other stack tests, the unit
-    tests last: each test ranked by the markers `kind_markers` gives it."""
+    """DAG runs first, then the secured stack, the cluster, the browser and the other stack tests, the slow
+    unit tests, the other unit tests last: each test ranked by the markers `kind_markers` gives it."""
     cases = [
         ("unit/test_quality_metrics.py", set()),
         ("integration/test_duplicates.py", {"opensearch_url"}),
@@ -87,4 +87,5 @@ def test_the_full_run_hands_out_the_heaviest_kinds_first():
     ]
     ranks = [testkinds.run_rank(testkinds.kind_markers(Path(path), fixtures, set())) for path, fixtures in cases]
     assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(cases)
-    assert testkinds.run_rank({"unit"}) == len(testkinds.RUN_ORDER)
+    assert testkinds.run_rank({"unit", "slow"}) < testkinds.run_rank({"unit"}) == len(testkinds.RUN_ORDER)
+    assert testkinds.run_rank({"stack"}) < testkinds.run_rank({"unit", "slow"})

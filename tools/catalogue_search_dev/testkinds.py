@@ -64,8 +64,9 @@ def kind_markers(relative: Path, fixtures: set[str], explicit: set[str]) -> set[
 # The order the full run hands test files to its processes, longest kinds first: a DAG run costs about a
 # minute, a stack test seconds, a unit test milliseconds. With the heaviest files started first the last
 # ones to end are short, and the processes end together (pytest-xdist would otherwise order files by their
-# number of tests, which puts the e2e files, with few tests each, last).
-RUN_ORDER = ("e2e", "secure", "cluster", "browser", "stack")
+# number of tests, which puts the e2e files, with few tests each, last). A unit test file with a `slow` test
+# (checkov's scan, with its env built on a fresh machine; the full-size model) comes before the other unit files.
+RUN_ORDER = ("e2e", "secure", "cluster", "browser", "stack", "slow")
 
 
 def run_rank(markers: set[str]) -> int:
