@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -397,6 +399,28 @@ def test_stop_transform_job_stops_the_runner(tiny, s3, sagemaker):
 
 
 # --- the cap on running containers --------------------------------------------------
+LIGHT_HANDLER = """
+    import json
+    import os
+
+    def model_fn(model_dir):
+        return os.environ["ENCODE_TYPE"]
+
+    def transform_fn(model, body, content_type, accept):
+        texts = json.loads(body)["inputs"]
+        return json.dumps({"embeddings": [[0.0, 1.0]] * len(texts), "encode_type": model}), "application/json"
+    """
+
+
+def _light_model(tmp_path_factory, name: str, make_handler_artifact, s3, settings) -> tuple[Path, str]:
+    """A handler of its own that loads nothing, uploaded: (a containers root, its S3 URI)."""
+    # a short root: TorchServe's worker socket lives in the container's tmp, and a Unix socket path has 107 bytes
+    root = tmp_path_factory.mktemp(name) / "containers"
+    light = make_handler_artifact(root.parent / "model.tar.gz", LIGHT_HANDLER)
+    s3.upload_file(str(light), settings.bucket, f"models/{name}/model.tar.gz")
+    return root, f"s3://{settings.bucket}/models/{name}/model.tar.gz"
+
+
 def test_past_the_cap_the_least_recently_used_container_stops_and_starts_again_when_asked(
     settings, s3, tmp_path_factory, local_sagemaker, make_handler_artifact
 ):
@@ -405,24 +429,7 @@ def test_past_the_cap_the_least_recently_used_container_stops_and_starts_again_w
     loads nothing (what is tested is the cap, and each of the three starts costs less)."""
     from catalogue_search_dev.model_server import ModelServers
 
-    # a short root: TorchServe's worker socket lives in the container's tmp, and a Unix socket path has 107 bytes
-    root = tmp_path_factory.mktemp("cap") / "containers"
-    light = make_handler_artifact(
-        root.parent / "model.tar.gz",
-        """
-        import json
-        import os
-
-        def model_fn(model_dir):
-            return os.environ["ENCODE_TYPE"]
-
-        def transform_fn(model, body, content_type, accept):
-            texts = json.loads(body)["inputs"]
-            return json.dumps({"embeddings": [[0.0, 1.0]] * len(texts), "encode_type": model}), "application/json"
-        """,
-    )
-    s3.upload_file(str(light), settings.bucket, "models/light/model.tar.gz")
-    uri = f"s3://{settings.bucket}/models/light/model.tar.gz"
+    root, uri = _light_model(tmp_path_factory, "cap", make_handler_artifact, s3, settings)
     servers = ModelServers(root, s3, local_sagemaker.aws_env, cpus=1, max_servers=1)
     try:
         text = servers.get("m-text", uri, {"ENCODE_TYPE": "TEXT"})
@@ -451,3 +458,40 @@ def test_a_cap_that_is_not_a_whole_number_is_refused(value):
 
     with pytest.raises(ValueError, match="CATSEARCH_LOCAL_MODEL_SERVERS"):
         max_servers_setting({"CATSEARCH_LOCAL_MODEL_SERVERS": value})
+
+
+def test_a_port_taken_before_torchserve_binds_it_starts_the_container_again_on_other_ports(
+    settings, s3, tmp_path_factory, local_sagemaker, make_handler_artifact, monkeypatch, caplog
+):
+    """`free_ports` closes its sockets before TorchServe binds them: another process can take one meanwhile (a
+    suite saw TorchServe's gRPC port taken). That start fails on the bind; the next, on other ports, serves."""
+    from catalogue_search_dev import containers
+    from catalogue_search_dev.model_server import ModelServers
+
+    root, uri = _light_model(tmp_path_factory, "ports", make_handler_artifact, s3, settings)
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    taken = taker.getsockname()[1]
+    real, given = containers.free_ports, []
+
+    def first_with_the_grpc_port_taken(count: int) -> list[int]:
+        ports = real(count)
+        if not given:
+            ports[3] = taken  # port, management, metrics, gRPC inference, gRPC management
+        given.append(ports)
+        return ports
+
+    monkeypatch.setattr(containers, "free_ports", first_with_the_grpc_port_taken)
+    servers = ModelServers(root, s3, local_sagemaker.aws_env, cpus=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="catalogue_search_dev.model_server"):
+            server = servers.get("m-ports", uri, {"ENCODE_TYPE": "TEXT"})
+        assert len(given) == 2 and server.port == given[1][0]
+        reply = server.endpoint.invoke(json.dumps({"inputs": ["a red flower"]}).encode(), "application/json", None, 60)
+        assert reply.status == 200
+        retried = [r.getMessage() for r in caplog.records if "starting it again on other ports" in r.getMessage()]
+        assert len(retried) == 1 and f"127.0.0.1:{taken}" in retried[0], retried
+    finally:
+        servers.close()
+        taker.close()

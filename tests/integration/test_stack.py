@@ -5,7 +5,12 @@ On a free port with a private CATSEARCH_HOME, so the shared stack is never touch
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import boto3
 
@@ -61,3 +66,40 @@ def test_a_service_log_past_its_size_is_kept_once_and_started_afresh(tmp_path, m
         assert stack._log_tail(sagemaker.log_file, 100) == text[-100:]
     finally:
         stack.stop(sagemaker)
+
+
+def test_when_the_stack_does_not_come_up_dev_test_stops_its_pytest_and_says_why(moto_url, unique):
+    """`./dev test` starts pytest while the stack comes up (testenv.StackGate); a stack that fails ends both."""
+    from catalogue_search_dev.localenv import repo_root
+
+    env = {**os.environ, "CATSEARCH_OPENSEARCH_URL": "http://127.0.0.2:9"}  # loopback, but not where a node starts
+    marker = f"no_test_named_{unique}"  # in the pytest processes' command lines
+    result = subprocess.run(
+        [sys.executable, "-m", "catalogue_search_dev.dev", "test", "tests/unit/test_testkinds.py", "-k", marker],
+        cwd=repo_root(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the stack did not come up, so no test ran: the local stack only starts services on loopback" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr and "passed" not in result.stdout
+    deadline = time.monotonic() + 30
+    while _command_lines_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _command_lines_with(marker) == []
+
+
+def _command_lines_with(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in line:
+            found.append(line)
+    return found

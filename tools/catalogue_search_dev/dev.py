@@ -188,10 +188,13 @@ def cmd_test(args: list[str]) -> int:
                 stack_up()
                 browser.result()
             before = testenv.snapshot()
-        except BaseException:
+        except BaseException as exc:
             suite.terminate()  # its processes end at the gate when this one has gone
             suite.wait()
-            raise
+            if not isinstance(exc, Exception):  # Ctrl-C
+                raise
+            _say(f"the stack did not come up, so no test ran: {exc}")
+            return 1
         gate.open()
         code = suite.wait()
     problems, notes = testenv.compare(before, testenv.snapshot(), token)
