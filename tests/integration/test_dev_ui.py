@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from catalogue_search_dev import procs, ui
+from catalogue_search_dev import containers, procs, ui
 
 START_TIMEOUT = 420  # a cold start takes one to two minutes on 2 idle cores, near four when 8 suites share them
 STOP_TIMEOUT = ui.GRACE_SECONDS + ui.TERM_SECONDS + 30
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return containers.free_ports(1)[0]  # below the ephemeral range: no client's connection takes it meanwhile
 
 
 def _session(sid: int) -> list[int]:
@@ -74,7 +71,7 @@ def test_ctrl_c_on_dev_ui_piped_into_tee_leaves_no_airflow_process_behind(tmp_pa
 
     home = testenv.fresh_airflow_home(tmp_path)
     (home / f".db-migrated-{airflow.__version__}").touch()  # what `./dev` would do first
-    port, worker_logs, trigger_logs = _free_port(), _free_port(), _free_port()
+    port, worker_logs, trigger_logs = containers.free_ports(3)
     cache = tmp_path / "cache"
     env = {
         **os.environ,

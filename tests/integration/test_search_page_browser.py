@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 import pytest
 from page_world import DOG, Gate, build_sample_world
 
-from catalogue_search_dev import testkinds
+from catalogue_search_dev import containers, testkinds
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CATSEARCH_CHROMIUM", "/usr/bin/chromium")
@@ -57,9 +56,7 @@ DEVELOPER_WORDS = ("PIL", "MAX_IMAGE_PIXELS", "decompression", "Traceback", "Err
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return containers.free_ports(1)[0]  # below the ephemeral range: no client's connection takes it meanwhile
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:

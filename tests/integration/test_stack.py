@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,11 @@ from pathlib import Path
 
 import boto3
 
-from catalogue_search_dev import stack
+from catalogue_search_dev import containers, stack
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return containers.free_ports(1)[0]  # below the ephemeral range: no client's connection takes it meanwhile
 
 
 def test_stack_starts_reuses_shows_and_stops_the_local_sagemaker(tmp_path, monkeypatch, moto_url):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -85,14 +86,39 @@ def new_container(root: Path) -> Path:
     return venv / "bin"
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` loopback ports nothing listens on now."""
-    sockets = []
+# Ports for servers to listen on are picked below the kernel's ephemeral range (ip_local_port_range, usually
+# 32768-60999), where every outgoing connection takes its local port. A port picked here is free again until
+# its server binds it, and a client's connection cannot take it meanwhile. That happened once in a suite, to
+# a TorchServe container's gRPC port. Another program that picks ports by trying them still can take one,
+# and model_server then starts the container again.
+LISTEN_PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
     try:
-        for _ in range(count):
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` loopback ports nothing listens on now, below the ephemeral range where it leaves room (else
+    the kernel's choice)."""
+    below = _ephemeral_start()
+    rng = random.SystemRandom()
+    sockets: list[socket.socket] = []
+    try:
+        tries = 0
+        while len(sockets) < count:
             sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
+            tries += 1
+            port = rng.randrange(LISTEN_PORTS_FROM, below) if below - LISTEN_PORTS_FROM >= 1000 and tries < 200 else 0
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sockets.pop().close()
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
