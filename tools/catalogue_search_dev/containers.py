@@ -106,19 +106,21 @@ def free_ports(count: int) -> list[int]:
     """`count` loopback ports nothing listens on now, below the ephemeral range where it leaves room (else
     the kernel's choice)."""
     below = _ephemeral_start()
+    room = below - LISTEN_PORTS_FROM >= 1000
     rng = random.SystemRandom()
     sockets: list[socket.socket] = []
+    tries = 0
     try:
-        tries = 0
         while len(sockets) < count:
+            tries += 1  # up to 199 tries in the room below the range, then port 0: the kernel's choice
+            port = rng.randrange(LISTEN_PORTS_FROM, below) if room and tries < 200 else 0
             sock = socket.socket()
-            sockets.append(sock)
-            tries += 1
-            port = rng.randrange(LISTEN_PORTS_FROM, below) if below - LISTEN_PORTS_FROM >= 1000 and tries < 200 else 0
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
-                sockets.pop().close()
+                sock.close()
+                continue
+            sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
